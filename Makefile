@@ -1,0 +1,35 @@
+# drkit — the commands a newcomer needs (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install test test-fast lint demo serve clean
+
+install: $(VENV)/.installed
+	@scripts/install-system.sh
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	@touch $@
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check drkit tasks flows deployments tests bench
+	$(BIN)/mypy drkit tasks flows deployments
+
+demo: install
+	$(BIN)/drkit demo
+
+serve: install
+	scripts/serve.sh
+
+clean:
+	rm -rf var/demo

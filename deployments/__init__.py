@@ -1,0 +1,1 @@
+"""Deployments built from the policy file's schedules; ``python -m deployments`` serves them all."""

@@ -1,0 +1,10 @@
+"""``python -m deployments [POLICY]``: serve every deployment on its schedule."""
+
+import sys
+from pathlib import Path
+
+from deployments.serve import serve_all
+from drkit.config import find_config
+
+if __name__ == "__main__":
+    serve_all(str(find_config(sys.argv[1] if len(sys.argv) > 1 else None).resolve()))

@@ -1,0 +1,36 @@
+"""Build one Prefect deployment per database and backup kind from the policy's cron schedules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import serve
+from prefect.schedules import Cron
+
+from drkit.config import Policy, load_policy
+from flows.backup import BACKUP_FLOWS
+
+DEFAULT_LIMIT = 4
+
+
+def build_deployments(policy: Policy, config_path: str) -> list[Any]:
+    """Every scheduled flow the policy asks for, each with its database and policy path as parameters."""
+    deployments = []
+    for db, cfg in policy.databases.items():
+        for kind, flow in BACKUP_FLOWS.items():
+            cron = getattr(cfg.schedules, kind)
+            if cron is None:
+                continue
+            deployments.append(flow.to_deployment(
+                name=f"{db}-{kind}",
+                schedule=Cron(cron, timezone=cfg.timezone),
+                parameters={"db": db, "config": config_path},
+                tags=["drkit", f"db:{db}", kind],
+                description=f"{kind} backup of {db} on '{cron}' ({cfg.timezone})",
+            ))
+    return deployments
+
+
+def serve_all(config_path: str) -> None:
+    policy = load_policy(config_path)
+    serve(*build_deployments(policy, config_path), limit=DEFAULT_LIMIT)

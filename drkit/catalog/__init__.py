@@ -1,0 +1,33 @@
+"""The drkit catalog: what was backed up, where the copies are, and an append-only audit trail.
+
+Everything a restore or retention decision needs is read from here, as immutable records::
+
+    from drkit.catalog import Catalog
+
+    catalog = Catalog.open("sqlite:////var/lib/drkit/catalog.db")
+    full = catalog.latest("orders", "full")
+
+The schema is migrated with Alembic revisions bundled in this package (``Catalog.open`` / ``migrate``).
+"""
+
+from drkit.catalog.records import (
+    BACKUP_KINDS,
+    BACKUP_STATUSES,
+    COPY_STATUSES,
+    RESTORABLE_STATUSES,
+    AuditRecord,
+    BackupRecord,
+    CopyRecord,
+)
+from drkit.catalog.repository import Catalog
+
+__all__ = [
+    "BACKUP_KINDS",
+    "BACKUP_STATUSES",
+    "COPY_STATUSES",
+    "RESTORABLE_STATUSES",
+    "AuditRecord",
+    "BackupRecord",
+    "Catalog",
+    "CopyRecord",
+]

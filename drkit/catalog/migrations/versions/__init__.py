@@ -1,0 +1,1 @@
+"""Catalog schema revisions, applied in order by Alembic (``0001_initial`` first)."""

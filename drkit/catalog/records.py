@@ -1,0 +1,90 @@
+"""Plain, immutable values the catalog hands to the rest of drkit.
+
+Planners (retention, restore chains, verification schedules) are pure functions over these records, so
+they must not drag a database session along: an ORM object would lazy-load, expire after commit, or
+silently write changes back. The catalog converts every row into one of these frozen dataclasses before
+its session closes. This module deliberately imports nothing from SQLAlchemy.
+
+All datetimes are timezone-aware UTC. Mapping fields (``meta``, ``detail``) are private copies of the
+stored JSON; treat them as read-only. They are excluded from ``hash()`` so records stay hashable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+BACKUP_KINDS: tuple[str, ...] = ("full", "diff", "log")
+"""``full``: a complete base backup; ``diff``: changes since its ``base_id`` full; ``log``: archived WAL."""
+
+BACKUP_STATUSES: tuple[str, ...] = ("running", "completed", "failed", "verified", "corrupt")
+"""Lifecycle: running -> completed | failed; completed -> verified | corrupt (by a verifier)."""
+
+RESTORABLE_STATUSES: tuple[str, ...] = ("completed", "verified")
+"""Statuses a restore plan may build on."""
+
+COPY_STATUSES: tuple[str, ...] = ("pending", "complete", "deleted")
+"""Lifecycle of one stored copy of a backup in one storage tier."""
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    """One backup (full, diff or log segment range) of one database."""
+
+    id: str
+    database: str
+    kind: str
+    status: str
+    base_id: str | None
+    timeline: int | None
+    start_lsn: int | None
+    end_lsn: int | None
+    start_wal: str | None
+    end_wal: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    start_time: datetime | None
+    end_time: datetime | None
+    raw_bytes: int
+    stored_bytes: int
+    sha256: str | None
+    format: str | None
+    key_id: str | None
+    error: str | None
+    verified_at: datetime | None
+    meta: Mapping[str, Any] = field(hash=False)
+
+    @property
+    def restorable(self) -> bool:
+        """True when a restore may use this backup (it completed, and no verifier found it corrupt)."""
+        return self.status in RESTORABLE_STATUSES
+
+
+@dataclass(frozen=True)
+class CopyRecord:
+    """One copy of a backup's bytes in one storage tier (e.g. ``local``, ``offsite``)."""
+
+    id: int
+    backup_id: str
+    tier: str
+    store_key: str
+    status: str
+    stored_bytes: int
+    sha256: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One append-only audit event: who did what to which database, and why."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    database: str | None
+    subject: str | None
+    detail: Mapping[str, Any] = field(hash=False)

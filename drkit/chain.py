@@ -1,0 +1,198 @@
+"""Restore-chain planning: which backups, from which tier, reach a point in time.
+
+:func:`plan_restore` is pure: a function of catalog records and a target, so
+it is property-tested over generated catalogs. It picks the newest full at or
+before the target, the newest diff on it at or before the target, then the
+unbroken run of log backups from the base's start segment to one that covers
+the target, each piece from the cheapest tier holding a complete copy. When
+nothing reaches the target it says why, and what does exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
+from drkit.errors import RestorePlanError
+from drkit.lsn import DEFAULT_SEGMENT_SIZE, parse_segment_name
+
+Recovery = Literal["immediate", "time", "end"]
+
+
+@dataclass(frozen=True)
+class RestorePiece:
+    backup: BackupRecord
+    tier: str
+    store_key: str
+    stored_bytes: int
+    sha256: str | None
+
+    @property
+    def role(self) -> str:
+        return self.backup.kind
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    database: str
+    target_time: datetime | None
+    recovery: Recovery
+    reaches: datetime
+    pieces: tuple[RestorePiece, ...]
+    reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def full(self) -> RestorePiece:
+        return self.pieces[0]
+
+    @property
+    def diff(self) -> RestorePiece | None:
+        return next((p for p in self.pieces if p.role == "diff"), None)
+
+    @property
+    def logs(self) -> tuple[RestorePiece, ...]:
+        return tuple(p for p in self.pieces if p.role == "log")
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(p.stored_bytes for p in self.pieces)
+
+
+def _fmt(t: datetime | None) -> str:
+    return t.isoformat(timespec="seconds") if t else "?"
+
+
+def _seg_size(b: BackupRecord) -> int:
+    return int(b.meta.get("segment_size", DEFAULT_SEGMENT_SIZE))
+
+
+def _segs(b: BackupRecord) -> tuple[int, int]:
+    assert b.start_wal and b.end_wal
+    size = _seg_size(b)
+    return parse_segment_name(b.start_wal, size)[1], parse_segment_name(b.end_wal, size)[1]
+
+
+def _start_segno(b: BackupRecord) -> int:
+    assert b.start_lsn is not None
+    return b.start_lsn // _seg_size(b)
+
+
+class _Copies:
+    def __init__(self, copies: Sequence[CopyRecord], tier_order: Sequence[str]) -> None:
+        rank = {t: i for i, t in enumerate(tier_order)}
+        self._best: dict[str, CopyRecord] = {}
+        for c in copies:
+            if c.status != "complete" or c.tier not in rank:
+                continue
+            cur = self._best.get(c.backup_id)
+            if cur is None or rank[c.tier] < rank[cur.tier]:
+                self._best[c.backup_id] = c
+
+    def has(self, b: BackupRecord) -> bool:
+        return b.id in self._best
+
+    def piece(self, b: BackupRecord) -> RestorePiece:
+        c = self._best[b.id]
+        return RestorePiece(backup=b, tier=c.tier, store_key=c.store_key, stored_bytes=c.stored_bytes,
+                            sha256=c.sha256 or b.sha256)
+
+
+def _log_chain(base: BackupRecord, logs: Sequence[BackupRecord], until: datetime | None) -> list[BackupRecord]:
+    """Logs joined segment to segment from the base's start, up to one whose end covers ``until``.
+
+    With ``until`` None, as far as the run is unbroken.
+    """
+    need = _start_segno(base)
+    chain: list[BackupRecord] = []
+    on_tli = [lg for lg in logs if lg.timeline == base.timeline and lg.start_wal and lg.end_wal]
+    while True:
+        if until is not None and chain and chain[-1].end_time is not None and chain[-1].end_time >= until:
+            return chain
+        covering = [lg for lg in on_tli if _segs(lg)[0] <= need <= _segs(lg)[1]]
+        if not covering:
+            return chain
+        nxt = max(covering, key=lambda lg: (_segs(lg)[1], lg.end_time or base.end_time))
+        chain.append(nxt)
+        need = _segs(nxt)[1] + 1
+
+
+def plan_restore(
+    database: str,
+    backups: Sequence[BackupRecord],
+    copies: Sequence[CopyRecord],
+    *,
+    target: datetime | None,
+    now: datetime,
+    tier_order: Sequence[str],
+) -> RestorePlan:
+    """The chain that restores ``database`` to ``target`` (None: the latest point the backups reach)."""
+    where = _Copies(copies, tier_order)
+    usable = [b for b in backups
+              if b.database == database and b.status in RESTORABLE_STATUSES and b.end_time and where.has(b)]
+    corrupt = [b for b in backups if b.database == database and b.status == "corrupt"]
+    fulls = sorted((b for b in usable if b.kind == "full"), key=lambda b: b.end_time or now, reverse=True)
+    diffs = [b for b in usable if b.kind == "diff"]
+    logs = [b for b in usable if b.kind == "log"]
+    if not fulls:
+        extra = f" ({len(corrupt)} corrupt backup(s) are not used)" if corrupt else ""
+        raise RestorePlanError(f"no restorable full backup of {database!r} in the catalog{extra}; "
+                               f"run `drkit backup full {database}` first")
+    if target is not None:
+        if target > now:
+            raise RestorePlanError(f"target {_fmt(target)} is in the future (now is {_fmt(now)})")
+        earliest = min(b.end_time for b in fulls if b.end_time)
+        if target < earliest:
+            raise RestorePlanError(
+                f"target {_fmt(target)} is before the earliest restorable point of {database!r}, "
+                f"{_fmt(earliest)} (full backup {min(fulls, key=lambda b: b.end_time or now).id})")
+    reasons: list[str] = []
+    if corrupt:
+        reasons.append("skipped corrupt: " + ", ".join(b.id for b in corrupt))
+    failures: list[str] = []
+    for full in fulls:
+        assert full.end_time is not None
+        if target is not None and full.end_time > target:
+            continue
+        on_full = [d for d in diffs if d.base_id == full.id and d.end_time
+                   and (target is None or d.end_time <= target)]
+        diff = max(on_full, key=lambda d: d.end_time or now) if on_full else None
+        base = diff or full
+        assert base.end_time is not None
+        why = [f"full {full.id}: the newest full at or before the target, ends {_fmt(full.end_time)}"]
+        if diff:
+            why.append(f"diff {diff.id}: the newest diff on it, ends {_fmt(diff.end_time)}")
+        if target is not None and target <= base.end_time:
+            return RestorePlan(database, target, "immediate", base.end_time,
+                               tuple(where.piece(b) for b in (full, diff) if b),
+                               (*why, "recovery stops at the base backup's consistency point", *reasons))
+        chain = _log_chain(base, logs, target)
+        if target is None:
+            reaches = chain[-1].end_time if chain else base.end_time
+            assert reaches is not None
+            recovery: Recovery = "end" if chain else "immediate"
+            why.append(f"{len(chain)} log backup(s) replayed to the end, reaching {_fmt(reaches)}")
+            return RestorePlan(database, None, recovery, reaches,
+                               tuple(where.piece(b) for b in (full, diff, *chain) if b), (*why, *reasons))
+        if chain and chain[-1].end_time is not None and chain[-1].end_time >= target:
+            why.append(f"{len(chain)} log backup(s) from {chain[0].start_wal} to {chain[-1].end_wal}, "
+                       f"replayed to {_fmt(target)}")
+            return RestorePlan(database, target, "time", target,
+                               tuple(where.piece(b) for b in (full, diff, *chain) if b), (*why, *reasons))
+        reached = chain[-1].end_time if chain else base.end_time
+        failures.append(f"from {base.kind} {base.id} the logs reach only {_fmt(reached)}"
+                        + (f" (log chain ends at {chain[-1].end_wal})" if chain else " (no log backups join it)"))
+        break  # an older full cannot reach further: the same WAL continues through the newer base
+    latest = max((lg.end_time for lg in logs if lg.end_time), default=None)
+    gap_hint = ""
+    if latest is not None and target is not None and latest >= target:
+        gap_hint = (f"; log backups exist past the target (up to {_fmt(latest)}) but do not join the base: "
+                    "a WAL gap; restore to a time before it, or take a new full backup")
+    elif latest is not None:
+        gap_hint = f"; the latest log backup ends {_fmt(latest)}"
+    raise RestorePlanError(
+        f"cannot reach {_fmt(target)} for {database!r}: " + "; ".join(failures) + gap_hint
+        + ". Backups: " + ", ".join(f"{b.id} ({_fmt(b.end_time)})" for b in sorted(
+            (b for b in usable if b.kind != "log"), key=lambda b: b.end_time or now)))

@@ -1,0 +1,288 @@
+"""The ``drkit`` command: operators' entry point.
+
+Commands that change something run as Prefect flows, so they show in the UI
+with their artifacts; read-only commands (backups, restore-plan, status,
+check) read the catalog and the server directly. ``--json`` output is stable:
+see README "JSON output". Errors are one line on stderr and exit status 2
+(bad input) or 1 (the operation failed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from drkit.config import ConfigError, load_policy
+from drkit.errors import DrkitError
+from drkit.runtime import Runtime
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Database backup and disaster recovery.")
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="policy file (default $DRKIT_CONFIG, ./drkit.yaml)")]
+_state: dict[str, Any] = {"config": None}
+
+
+@app.callback()
+def main(config: ConfigOpt = None) -> None:
+    _state["config"] = str(config) if config else None
+
+
+def _config_path() -> str:
+    from drkit.config import find_config
+    return str(find_config(_state["config"]).resolve())
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    except DrkitError as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _runtime() -> Runtime:
+    return Runtime(load_policy(_state["config"]))
+
+
+def parse_time(value: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--to {value!r} is not a timestamp; use ISO 8601, e.g. 2026-11-28T10:00:03Z") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _human_bytes(n: int) -> str:
+    f = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if f < 1024 or unit == "TiB":
+            return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
+        f /= 1024
+    return str(n)
+
+
+# -- prerequisites -------------------------------------------------------------------------------------
+
+
+@app.command()
+def check(db: str) -> None:
+    """Prerequisites for backing up DB, each with its fix. Exit 1 if any is missing."""
+    def run() -> bool:
+        rt = _runtime()
+        items = rt.engine(db).check()
+        table = Table(title=f"prerequisites of {db}")
+        for col in ("", "check", "now", "needs", "fix"):
+            table.add_column(col)
+        for i in items:
+            table.add_row("✔" if i.ok else "✘", i.name, i.current, i.expected, "" if i.ok else i.fix)
+        console.print(table)
+        return all(i.ok for i in items)
+    if not _guard(run):
+        raise typer.Exit(1)
+
+
+@app.command()
+def setup(db: str) -> None:
+    """Apply what can be applied (ALTER SYSTEM, WAL spool, archive_command) and say if a restart is needed."""
+    def run() -> None:
+        res = _runtime().engine(db).setup()
+        for a in res.applied:
+            console.print(f"applied: {a}")
+        if not res.applied:
+            console.print("nothing to change")
+        if res.restart_needed:
+            console.print(f"[yellow]restart PostgreSQL for {db} to finish (a setting is pending restart)[/yellow]")
+        for i in res.remaining:
+            console.print(f"[red]still missing:[/red] {i.name}: {i.fix}")
+    _guard(run)
+
+
+# -- backups --------------------------------------------------------------------------------------------
+
+
+@app.command()
+def backup(kind: Annotated[str, typer.Argument(help="full, diff or log")], db: str) -> None:
+    """Run the backup flow for DB and print the backup id."""
+    if kind not in ("full", "diff", "log"):
+        err.print(f"error: backup kind must be full, diff or log, not {kind!r}")
+        raise typer.Exit(2)
+
+    def run() -> str | None:
+        rt = _runtime()
+        rt.policy.database(db)
+        _ = rt.key
+        from flows.backup import BACKUP_FLOWS
+        return BACKUP_FLOWS[kind](db=db, config=_config_path())
+    bid = _guard(run)
+    if bid is None:
+        err.print("no new WAL since the last log backup; nothing shipped")
+    else:
+        console.print(bid)
+
+
+@app.command()
+def backups(db: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The catalog for DB, newest first."""
+    def run() -> None:
+        rt = _runtime()
+        rt.policy.database(db)
+        rows = rt.catalog.list_backups(db)
+        if as_json:
+            _print_json([{
+                "id": b.id, "kind": b.kind, "status": b.status, "base": b.base_id, "timeline": b.timeline,
+                "start_wal": b.start_wal, "end_wal": b.end_wal, "started_at": b.started_at,
+                "finished_at": b.finished_at, "end_time": b.end_time, "raw_bytes": b.raw_bytes,
+                "stored_bytes": b.stored_bytes, "sha256": b.sha256, "error": b.error,
+                "copies": [{"tier": c.tier, "status": c.status} for c in rt.catalog.copies(b.id)],
+            } for b in rows])
+            return
+        table = Table(title=f"backups of {db}")
+        for col in ("id", "kind", "status", "WAL", "covers until", "stored", "copies"):
+            table.add_column(col)
+        for b in rows:
+            tiers = ",".join(c.tier for c in rt.catalog.copies(b.id) if c.status == "complete")
+            table.add_row(b.id, b.kind, b.status, f"{b.start_wal or ''}..{(b.end_wal or '')[-8:]}",
+                          b.end_time.isoformat(timespec="seconds") if b.end_time else (b.error or "")[:60],
+                          _human_bytes(b.stored_bytes), tiers)
+        console.print(table)
+    _guard(run)
+
+
+# -- restore --------------------------------------------------------------------------------------------
+
+
+@app.command("restore-plan")
+def restore_plan(db: str, to: Annotated[str | None, typer.Option("--to")] = None,
+                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """What a restore to TIME (default: latest) would read, and from where. Touches nothing."""
+    from drkit.restore import make_plan
+
+    def run() -> None:
+        plan = make_plan(_runtime(), db, parse_time(to) if to else None)
+        if as_json:
+            _print_json({"database": db, "target": plan.target_time, "recovery": plan.recovery,
+                         "reaches": plan.reaches, "total_bytes": plan.total_bytes,
+                         "pieces": [{"backup": p.backup.id, "kind": p.role, "tier": p.tier,
+                                     "bytes": p.stored_bytes, "wal": [p.backup.start_wal, p.backup.end_wal]}
+                                    for p in plan.pieces],
+                         "reasons": list(plan.reasons)})
+            return
+        table = Table(title=f"restore plan for {db} → {to or 'latest'} (recovery: {plan.recovery})")
+        for col in ("piece", "backup", "tier", "bytes", "WAL"):
+            table.add_column(col)
+        for p in plan.pieces:
+            table.add_row(p.role, p.backup.id, p.tier, _human_bytes(p.stored_bytes),
+                          f"{p.backup.start_wal}..{p.backup.end_wal}")
+        console.print(table)
+        for r in plan.reasons:
+            console.print(f"• {r}")
+    _guard(run)
+
+
+@app.command()
+def restore(
+    db: str,
+    into: Annotated[Path, typer.Option("--into", help="a new, empty directory")],
+    to: Annotated[str | None, typer.Option("--to", help="ISO 8601 timestamp")] = None,
+    latest: Annotated[bool, typer.Option("--latest")] = False,
+    port: Annotated[int | None, typer.Option("--port")] = None,
+    keep_running: Annotated[bool, typer.Option("--keep-running")] = False,
+) -> None:
+    """Restore DB (full + diff + logs) into DIR, to TIME or the latest point; runs the restore flow."""
+    if bool(to) == latest:
+        err.print("error: give exactly one of --to TIME or --latest")
+        raise typer.Exit(2)
+
+    def run() -> dict[str, Any]:
+        from drkit.restore import make_plan
+        target = parse_time(to) if to else None
+        make_plan(_runtime(), db, target)  # fail fast, before a flow run, on an unreachable target
+        from flows.restore import restore_point_in_time
+        return restore_point_in_time(db=db, into=str(into.resolve()), target=target, port=port,
+                                     keep_running=keep_running, config=_config_path())
+    out = _guard(run)
+    where = f"running on 127.0.0.1:{out['port']}" if out["running"] else "stopped"
+    console.print(f"restored {db} to {out['reaches']} in {out['seconds']} s into {out['data_dir']} ({where})")
+
+
+# -- status ---------------------------------------------------------------------------------------------
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Per database: newest backup of each kind, its age, and the worst-case data-loss window now."""
+    from drkit.status import database_status
+
+    def run() -> None:
+        rt = _runtime()
+        now = datetime.now(UTC)
+        rows = [database_status(db, rt.catalog.list_backups(db), rt.catalog.all_copies(db), now=now,
+                                tier_order=rt.tier_order) for db in rt.policy.databases]
+        if as_json:
+            _print_json([r.as_json(now) for r in rows])
+            return
+        table = Table(title="status")
+        for col in ("database", "newest full", "newest diff", "newest log", "restorable until", "RPO now"):
+            table.add_column(col)
+        for r in rows:
+            def age(kind: str, r: Any = r) -> str:
+                b = r.newest[kind]
+                if b is None:
+                    return "—"
+                end = b.end_time or b.started_at
+                return f"{_age((now - end).total_seconds())} ago"
+            table.add_row(r.database, age("full"), age("diff"), age("log"),
+                          r.restorable_until.isoformat(timespec="seconds") if r.restorable_until else "—",
+                          _age(r.rpo_seconds) if r.rpo_seconds is not None else "no restorable backup")
+        console.print(table)
+    _guard(run)
+
+
+def _age(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    if s < 172800:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d"
+
+
+# -- long-running ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve() -> None:
+    """Every deployment on its schedule (needs PREFECT_API_URL pointing at a Prefect server)."""
+    from deployments.serve import serve_all
+    _guard(lambda: serve_all(_config_path()))
+
+
+@app.command()
+def demo(workdir: Annotated[Path, typer.Option("--workdir")] = Path("var/demo")) -> None:
+    """Run the whole story once on a local sandbox (what `make demo` runs)."""
+    from flows.demo import run_demo
+    _guard(lambda: run_demo(workdir))
+
+
+if __name__ == "__main__":
+    app()

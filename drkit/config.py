@@ -1,0 +1,279 @@
+"""The policy file (drkit.yaml): pydantic models, loading and validation.
+
+Every error names the key that is wrong and what was expected, so an operator
+can fix the file without reading code. Secrets are never read from the file's
+text into messages: DSNs come from the environment (``dsn_env``) or, if
+written inline, are held as ``SecretStr`` and only shown as a host/port hint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from drkit.errors import ConfigError, UnknownDatabaseError
+
+DEFAULT_CONFIG_NAME = "drkit.yaml"
+CONFIG_ENV = "DRKIT_CONFIG"
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_CRON_FIELD_RE = re.compile(r"^[0-9*/,\-A-Za-z]+$")
+_DURATION_RE = re.compile(r"^(\d+)\s*(s|m|h|d)$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``'30m'``, ``'10s'``, ``'2h'``, ``'1d'`` or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=float(value))
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value.strip())
+        if m:
+            n, unit = int(m.group(1)), m.group(2)
+            return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: n})
+    raise ValueError(f"expected a duration like '30s', '10m', '2h' or '1d', got {value!r}")
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _check_cron(expr: str) -> str:
+    fields = expr.split()
+    if len(fields) != 5 or not all(_CRON_FIELD_RE.match(f) for f in fields):
+        raise ValueError(f"expected a 5-field cron expression like '0 2 * * *', got {expr!r}")
+    return expr
+
+
+Cron = Annotated[str, BeforeValidator(lambda v: _check_cron(str(v)))]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EncryptionConfig(_Model):
+    key_env: str = "DRKIT_BACKUP_KEY"
+
+
+class TierConfig(_Model):
+    store: Literal["filesystem", "azure"] = "filesystem"
+    path: Path | None = None
+    keep_days: int = Field(default=7, ge=0)
+    container: str | None = None
+    connection_string_env: str | None = None
+    account_url: str | None = None
+    access_tier: Literal["Hot", "Cool", "Cold", "Archive"] | None = None
+
+    @model_validator(mode="after")
+    def _store_needs(self) -> TierConfig:
+        if self.store == "filesystem" and self.path is None:
+            raise ValueError("a filesystem tier needs 'path' (a directory for its backups)")
+        return self
+
+
+class Schedules(_Model):
+    full: Cron | None = "0 2 * * *"
+    diff: Cron | None = "0 */6 * * *"
+    log: Cron | None = "*/15 * * * *"
+    verify: Cron | None = "30 3 * * *"
+
+
+class VerifyConfig(_Model):
+    after: list[Literal["full", "diff", "log"]] = Field(default_factory=lambda: ["full"])
+    checks: list[str] = Field(default_factory=lambda: ["amcheck", "visibility"])
+
+
+class DatabaseConfig(_Model):
+    engine: Literal["postgres", "sqlserver"]
+    dsn: SecretStr | None = None
+    dsn_env: str | None = None
+    data_dir: Path | None = None
+    bin_dir: Path | None = None
+    os_user: str | None = None
+    wal_spool: Path | None = None
+    schedules: Schedules = Field(default_factory=Schedules)
+    timezone: str = "UTC"
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    replica: dict[str, Any] | None = None
+    traffic: dict[str, Any] | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name like 'UTC' or 'Europe/Berlin')") from None
+        return v
+
+    @model_validator(mode="after")
+    def _needs(self) -> DatabaseConfig:
+        if (self.dsn is None) == (self.dsn_env is None):
+            raise ValueError("set exactly one of 'dsn_env' (name of an environment variable) or 'dsn'")
+        if self.engine == "postgres" and self.data_dir is None:
+            raise ValueError("a postgres database needs 'data_dir' (the server's data directory)")
+        return self
+
+
+class ApprovalsConfig(_Model):
+    approvers: list[str] = Field(default_factory=list)
+    failover_timeout: Duration = timedelta(minutes=30)
+    restore_timeout: Duration = timedelta(hours=1)
+
+
+def _default_tiers() -> dict[str, TierConfig]:
+    return {"local": TierConfig(store="filesystem", path=Path("var/drkit/local"), keep_days=7)}
+
+
+class Policy(_Model):
+    catalog: str = "sqlite:///var/drkit/catalog.db"
+    encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
+    tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers)
+    backup_tier: str = "local"
+    databases: dict[str, DatabaseConfig] = Field(default_factory=dict)
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
+    notifications: dict[str, list[str]] = Field(default_factory=dict)
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("databases", "tiers")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not _NAME_RE.match(name):
+                raise ValueError(
+                    f"name {name!r} must start with a lowercase letter and use only a-z, 0-9, '_' or '-'"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _backup_tier_exists(self) -> Policy:
+        if self.backup_tier not in self.tiers:
+            raise ValueError(f"backup_tier {self.backup_tier!r} is not one of the tiers: {sorted(self.tiers)}")
+        return self
+
+    # -- lookups ---------------------------------------------------------------------------------
+
+    def database(self, name: str) -> DatabaseConfig:
+        try:
+            return self.databases[name]
+        except KeyError:
+            known = ", ".join(sorted(self.databases)) or "none"
+            raise UnknownDatabaseError(
+                f"unknown database {name!r}: the policy file defines {known}"
+            ) from None
+
+    def resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    def catalog_url(self) -> str:
+        prefix = "sqlite:///"
+        if self.catalog.startswith(prefix) and not self.catalog.startswith(prefix + "/"):
+            rel = self.catalog[len(prefix):]
+            if rel and rel != ":memory:":
+                return prefix + str(self.resolve(Path(rel)))
+        return self.catalog
+
+    def tier_path(self, tier: str) -> Path:
+        cfg = self.tiers[tier]
+        if cfg.path is None:
+            raise ConfigError(f"tiers.{tier}: has no 'path'")
+        return self.resolve(cfg.path)
+
+    def wal_spool(self, db: str) -> Path:
+        cfg = self.database(db)
+        return self.resolve(cfg.wal_spool or Path("var/drkit/spool") / db)
+
+
+def resolve_dsn(db_name: str, cfg: DatabaseConfig, environ: Mapping[str, str] | None = None) -> str:
+    """The connection string for a database; an operator-facing error names the variable, never its value."""
+    env = os.environ if environ is None else environ
+    if cfg.dsn is not None:
+        return cfg.dsn.get_secret_value()
+    assert cfg.dsn_env is not None
+    value = env.get(cfg.dsn_env, "")
+    if not value:
+        raise ConfigError(
+            f"databases.{db_name}.dsn_env: environment variable {cfg.dsn_env} is not set; "
+            f"export it with the connection string of {db_name!r}"
+        )
+    return value
+
+
+def default_bin_dir() -> Path:
+    """``pg_config --bindir``, else Debian's PostgreSQL 15 location."""
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        if out.returncode == 0 and out.stdout.strip():
+            candidate = Path(out.stdout.strip())
+            if (candidate / "pg_ctl").exists():
+                return candidate
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "pg_ctl").exists():
+            return candidate
+    return Path("/usr/lib/postgresql/15/bin")
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid policy file"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see README 'Policy file')"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_policy(data: Any, *, base_dir: Path, source: str = "policy") -> Policy:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys (catalog, tiers, databases, ...)")
+    try:
+        return Policy.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def find_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    chosen = Path(path) if path else Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else Path(DEFAULT_CONFIG_NAME)
+    if not chosen.is_file():
+        how = "--config" if path else f"${CONFIG_ENV}" if env.get(CONFIG_ENV) else "the current directory"
+        raise ConfigError(f"policy file {chosen} not found (from {how}); pass --config PATH or set ${CONFIG_ENV}")
+    return chosen
+
+
+def load_policy(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Policy:
+    chosen = find_config(path, environ)
+    try:
+        data = yaml.safe_load(chosen.read_text())
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        raise ConfigError(f"{chosen}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_policy(data, base_dir=chosen.resolve().parent, source=str(chosen))

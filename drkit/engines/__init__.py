@@ -1,0 +1,1 @@
+"""Database engines behind one protocol (base.Engine): PostgreSQL today, SQL Server next."""

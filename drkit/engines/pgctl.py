@@ -1,0 +1,165 @@
+"""Run PostgreSQL server binaries safely, as the right OS user.
+
+PostgreSQL refuses to run as root, and ``runuser`` keeps root's environment,
+so every server-side command (initdb, pg_ctl, pg_rewind) goes through
+:func:`run_as` with a clean PATH. :class:`LocalCluster` is a small handle on a
+data directory that drkit starts itself: restored clusters, verification
+scratch clusters, the demo's primary and the tests' servers.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from drkit.errors import EngineError
+
+_CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+
+
+def effective_os_user(configured: str | None) -> str | None:
+    """The user to run server binaries as: the configured one, or ``postgres`` when we are root."""
+    if configured:
+        return configured
+    return "postgres" if os.geteuid() == 0 else None
+
+
+def run_as(
+    os_user: str | None,
+    argv: Sequence[str],
+    *,
+    timeout: float = 600,
+    check: bool = True,
+    cwd: str | Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as ``os_user`` (via runuser when we are root and it is another user)."""
+    cmd = list(argv)
+    current = pwd.getpwuid(os.geteuid()).pw_name
+    if os_user and os_user != current:
+        if os.geteuid() != 0:
+            raise EngineError(f"cannot run {Path(cmd[0]).name} as {os_user!r}: drkit is not running as root")
+        cmd = ["runuser", "-u", os_user, "--", *cmd]
+    env = dict(_CLEAN_ENV)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd or "/", check=False
+    )
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise EngineError(f"{Path(argv[0]).name} failed (exit {proc.returncode}): " + " | ".join(detail))
+    return proc
+
+
+def chown_tree(path: Path, os_user: str | None, *, mode: int | None = None) -> None:
+    """Give ``path`` (recursively) to ``os_user``; data directories also need mode 0700."""
+    if os_user and os.geteuid() == 0:
+        pw = pwd.getpwnam(os_user)
+        for root, dirs, files in os.walk(path):
+            os.chown(root, pw.pw_uid, pw.pw_gid)
+            for name in (*dirs, *files):
+                os.lchown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+    if mode is not None:
+        os.chmod(path, mode)
+
+
+def make_owned_dir(path: Path, os_user: str | None, mode: int = 0o700) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    if os_user and os.geteuid() == 0:
+        pw = pwd.getpwnam(os_user)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+    os.chmod(path, mode)
+    return path
+
+
+def free_port(start: int = 20000, end: int = 32000) -> int:
+    """A free TCP port on 127.0.0.1 below the ephemeral range (so it never collides with client ports)."""
+    base = start + (os.getpid() * 37 + time.monotonic_ns() // 1000) % (end - start)
+    for i in range(end - start):
+        port = start + (base - start + i) % (end - start)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise EngineError(f"no free port between {start} and {end} on 127.0.0.1")
+
+
+@dataclass
+class LocalCluster:
+    """A PostgreSQL data directory on this machine that drkit controls."""
+
+    data_dir: Path
+    port: int
+    bin_dir: Path
+    os_user: str | None = field(default_factory=lambda: effective_os_user(None))
+    log_file: Path | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_file or self.data_dir.with_name(self.data_dir.name + ".log")
+
+    def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} user={user} dbname={dbname}"
+
+    def _bin(self, name: str) -> str:
+        path = self.bin_dir / name
+        if not path.exists():
+            raise EngineError(f"{name} not found in {self.bin_dir}; set bin_dir in the policy file")
+        return str(path)
+
+    def initdb(self, *, checksums: bool = True, extra_conf: str = "") -> None:
+        make_owned_dir(self.data_dir, self.os_user)
+        argv = [self._bin("initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        if checksums:
+            argv.append("-k")
+        run_as(self.os_user, argv, timeout=300)
+        conf = (
+            f"\n# drkit\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
+            f"unix_socket_directories = '{self.data_dir}'\n" + extra_conf
+        )
+        with open(self.data_dir / "postgresql.conf", "a") as fh:
+            fh.write(conf)
+
+    def pg_ctl(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_as(self.os_user, [self._bin("pg_ctl"), "-D", str(self.data_dir), *args],
+                      timeout=timeout, check=check)
+
+    def start(self, *, wait_seconds: int = 300) -> None:
+        if self.log_path.parent != self.data_dir and self.os_user and os.geteuid() == 0:
+            self.log_path.touch(exist_ok=True)
+            pw = pwd.getpwnam(self.os_user)
+            os.chown(self.log_path, pw.pw_uid, pw.pw_gid)
+        proc = self.pg_ctl("-l", str(self.log_path), "-w", "-t", str(wait_seconds),
+                           "-o", f"-p {self.port}", "start", check=False, timeout=wait_seconds + 30)
+        if proc.returncode != 0:
+            raise EngineError(
+                f"PostgreSQL in {self.data_dir} did not start on port {self.port}: "
+                + " | ".join(self.log_tail(8))
+            )
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.is_running():
+            self.pg_ctl("-m", mode, "-w", "stop", check=False)
+
+    def is_running(self) -> bool:
+        if not (self.data_dir / "postmaster.pid").exists():
+            return False
+        return self.pg_ctl("status", check=False).returncode == 0
+
+    def log_tail(self, n: int = 20) -> list[str]:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        return lines[-n:]
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.data_dir, ignore_errors=True)

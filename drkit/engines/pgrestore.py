@@ -1,0 +1,174 @@
+"""Lay a PostgreSQL data directory down from drkit archives and bring it up to a target.
+
+Order (notes/blockdiff.md): the full's files → the diff's pages and whole
+files → delete what the diff's manifest no longer lists → truncate or extend
+every file to its recorded length → the diff's backup_label → WAL from the
+diff's start, with ``archive_mode=off`` so the restored cluster never writes
+into production's spool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import psycopg
+
+from drkit.engines.pgctl import LocalCluster, chown_tree
+from drkit.engines.pgfiles import MANIFEST_NAME, PAGES_PREFIX, apply_pages, parse_pages_member, safe_member_path
+from drkit.errors import IntegrityError, RestoreError
+
+_COPY_BUF = 1 << 20
+
+
+@dataclass
+class ExtractStats:
+    files: int = 0
+    pages: int = 0
+    bytes: int = 0
+
+
+def extract_archive(stream: BinaryIO, target: Path, stats: ExtractStats | None = None) -> dict[str, Any]:
+    """Write every member of a drkit tar stream under ``target``; returns its manifest."""
+    stats = stats or ExtractStats()
+    manifest: dict[str, Any] | None = None
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|", bufsize=_COPY_BUF)
+    except tarfile.TarError as exc:
+        raise IntegrityError(f"backup archive is unreadable: {exc}") from None
+    with tar:
+        try:
+            for member in tar:
+                name = member.name
+                if name == MANIFEST_NAME:
+                    fh = tar.extractfile(member)
+                    assert fh is not None
+                    manifest = json.loads(fh.read())
+                    continue
+                if name.startswith(PAGES_PREFIX):
+                    path = safe_member_path(target, parse_pages_member(name))
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    fh = tar.extractfile(member)
+                    assert fh is not None
+                    stats.pages += apply_pages(path, fh.read())
+                    stats.bytes += member.size
+                    continue
+                path = safe_member_path(target, name)
+                if member.isdir():
+                    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+                elif member.isfile():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    fh = tar.extractfile(member)
+                    assert fh is not None
+                    with open(path, "wb") as out:
+                        shutil.copyfileobj(fh, out, _COPY_BUF)
+                    stats.files += 1
+                    stats.bytes += member.size
+        except tarfile.TarError as exc:
+            raise IntegrityError(f"backup archive is damaged: {exc}") from None
+    if manifest is None:
+        raise IntegrityError("backup archive has no manifest (truncated or not a drkit backup)")
+    return manifest
+
+
+def prepare_for_diff(target: Path) -> None:
+    """Drop what the full brought that the diff replaces wholesale: its WAL and its label."""
+    wal = target / "pg_wal"
+    if wal.is_dir():
+        for entry in wal.iterdir():
+            if entry.is_file():
+                entry.unlink()
+    for name in ("backup_label", "tablespace_map"):
+        (target / name).unlink(missing_ok=True)
+
+
+def reconcile_with_manifest(target: Path, full_manifest: dict[str, Any], diff_manifest: dict[str, Any]) -> None:
+    """Delete files the diff no longer has, fix every file's length, create and remove directories."""
+    diff_files: dict[str, int] = diff_manifest["files"]
+    for rel in set(full_manifest["files"]) - set(diff_files):
+        safe_member_path(target, rel).unlink(missing_ok=True)
+    for rel, size in diff_files.items():
+        path = safe_member_path(target, rel)
+        if not path.exists():
+            raise IntegrityError(f"diff manifest lists {rel} but neither the full nor the diff holds it")
+        if path.stat().st_size != size:
+            os.truncate(path, size)
+    wanted_dirs = set(diff_manifest["dirs"])
+    for rel in wanted_dirs:
+        safe_member_path(target, rel).mkdir(parents=True, exist_ok=True, mode=0o700)
+    for rel in sorted(set(full_manifest["dirs"]) - wanted_dirs, key=len, reverse=True):
+        shutil.rmtree(safe_member_path(target, rel), ignore_errors=True)
+
+
+def write_recovery_config(
+    target: Path,
+    *,
+    port: int,
+    wal_dir: Path,
+    target_time: datetime | None,
+    immediate: bool,
+    extra: dict[str, str] | None = None,
+) -> None:
+    """Configure recovery: our port, no archiving, WAL from ``wal_dir``, then promote."""
+    if not (target / "postgresql.conf").exists():
+        (target / "postgresql.conf").write_text("# written by drkit restore: the source kept its config elsewhere\n")
+    if not (target / "pg_hba.conf").exists():
+        (target / "pg_hba.conf").write_text(
+            "# written by drkit restore\nlocal all all trust\nhost all all 127.0.0.1/32 trust\n")
+    if not (target / "pg_ident.conf").exists():
+        (target / "pg_ident.conf").write_text("")
+    settings: dict[str, str] = {
+        "port": str(port),
+        "listen_addresses": "127.0.0.1",
+        "unix_socket_directories": str(target),
+        "archive_mode": "off",
+        "restore_command": f"cp {wal_dir}/%f %p",
+        "recovery_target_action": "promote",
+        "primary_conninfo": "",
+        "primary_slot_name": "",
+        "hot_standby": "on",
+    }
+    if immediate:
+        settings["recovery_target"] = "immediate"
+    elif target_time is not None:
+        settings["recovery_target_time"] = target_time.astimezone(UTC).isoformat(sep=" ")
+    settings.update(extra or {})
+    lines = ["", "# drkit restore"] + [f"{k} = '{v.replace(chr(39), chr(39) * 2)}'" for k, v in settings.items()]
+    with open(target / "postgresql.auto.conf", "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    (target / "standby.signal").unlink(missing_ok=True)
+    (target / "recovery.signal").write_text("")
+    (target / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
+
+
+def finish_ownership(target: Path, os_user: str | None) -> None:
+    chown_tree(target, os_user, mode=0o700)
+
+
+def recover(cluster: LocalCluster, *, timeout: float = 1800) -> dict[str, Any]:
+    """Start the restored cluster and wait until recovery has ended and it accepts writes."""
+    cluster.start(wait_seconds=int(timeout))
+    deadline = time.monotonic() + timeout
+    while True:
+        if not cluster.is_running():
+            raise RestoreError("the restored server stopped during recovery: " + " | ".join(cluster.log_tail(6)))
+        try:
+            with psycopg.connect(cluster.dsn(), autocommit=True, connect_timeout=5) as conn:
+                in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                if in_recovery is not None and not in_recovery[0]:
+                    row = conn.execute(
+                        "SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+                    lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+                    return {"timeline": row[0] if row else None, "lsn": lsn[0] if lsn else None}
+        except psycopg.OperationalError:
+            pass
+        if time.monotonic() > deadline:
+            raise RestoreError(f"recovery did not finish within {timeout:.0f}s: " + " | ".join(cluster.log_tail(6)))
+        time.sleep(0.2)

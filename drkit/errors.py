@@ -1,0 +1,74 @@
+"""Domain exceptions: every failure an operator can see has a message that says what to do.
+
+Messages never contain secrets (keys, passwords, connection strings).
+"""
+
+from __future__ import annotations
+
+
+class DrkitError(Exception):
+    """Base of every error drkit raises on purpose."""
+
+
+class ConfigError(DrkitError):
+    """The policy file is missing, malformed, or names something that does not exist."""
+
+
+class UnknownDatabaseError(ConfigError):
+    """A command named a database that the policy file does not define."""
+
+
+class EncryptionKeyError(DrkitError):
+    """The backup encryption key is missing, malformed, or is not the key a backup was written with."""
+
+
+class IntegrityError(DrkitError):
+    """Stored bytes do not match what was written: wrong checksum, bad tag, truncated stream."""
+
+
+class StoreError(DrkitError):
+    """A storage tier could not read or write an object."""
+
+
+class ObjectNotFoundError(StoreError):
+    """The object does not exist in the store."""
+
+
+class CatalogError(DrkitError):
+    """The catalog could not be opened, migrated, or holds no such record."""
+
+
+class BackupNotFoundError(CatalogError):
+    """No backup with that id exists in the catalog."""
+
+
+class EngineError(DrkitError):
+    """The database engine refused or failed a step (connect, start/stop backup, restore)."""
+
+
+class DatabaseUnreachableError(EngineError):
+    """The database server could not be reached with the configured DSN."""
+
+
+class PrerequisiteError(EngineError):
+    """The server is not set up for backups (wal_level, archive_mode, ...); `drkit check DB` lists fixes."""
+
+
+class WalGapError(EngineError):
+    """The WAL archive has a gap or a timeline switch: the log chain is broken until a new full backup."""
+
+
+class WalConflictError(EngineError):
+    """A WAL segment arrived twice with different content."""
+
+
+class BackupInProgressError(DrkitError):
+    """Another backup of the same database is running."""
+
+
+class RestorePlanError(DrkitError):
+    """No restore chain reaches the requested target; the message says what does exist."""
+
+
+class RestoreError(DrkitError):
+    """A restore started but could not be completed or validated."""

@@ -1,0 +1,58 @@
+"""PostgreSQL LSNs and WAL segment names: parsing, formatting and arithmetic.
+
+LSNs are kept as plain ints everywhere in drkit (the catalog stores them as
+BIGINT); this module is the only place that knows their text forms.
+"""
+
+from __future__ import annotations
+
+import re
+
+DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+_SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+_LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
+
+
+def parse_lsn(text: str) -> int:
+    """``'0/3000028'`` → ``50331688``."""
+    m = _LSN_RE.match(text.strip())
+    if not m:
+        raise ValueError(f"not a PostgreSQL LSN: {text!r} (expected like '0/3000028')")
+    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def segments_per_xlogid(segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
+    return 0x100000000 // segment_size
+
+
+def segment_number(lsn: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
+    return lsn // segment_size
+
+
+def segment_name(timeline: int, segno: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+    per = segments_per_xlogid(segment_size)
+    return f"{timeline:08X}{segno // per:08X}{segno % per:08X}"
+
+
+def segment_name_for_lsn(timeline: int, lsn: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+    return segment_name(timeline, segment_number(lsn, segment_size), segment_size)
+
+
+def is_segment_name(name: str) -> bool:
+    return bool(_SEGMENT_RE.match(name))
+
+
+def parse_segment_name(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int]:
+    """``'000000010000000000000003'`` → ``(timeline=1, segno=3)``."""
+    if not is_segment_name(name):
+        raise ValueError(f"not a WAL segment name: {name!r}")
+    per = segments_per_xlogid(segment_size)
+    return int(name[0:8], 16), int(name[8:16], 16) * per + int(name[16:24], 16)
+
+
+def segment_start_lsn(segno: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
+    return segno * segment_size

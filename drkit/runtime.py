@@ -1,0 +1,75 @@
+"""Wires a policy file to the parts it names: catalog, encryption key, stores and engines.
+
+Everything is opened lazily, so a command that fails on bad input (unknown
+database, missing key) fails before it touches the catalog or a store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+
+from drkit.catalog import Catalog
+from drkit.config import Policy, default_bin_dir, resolve_dsn
+from drkit.engines.pgctl import effective_os_user
+from drkit.engines.postgres import PostgresEngine
+from drkit.errors import ConfigError
+from drkit.pipeline import EncryptionKey
+from drkit.storage import FilesystemStore, Store
+
+
+class Runtime:
+    def __init__(self, policy: Policy, environ: Mapping[str, str] | None = None) -> None:
+        self.policy = policy
+        self.environ = os.environ if environ is None else environ
+        self._stores: dict[str, Store] = {}
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return Catalog.open(self.policy.catalog_url())
+
+    @cached_property
+    def key(self) -> EncryptionKey:
+        return EncryptionKey.from_env(self.policy.encryption.key_env, self.environ)
+
+    @property
+    def tier_order(self) -> list[str]:
+        """Tiers cheapest to read first: the policy's order (local, blob, archive)."""
+        return list(self.policy.tiers)
+
+    def store(self, tier: str) -> Store:
+        if tier not in self.policy.tiers:
+            raise ConfigError(f"unknown tier {tier!r}: the policy file defines {sorted(self.policy.tiers)}")
+        if tier not in self._stores:
+            cfg = self.policy.tiers[tier]
+            if cfg.store != "filesystem":
+                raise ConfigError(f"tiers.{tier}: store {cfg.store!r} is not available in this version of drkit")
+            self._stores[tier] = FilesystemStore(self.policy.tier_path(tier), name=tier)
+        return self._stores[tier]
+
+    def os_user(self, db: str) -> str | None:
+        return effective_os_user(self.policy.database(db).os_user)
+
+    def bin_dir(self, db: str) -> Path:
+        cfg = self.policy.database(db)
+        return self.policy.resolve(cfg.bin_dir) if cfg.bin_dir else default_bin_dir()
+
+    def engine(self, db: str) -> PostgresEngine:
+        cfg = self.policy.database(db)
+        if cfg.engine != "postgres":
+            raise ConfigError(f"databases.{db}.engine: {cfg.engine!r} is not available in this version of drkit")
+        assert cfg.data_dir is not None
+        return PostgresEngine(
+            db,
+            dsn=resolve_dsn(db, cfg, self.environ),
+            data_dir=self.policy.resolve(cfg.data_dir),
+            spool=self.policy.wal_spool(db),
+            bin_dir=self.bin_dir(db),
+            os_user=self.os_user(db),
+        )
+
+    def close(self) -> None:
+        if "catalog" in self.__dict__:
+            self.catalog.close()

@@ -1,0 +1,60 @@
+"""Per-database status: newest backup of each kind, its age, and the worst-case data-loss window now.
+
+The data-loss window (RPO) is the time since the newest point a restore can
+reach: the end of the newest log backup joined to a base, or the newest base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
+from drkit.chain import plan_restore
+from drkit.errors import RestorePlanError
+
+
+@dataclass(frozen=True)
+class DatabaseStatus:
+    database: str
+    newest: dict[str, BackupRecord | None]
+    restorable_until: datetime | None
+    rpo_seconds: float | None
+    corrupt: int
+    failed: int
+
+    def as_json(self, now: datetime) -> dict[str, object]:
+        def one(b: BackupRecord | None) -> dict[str, object] | None:
+            if b is None:
+                return None
+            end = b.end_time or b.finished_at or b.started_at
+            return {"id": b.id, "status": b.status, "end_time": end.isoformat(),
+                    "age_seconds": round((now - end).total_seconds(), 1), "stored_bytes": b.stored_bytes}
+        return {
+            "database": self.database,
+            "newest": {k: one(v) for k, v in self.newest.items()},
+            "restorable_until": self.restorable_until.isoformat() if self.restorable_until else None,
+            "rpo_seconds": None if self.rpo_seconds is None else round(self.rpo_seconds, 1),
+            "corrupt": self.corrupt, "failed": self.failed,
+        }
+
+
+def database_status(database: str, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord], *,
+                    now: datetime, tier_order: Sequence[str]) -> DatabaseStatus:
+    mine = [b for b in backups if b.database == database]
+    newest: dict[str, BackupRecord | None] = {}
+    for kind in ("full", "diff", "log"):
+        ok = [b for b in mine if b.kind == kind and b.status in RESTORABLE_STATUSES]
+        newest[kind] = max(ok, key=lambda b: b.end_time or b.started_at) if ok else None
+    try:
+        reaches: datetime | None = plan_restore(database, mine, copies, target=None, now=now,
+                                                tier_order=tier_order).reaches
+    except RestorePlanError:
+        reaches = None
+    return DatabaseStatus(
+        database=database, newest=newest, restorable_until=reaches,
+        rpo_seconds=(now - reaches).total_seconds() if reaches else None,
+        corrupt=sum(1 for b in mine if b.status == "corrupt"),
+        failed=sum(1 for b in mine if b.status == "failed"),
+    )

@@ -1,0 +1,253 @@
+"""A storage tier on a local or mounted filesystem, with crash-safe atomic writes.
+
+Why this exists: the first copy of every backup lands on a filesystem, and a
+crash, full disk or killed process mid-write must never leave something that
+looks like a complete backup. Objects are therefore written to a hidden
+temporary file in the destination directory, fsynced, renamed over the final
+name (atomic on POSIX) and the directory fsynced, so after a crash a key holds
+either the old complete object, the new complete object, or nothing.
+
+Layout: key ``a/b/c`` is the file ``<root>/a/b/c``. In-progress writes are
+``<root>/a/b/.c.part-<32 hex>``; they are never listed, and
+:meth:`FilesystemStore.cleanup_partials` removes ones left behind by crashes.
+Files are created 0o640 and directories 0o750.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, BinaryIO
+
+from drkit.errors import ObjectNotFoundError, StoreError
+from drkit.storage.base import validate_key
+
+if TYPE_CHECKING:
+    from drkit.storage.base import Store
+
+__all__ = ["FILE_MODE", "DIR_MODE", "FilesystemStore"]
+
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+_PARTIAL_RE = re.compile(r"^\..*\.part-[0-9a-f]{32}$")
+
+
+def is_partial_name(name: str) -> bool:
+    """True for the temporary file names used by in-progress writes."""
+    return _PARTIAL_RE.match(name) is not None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _close_quietly(f: IO[bytes]) -> None:
+    with suppress(OSError):
+        f.close()
+
+
+class FilesystemStore:
+    """Store objects as files under ``root`` (created on first write)."""
+
+    def __init__(self, root: Path, name: str = "local") -> None:
+        self.root = Path(root)
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"FilesystemStore(root={str(self.root)!r}, name={self.name!r})"
+
+    def describe(self) -> str:
+        return f"filesystem store {self.name!r} at {self.root}"
+
+    # -- paths
+
+    def _path(self, key: str) -> Path:
+        validate_key(key)
+        segments = key.split("/")
+        if is_partial_name(segments[-1]):
+            raise StoreError(
+                f"invalid object key {key!r}: names like '.<name>.part-<hex>' are reserved "
+                "for in-progress writes"
+            )
+        return self.root.joinpath(*segments)
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create ``directory`` and missing parents with DIR_MODE, making the new entries durable."""
+        missing: list[Path] = []
+        probe = directory
+        while not probe.is_dir():
+            missing.append(probe)
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        for path in reversed(missing):
+            try:
+                os.mkdir(path, DIR_MODE)
+            except FileExistsError:
+                if not path.is_dir():
+                    raise
+                continue
+            os.chmod(path, DIR_MODE)
+            _fsync_dir(path.parent)
+
+    # -- Store protocol
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        final = self._path(key)
+        parent = final.parent
+        tmp = parent / f".{final.name}.part-{uuid.uuid4().hex}"
+        try:
+            self._make_dirs(parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        except OSError as exc:
+            raise StoreError(f"cannot create {key!r} in {self.describe()}: {exc.strerror or exc}") from exc
+        try:
+            os.fchmod(fd, FILE_MODE)
+            f = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(tmp)
+            raise
+        try:
+            yield f
+        except BaseException:
+            _close_quietly(f)
+            _unlink_quietly(tmp)
+            raise
+        try:
+            if f.closed:  # the caller closed it: data is flushed, make it durable by path
+                sync_fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(sync_fd)
+                finally:
+                    os.close(sync_fd)
+            else:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+            os.replace(tmp, final)
+        except BaseException as exc:
+            _close_quietly(f)
+            _unlink_quietly(tmp)
+            if isinstance(exc, OSError):
+                raise StoreError(
+                    f"cannot commit {key!r} to {self.describe()}: {exc.strerror or exc}"
+                ) from exc
+            raise
+        try:
+            _fsync_dir(parent)
+        except OSError as exc:
+            raise StoreError(
+                f"wrote {key!r} to {self.describe()} but could not make it durable "
+                f"(directory fsync failed: {exc.strerror or exc})"
+            ) from exc
+
+    @contextmanager
+    def reader(self, key: str) -> Iterator[BinaryIO]:
+        path = self._path(key)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed by the with-block below
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFoundError(f"no object {key!r} in {self.describe()}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc.strerror or exc}") from exc
+        with f:
+            yield f
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFoundError(f"no object {key!r} in {self.describe()}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot stat {key!r} in {self.describe()}: {exc.strerror or exc}") from exc
+        if not path.is_file():
+            raise ObjectNotFoundError(f"no object {key!r} in {self.describe()}")
+        return st.st_size
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot delete {key!r} from {self.describe()}: {exc.strerror or exc}") from exc
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        if "\x00" in prefix or "\\" in prefix or prefix.startswith("/"):
+            raise StoreError(f"invalid key prefix {prefix!r}")
+        head = prefix.rpartition("/")[0]
+        start = self.root
+        if head:
+            validate_key(head)
+            start = self.root.joinpath(*head.split("/"))
+        keys = [key for key in self._walk(start) if key.startswith(prefix)]
+        keys.sort()
+        return iter(keys)
+
+    def _walk(self, start: Path) -> Iterator[str]:
+        """Keys of committed objects under ``start`` (unsorted)."""
+        if not start.is_dir():
+            return
+        root = str(self.root)
+        for dirpath, _dirnames, filenames in os.walk(start):
+            rel_dir = os.path.relpath(dirpath, root)
+            base = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            for filename in filenames:
+                if not is_partial_name(filename):
+                    yield base + filename
+
+    def cleanup_partials(self, older_than_seconds: float = 3600) -> int:
+        """Remove temporary files of writes that stopped more than ``older_than_seconds`` ago.
+
+        Age is judged by modification time, so a write still in progress (its
+        file keeps changing) is not touched. Returns the number of files removed.
+        """
+        if not self.root.is_dir():
+            return 0
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for filename in filenames:
+                if not is_partial_name(filename):
+                    continue
+                path = Path(dirpath, filename)
+                try:
+                    if path.lstat().st_mtime >= cutoff:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:
+                    continue  # finished or cleaned up concurrently
+                except OSError as exc:
+                    raise StoreError(
+                        f"cannot remove stale partial file {path} in {self.describe()}: "
+                        f"{exc.strerror or exc}"
+                    ) from exc
+                removed += 1
+        return removed
+
+
+if TYPE_CHECKING:
+
+    def _conforms_to_store(store: FilesystemStore) -> Store:
+        return store

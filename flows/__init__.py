@@ -1,0 +1,1 @@
+"""Prefect flows: the runbooks, composed of tasks. Ordering, locking and approvals live here."""

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the system packages drkit needs, only when they are missing (idempotent).
+# PostgreSQL 15 server binaries (initdb, pg_ctl, pg_rewind, pg_amcheck) and contrib (pg_visibility, amcheck).
+set -euo pipefail
+
+need=()
+pgbin=$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)
+[ -x "$pgbin/initdb" ] && [ -x "$pgbin/pg_ctl" ] || need+=(postgresql-15)
+[ -x "$pgbin/pg_amcheck" ] || need+=(postgresql-client-15)
+ls /usr/share/postgresql/*/extension/pg_visibility.control >/dev/null 2>&1 || need+=(postgresql-contrib)
+command -v zstd >/dev/null || need+=(zstd)
+[ -x /usr/bin/python3 ] || need+=(python3)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing system packages: ${need[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+  # Debian's package starts a default cluster; drkit makes its own, so stop it to free port 5432.
+  if command -v pg_lsclusters >/dev/null && [ -n "$(pg_lsclusters -h 2>/dev/null)" ]; then
+    $SUDO pg_ctlcluster 15 main stop 2>/dev/null || true
+  fi
+fi
+id postgres >/dev/null 2>&1 || { echo "the postgres OS user is missing (install postgresql-15)"; exit 1; }

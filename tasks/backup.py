@@ -1,0 +1,55 @@
+"""Backup tasks: one per step, each with its own retry policy."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+
+from drkit import backup as core
+from drkit.catalog.records import BackupRecord
+from tasks.common import artifact_key, finish_progress, progress_reporter, retry_transient, runtime
+
+
+@task(name="check-prerequisites", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
+def check_prerequisites(db: str, config: str | None) -> None:
+    rt = runtime(config)
+    rt.policy.database(db)
+    _ = rt.key  # a missing key fails here, before anything is written
+    rt.engine(db).require_ready()
+
+
+@task(name="base-backup", retries=1, retry_delay_seconds=[30], retry_condition_fn=retry_transient)
+def base_backup(db: str, kind: str, config: str | None) -> BackupRecord:
+    rt = runtime(config)
+    report = progress_reporter(artifact_key(db, kind, "backup-progress"), f"{kind} backup of {db}")
+    try:
+        rec = core.take_base_backup(rt, db, kind, progress=report)
+    finally:
+        rt.close()
+    finish_progress(report)
+    return rec
+
+
+@task(name="log-backup", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
+def log_backup(db: str, config: str | None) -> BackupRecord | None:
+    rt = runtime(config)
+    try:
+        return core.take_log_backup(rt, db)
+    finally:
+        rt.close()
+
+
+@task(name="publish-backup-report")
+def publish_backup_report(rec: BackupRecord) -> None:
+    row = {
+        "backup": rec.id, "kind": rec.kind, "status": rec.status,
+        "wal": f"{rec.start_wal} .. {rec.end_wal}", "raw_bytes": rec.raw_bytes,
+        "stored_bytes": rec.stored_bytes, "sha256": rec.sha256,
+        "seconds": round(((rec.finished_at or rec.started_at) - rec.started_at).total_seconds(), 2),
+        "covers_until": rec.end_time.isoformat() if rec.end_time else None,
+    }
+    for k in ("pages_changed", "pages_scanned", "segments"):
+        if k in rec.meta:
+            row[k] = rec.meta[k]
+    create_table_artifact(table=[row], key=artifact_key(rec.database, rec.kind, "backup"),
+                          description=f"{rec.kind} backup {rec.id}")

@@ -1,0 +1,116 @@
+"""What every drkit task shares: loading the runtime, retry rules, the per-database lock, progress.
+
+Retry rule: retry what is transient (a dropped connection, a store I/O error);
+never retry what a retry cannot fix (bad policy, missing key, prerequisites,
+a WAL gap, corrupt data). A base backup attempt is atomic (its objects are
+written under uncommitted names, its catalog row ends 'failed'), so retrying
+the whole step is safe; a half-finished engine step is never resumed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prefect import get_client
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound
+
+from drkit.config import load_policy
+from drkit.errors import (
+    BackupInProgressError,
+    ConfigError,
+    DatabaseUnreachableError,
+    DrkitError,
+    EncryptionKeyError,
+    IntegrityError,
+    PrerequisiteError,
+    RestorePlanError,
+    StoreError,
+    WalConflictError,
+    WalGapError,
+)
+from drkit.runtime import Runtime
+
+_PERMANENT = (ConfigError, EncryptionKeyError, PrerequisiteError, WalGapError, WalConflictError,
+              IntegrityError, RestorePlanError)
+
+
+def runtime(config: str | None) -> Runtime:
+    return Runtime(load_policy(config))
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry_condition_fn: retry connection and I/O trouble only."""
+    try:
+        state.result()
+    except _PERMANENT:
+        return False
+    except (DatabaseUnreachableError, StoreError, OSError, ConnectionError, TimeoutError):
+        return True
+    except DrkitError:
+        return False
+    except Exception:
+        return False
+    return False
+
+
+def lock_name(db: str) -> str:
+    return f"drkit-backup-{db}"
+
+
+def ensure_limit(name: str, limit: int = 1) -> None:
+    """Create the global concurrency limit if it is missing (a missing limit would silently not limit)."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+            except Exception:  # created concurrently by another run: fine if it now exists
+                client.read_global_concurrency_limit_by_name(name)
+
+
+@contextmanager
+def database_lock(db: str, timeout_seconds: float = 3600) -> Iterator[None]:
+    """At most one backup of ``db`` at a time, across processes and workers (strict: never a no-op)."""
+    name = lock_name(db)
+    ensure_limit(name)
+    try:
+        with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True):
+            yield
+    except TimeoutError:
+        raise BackupInProgressError(
+            f"another backup of {db!r} held the lock {name!r} for over {timeout_seconds:.0f}s; "
+            "see the running flows in the Prefect UI") from None
+
+
+def progress_reporter(key: str, description: str) -> Callable[[int, int], None]:
+    """A (done, total) callback that updates one Prefect progress artifact, at most every second."""
+    artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 1.0:
+            return
+        last[0] = now
+        pct = min(100.0, 100.0 * done / total) if total else 0.0
+        update_progress_artifact(artifact_id=artifact_id, progress=pct)
+
+    report.artifact_id = artifact_id  # type: ignore[attr-defined]
+    return report
+
+
+def finish_progress(report: Callable[[int, int], None]) -> None:
+    update_progress_artifact(artifact_id=report.artifact_id, progress=100.0)  # type: ignore[attr-defined]
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    raw = "-".join(parts).lower()
+    return "".join(c if c.isalnum() else "-" for c in raw).strip("-")[:100]

@@ -1,0 +1,57 @@
+"""Restore tasks: plan (pure, fast) and execute (long, with a progress artifact)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, update_progress_artifact, create_progress_artifact
+
+from drkit import restore as core
+from drkit.chain import RestorePlan
+from drkit.restore import RestoreResult
+from tasks.common import artifact_key, runtime
+
+
+@task(name="plan-restore")
+def plan_restore(db: str, target: datetime | None, config: str | None) -> RestorePlan:
+    rt = runtime(config)
+    try:
+        return core.make_plan(rt, db, target)
+    finally:
+        rt.close()
+
+
+@task(name="execute-restore")
+def execute_restore(db: str, plan: RestorePlan, into: str, port: int | None, keep_running: bool,
+                    config: str | None) -> RestoreResult:
+    rt = runtime(config)
+    pid = create_progress_artifact(progress=0.0, key=artifact_key(db, "restore-progress"),
+                                   description=f"restore of {db} into {into}")
+
+    def on_step(what: str, frac: float) -> None:
+        update_progress_artifact(artifact_id=pid, progress=round(frac * 100, 1))
+
+    try:
+        return core.restore(rt, db, into=Path(into), plan=plan, port=port, keep_running=keep_running,
+                            on_step=on_step)
+    finally:
+        rt.close()
+
+
+@task(name="publish-restore-report")
+def publish_restore_report(result: RestoreResult) -> None:
+    plan = result.plan
+    lines = [f"# Restore of {plan.database}", "",
+             f"* target: **{plan.target_time.isoformat() if plan.target_time else 'latest'}**"
+             f" (recovery: {plan.recovery}, reaches {plan.reaches.isoformat()})",
+             f"* into: `{result.data_dir}` on 127.0.0.1:{result.port} "
+             f"({'running' if result.running else 'stopped'}), timeline {result.timeline}",
+             f"* {result.bytes_read} bytes restored in {result.seconds:.1f} s", "",
+             "| piece | backup | tier | bytes |", "|---|---|---|---|"]
+    lines += [f"| {p.role} | {p.backup.id} | {p.tier} | {p.stored_bytes} |" for p in plan.pieces]
+    lines += ["", "Why:"] + [f"* {r}" for r in plan.reasons]
+    lines += ["", "| step | at (s) |", "|---|---|"] + [f"| {s} | {t} |" for s, t in result.steps]
+    create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(plan.database, "restore-report"),
+                             description=f"restore of {plan.database}")
