@@ -173,6 +173,9 @@ def take_log_backup(rt: Runtime, db: str) -> BackupRecord | None:
     _ = rt.key
     engine.require_ready()
     switch = engine.switch_wal()
+    anchor = wal_anchor(rt, db, list_spool(engine.spool)[0], switch.segment_size)
+    if switch.segno < anchor.next_segno:
+        return None  # no WAL written since the last log backup
     engine.wait_archived(switch.segment)
     segments, histories = list_spool(engine.spool)
     anchor = wal_anchor(rt, db, segments, switch.segment_size)

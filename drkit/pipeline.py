@@ -62,7 +62,10 @@ Consequences, all detected as :class:`~drkit.errors.IntegrityError`:
 * a stream cut at a frame boundary fails because its last frame is not flagged
   final (this is also what a writer that failed mid-stream leaves behind);
 * bytes after the final frame are rejected;
-* a changed length prefix shifts frame boundaries and fails authentication.
+* a changed length prefix shifts frame boundaries and fails authentication;
+* compressed data that is not exactly one complete zstd frame is rejected
+  (zstandard's stream reader alone reports a clean EOF on a cut-off frame, so
+  the reader follows the zstd block headers as the data passes).
 
 The SHA-256 reported in :class:`StreamStats` covers the stored bytes (header and
 frames), so stored copies can be checked with :func:`verify_stored` without the key.
@@ -79,7 +82,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, BinaryIO, Protocol, Self, cast, overload
+from typing import IO, TYPE_CHECKING, Protocol, Self, cast, overload
 
 import zstandard
 from cryptography.exceptions import InvalidTag
@@ -99,6 +102,7 @@ __all__ = [
     "EncryptionKey",
     "StreamHeader",
     "StreamStats",
+    "Readable",
     "Writable",
     "copy_stream",
     "read_header",
@@ -129,6 +133,12 @@ _FIXED_HEAD = struct.Struct(">4sBBBB")  # magic, version, compression, cipher, k
 _HEAD_TAIL = struct.Struct(">I8s")  # chunk_size, salt
 _FRAME_LEN = struct.Struct(">I")
 _AAD_TAIL = struct.Struct(">QB")  # frame index, final flag
+
+
+class Readable(Protocol):
+    """Anything with ``read(n)``: files, pipes, BytesIO, DecryptingReader. ``readinto`` is used if present."""
+
+    def read(self, size: int = ..., /) -> bytes | None: ...
 
 
 class Writable(Protocol):
@@ -244,7 +254,7 @@ def _id_for(table: Mapping[int, str], name: str) -> int:
     raise ValueError(f"unsupported algorithm {name!r}")
 
 
-def _read_exact(source: BinaryIO, n: int) -> bytes:
+def _read_exact(source: Readable, n: int) -> bytes:
     """Read up to ``n`` bytes, retrying short reads; returns fewer only at EOF."""
     data = source.read(n)
     if data is None:
@@ -262,25 +272,26 @@ def _read_exact(source: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _readinto_exact(source: BinaryIO, view: memoryview) -> int:
+def _readinto_exact(source: Readable, view: memoryview) -> int:
     """Fill ``view`` from ``source``; returns the number of bytes read (short only at EOF)."""
     readinto = getattr(source, "readinto", None)
     total = 0
     size = len(view)
     while total < size:
         if readinto is not None:
-            n = readinto(view[total:])
+            n = int(readinto(view[total:]) or 0)
         else:
             chunk = source.read(size - total)
             n = len(chunk) if chunk else 0
-            view[total : total + n] = chunk
+            if chunk:
+                view[total : total + n] = chunk
         if not n:
             break
         total += n
     return total
 
 
-def _read_header_bytes(source: BinaryIO) -> tuple[StreamHeader, bytes]:
+def _read_header_bytes(source: Readable) -> tuple[StreamHeader, bytes]:
     fixed = _read_exact(source, _FIXED_HEAD.size)
     if len(fixed) < _FIXED_HEAD.size:
         if fixed and not MAGIC.startswith(fixed[: len(MAGIC)]):
@@ -323,7 +334,7 @@ def _read_header_bytes(source: BinaryIO) -> tuple[StreamHeader, bytes]:
     return header, fixed + rest
 
 
-def read_header(source: BinaryIO) -> StreamHeader:
+def read_header(source: Readable) -> StreamHeader:
     """Parse the stream header at the current position (no key needed).
 
     Bad magic, unknown version/algorithm ids or a truncated header raise IntegrityError.
@@ -622,7 +633,7 @@ class _ZstdFrameTracker:
 class _FrameSource:
     """Authenticates and decrypts frames one at a time; the zstd reader pulls plaintext from it."""
 
-    def __init__(self, source: BinaryIO, aead: AESGCM, header: StreamHeader, header_bytes: bytes,
+    def __init__(self, source: Readable, aead: AESGCM, header: StreamHeader, header_bytes: bytes,
                  hasher: hashlib._Hash) -> None:
         self._source = source
         self._aead = aead
@@ -748,7 +759,7 @@ class DecryptingReader(io.RawIOBase):
     bytes match the catalog. ``close()`` does not close ``source``.
     """
 
-    def __init__(self, source: BinaryIO, key: EncryptionKey, *, expected_sha256: str | None = None) -> None:
+    def __init__(self, source: Readable, key: EncryptionKey, *, expected_sha256: str | None = None) -> None:
         super().__init__()
         self._hash = hashlib.sha256()
         header, header_bytes = _read_header_bytes(source)
@@ -846,7 +857,7 @@ class DecryptingReader(io.RawIOBase):
 # --------------------------------------------------------------------------- helpers
 
 
-def copy_stream(src: BinaryIO, dst: Writable, bufsize: int = 1 << 20) -> int:
+def copy_stream(src: Readable, dst: Writable, bufsize: int = 1 << 20) -> int:
     """Copy ``src`` to ``dst`` through one reused buffer; returns the number of bytes copied."""
     buf = memoryview(bytearray(bufsize))
     total = 0
@@ -858,7 +869,7 @@ def copy_stream(src: BinaryIO, dst: Writable, bufsize: int = 1 << 20) -> int:
         total += n
 
 
-def _read_some(src: BinaryIO, buf: memoryview) -> int:
+def _read_some(src: Readable, buf: memoryview) -> int:
     readinto = getattr(src, "readinto", None)
     if readinto is not None:
         n = readinto(buf)
@@ -870,7 +881,7 @@ def _read_some(src: BinaryIO, buf: memoryview) -> int:
     return len(chunk)
 
 
-def sha256_of_stream(source: BinaryIO, bufsize: int = 1 << 20) -> tuple[str, int]:
+def sha256_of_stream(source: Readable, bufsize: int = 1 << 20) -> tuple[str, int]:
     """Hex SHA-256 and length of everything left in ``source`` (no key needed)."""
     hasher = hashlib.sha256()
     buf = memoryview(bytearray(bufsize))
@@ -883,7 +894,7 @@ def sha256_of_stream(source: BinaryIO, bufsize: int = 1 << 20) -> tuple[str, int
         total += n
 
 
-def verify_stored(source: BinaryIO, expected_sha256: str) -> int:
+def verify_stored(source: Readable, expected_sha256: str) -> int:
     """Check stored bytes against the catalog's SHA-256; returns their length.
 
     Raises IntegrityError naming both hashes on mismatch.

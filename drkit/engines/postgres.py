@@ -351,7 +351,9 @@ class PostgresEngine:
         with self.session() as conn:
             seg_size = self.segment_size(conn)
             with conn.transaction():
-                end_time = self._one(conn, "SELECT clock_timestamp() FROM (SELECT pg_current_xact_id()) x")
+                row = conn.execute("SELECT pg_current_xact_id(), clock_timestamp()").fetchone()
+                assert row is not None
+                end_time = row[1]
             segment = self._one(conn, "SELECT pg_walfile_name(pg_switch_wal())")
         tli, segno = parse_segment_name(segment, seg_size)
         return WalSwitch(segment=segment, segno=segno, timeline=tli, end_time=end_time, segment_size=seg_size)

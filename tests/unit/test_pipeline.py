@@ -166,6 +166,33 @@ def test_readinto_and_copy_stream_restore_the_data() -> None:
     assert reader.stats == stats
 
 
+class Trickle:
+    """A pipe-like source: every read returns at most ``step`` bytes, and there is no readinto."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data = data
+        self.pos = 0
+        self.step = step
+
+    def read(self, size: int = -1) -> bytes:
+        n = self.step if size < 0 else min(size, self.step)
+        out = self.data[self.pos : self.pos + n]
+        self.pos += len(out)
+        return out
+
+
+@pytest.mark.parametrize("step", [1, 3, 4097])
+def test_short_reads_from_pipe_like_sources_are_handled(step: int) -> None:
+    data = os.urandom(20_000)
+    blob, stats = encrypt(data)
+    with DecryptingReader(Trickle(blob, step), KEY, expected_sha256=stats.sha256) as r:
+        assert r.read() == data
+    assert sha256_of_stream(Trickle(blob, step)) == (stats.sha256, len(blob))
+    out = io.BytesIO()
+    assert copy_stream(Trickle(data, step), out) == len(data)
+    assert out.getvalue() == data
+
+
 # --------------------------------------------------------------------------- format
 
 
@@ -292,8 +319,8 @@ def test_from_env_bad_value_names_the_variable_never_the_value(value: str) -> No
         EncryptionKey.from_env("DRKIT_KEY", {"DRKIT_KEY": value})
     exc = info.value
     assert "DRKIT_KEY" in str(exc)
-    for text in (str(exc), repr(exc), str(exc.__cause__), repr(exc.__context__) if not exc.__suppress_context__
-                 else ""):
+    shown_context = "" if exc.__suppress_context__ else repr(exc.__context__)
+    for text in (str(exc), repr(exc), str(exc.__cause__), shown_context):
         assert value not in text
         assert value[:12] not in text
 
@@ -395,6 +422,29 @@ def test_data_after_the_final_frame_is_detected(sample: tuple[bytes, bytes]) -> 
             decrypt(blob + extra)
 
 
+def seal(compressed: bytes, chunk_size: int = 512, key: EncryptionKey = KEY) -> bytes:
+    """Encrypt arbitrary 'compressed' bytes into a validly authenticated stream (documented format)."""
+    kid = key.key_id.encode()
+    header = b"DRKT" + bytes([1, 1, 1, len(kid)]) + kid + struct.pack(">I", chunk_size) + b"saltsalt"
+    pieces = [compressed[i : i + chunk_size] for i in range(0, len(compressed), chunk_size)] or [b""]
+    out = [header]
+    for i, piece in enumerate(pieces):
+        aad = header + struct.pack(">QB", i, 1 if i == len(pieces) - 1 else 0)
+        ct = AESGCM(key.key).encrypt(b"saltsalt" + struct.pack(">I", i), piece, aad)
+        out.append(struct.pack(">I", len(ct)) + ct)
+    return b"".join(out)
+
+
+def test_compressed_stream_must_be_exactly_one_complete_zstd_frame() -> None:
+    # zstandard alone reports a clean EOF on a cut-off frame; the reader must not.
+    data = os.urandom(3000) + compressible(20_000)
+    frame = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data)
+    assert decrypt(seal(frame)) == data  # the helper builds valid streams
+    for bad in (frame[:-1], frame[:-4], frame[: len(frame) // 2], frame + b"\x00", frame + frame, b""):
+        with pytest.raises(IntegrityError):
+            decrypt(seal(bad))
+
+
 # --------------------------------------------------------------------------- checksums and stats
 
 
@@ -464,10 +514,10 @@ def test_copy_stream_copies_everything() -> None:
 @pytest.mark.parametrize("size", [10, 1024 * 1024])
 def test_writer_failing_inside_with_leaves_a_detectably_truncated_stream(size: int) -> None:
     sink = io.BytesIO()
-    with pytest.raises(OSError, match="producer died"):  # noqa: PT012
-        with EncryptingWriter(sink, KEY, threads=0, chunk_size=CHUNK) as w:
-            w.write(os.urandom(size))
-            raise OSError("producer died")
+    writer = EncryptingWriter(sink, KEY, threads=0, chunk_size=CHUNK)
+    with pytest.raises(OSError, match="producer died"), writer as w:
+        w.write(os.urandom(size))
+        raise OSError("producer died")
     if size > CHUNK:
         assert len(layout(sink.getvalue())[1]) > 10  # complete non-final frames were written
     with pytest.raises(RuntimeError):
@@ -495,7 +545,7 @@ def test_sink_failure_aborts_the_stream() -> None:
 
     sink = FailingSink()
     w = EncryptingWriter(sink, KEY, threads=0, chunk_size=CHUNK)
-    with pytest.raises(OSError, match="disk full"):  # noqa: PT012
+    with pytest.raises(OSError, match="disk full"):
         for _ in range(8):
             w.write(os.urandom(256 * 1024))
     w.close()  # no-op on an aborted writer: must not append a final frame
@@ -508,9 +558,9 @@ def test_sink_failure_aborts_the_stream() -> None:
 def test_frame_limit_is_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "MAX_FRAMES", 3)
     sink = io.BytesIO()
-    with pytest.raises(DrkitError, match="too long"):  # noqa: PT012
-        with EncryptingWriter(sink, KEY, chunk_size=100, threads=0) as w:
-            w.write(os.urandom(1000))
+    writer = EncryptingWriter(sink, KEY, chunk_size=100, threads=0)
+    with pytest.raises(DrkitError, match="too long"), writer as w:
+        w.write(os.urandom(1000))
     with pytest.raises(IntegrityError):
         decrypt(sink.getvalue())
     small, _ = encrypt(os.urandom(150), chunk_size=100)  # 2 frames: within the limit

@@ -1,0 +1,1 @@
+"""Benchmarks for drkit (run as modules, e.g. ``python -m bench.backup``); not tests."""
