@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test test-fast lint demo serve clean
+.PHONY: install test test-fast lint demo serve stop clean
 
 install: $(VENV)/.installed
 	@scripts/install-system.sh
@@ -33,3 +33,6 @@ serve: install
 
 clean:
 	rm -rf var/demo
+
+stop:
+	@if [ -f var/demo/prefect-server.pid ]; then kill -TERM -$$(cat var/demo/prefect-server.pid) 2>/dev/null || true; rm -f var/demo/prefect-server.pid; echo "stopped the demo's Prefect server"; fi

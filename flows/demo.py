@@ -1,0 +1,181 @@
+"""`make demo`: the whole story once, on a local sandbox, visible in the Prefect UI.
+
+Creates a PostgreSQL primary from the system binaries under var/demo, loads
+sample data, starts (or reuses) a local Prefect server, then runs: full →
+writes → diff → writes with timed markers → log → point-in-time restore to a
+recorded marker time, checked against the data. Ends with a summary table and
+the Prefect UI's URL. The Prefect server keeps running so the runs and
+artifacts can be inspected; `make stop` stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+from drkit.engines.pgctl import LocalCluster
+from drkit.sandbox import KEY_ENV, create_sandbox
+
+console = Console(width=150)
+PREFECT_PORT = int(os.environ.get("DRKIT_DEMO_PREFECT_PORT", "4200"))
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ensure_prefect_server(workdir: Path) -> str:
+    """A Prefect server on 127.0.0.1 (reused if one already answers), left running for the UI."""
+    url = os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{PREFECT_PORT}/api"
+    if _healthy(url):
+        return url
+    home = workdir / "prefect-home"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1", "PREFECT_API_URL": url}
+    log = open(workdir / "prefect-server.log", "ab")  # noqa: SIM115 - handed to the server process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(PREFECT_PORT)],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    (workdir / "prefect-server.pid").write_text(str(proc.pid))
+    deadline = time.monotonic() + 120
+    while not _healthy(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the Prefect server did not start; see {workdir / 'prefect-server.log'}")
+        time.sleep(0.5)
+    return url
+
+
+def stop_prefect_server(workdir: Path) -> None:
+    pid_file = workdir / "prefect-server.pid"
+    if pid_file.exists():
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+        except (ProcessLookupError, ValueError, PermissionError):
+            pass
+        pid_file.unlink()
+
+
+def _reset_world(world: Path) -> None:
+    old = world / "pg" / "primary"
+    if (old / "postmaster.pid").exists():
+        from drkit.config import default_bin_dir
+        LocalCluster(old, 0, default_bin_dir()).stop("immediate")
+    for restored in world.glob("restored*"):
+        if (restored / "postmaster.pid").exists():
+            from drkit.config import default_bin_dir
+            LocalCluster(restored, 0, default_bin_dir()).stop("immediate")
+    shutil.rmtree(world, ignore_errors=True)
+
+
+def run_demo(workdir: Path) -> None:
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    world = workdir / "world"
+    _reset_world(world)
+    console.rule("[bold]drkit demo")
+    console.print("starting a local Prefect server …")
+    api = ensure_prefect_server(workdir)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        _story(world, api)
+
+
+def _story(world: Path, api: str) -> None:
+    from flows.backup import differential_backup, full_backup, log_backup_flow
+    from flows.restore import restore_point_in_time
+
+    t0 = time.monotonic()
+    sb = create_sandbox(world, db="shop")
+    os.environ[KEY_ENV] = sb.key_b64
+    (world / "backup-key.b64").write_text(sb.key_b64 + "\n")
+    os.chmod(world / "backup-key.b64", 0o600)
+    cfg = str(sb.policy_path)
+    console.print(f"PostgreSQL primary on 127.0.0.1:{sb.primary.port}, policy {cfg}")
+    rows: list[dict[str, Any]] = []
+    try:
+        with psycopg.connect(sb.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE orders(id bigint PRIMARY KEY, customer int, amount numeric(10,2), "
+                         "note text, at timestamptz DEFAULT now())")
+            conn.execute("INSERT INTO orders(id, customer, amount, note) SELECT g, g % 1000, (g % 997) / 3.0, "
+                         "md5(g::text) FROM generate_series(1, 300000) g")
+            conn.execute("CREATE INDEX ON orders(customer)")
+            conn.execute("CREATE TABLE marker(id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+            conn.execute("VACUUM ANALYZE")
+
+        from drkit.config import load_policy
+        from drkit.runtime import Runtime
+        rt = Runtime(load_policy(cfg))
+
+        def step(label: str, fn: Any) -> Any:
+            s = time.monotonic()
+            result = fn()
+            rows.append({"step": label, "result": result, "seconds": time.monotonic() - s})
+            console.print(f"✔ {label}: {result} ({time.monotonic() - s:.1f} s)")
+            return result
+
+        step("full backup", lambda: full_backup(db="shop", config=cfg))
+        with psycopg.connect(sb.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE orders SET amount = amount + 1 WHERE id <= 3000")  # 1% of the rows
+            conn.execute("INSERT INTO orders(id, customer, amount, note) SELECT g, g % 1000, 9.99, 'after full' "
+                         "FROM generate_series(300001, 310000) g")
+        step("differential backup", lambda: differential_backup(db="shop", config=cfg))
+        marks: dict[int, datetime] = {}
+        with psycopg.connect(sb.dsn, autocommit=True) as conn:
+            for i in range(1, 11):
+                conn.execute("INSERT INTO marker(id) VALUES (%s)", [i])
+                conn.execute("UPDATE orders SET note = %s WHERE id = %s", [f"marker {i}", i])
+                marks[i] = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+                time.sleep(0.25)
+        step("log backup", lambda: log_backup_flow(db="shop", config=cfg))
+        k = 6
+        target = marks[k]
+        out = step(f"point-in-time restore to marker {k} ({target.isoformat(timespec='milliseconds')})",
+                   lambda: restore_point_in_time(db="shop", into=str(world / "restored"), target=target,
+                                                 keep_running=True, config=cfg)["data_dir"])
+        restored = LocalCluster(Path(out), 0, sb.primary.bin_dir)
+        port = int((Path(out) / "postmaster.pid").read_text().splitlines()[3])
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as c:
+            got = [r[0] for r in c.execute("SELECT id FROM marker ORDER BY id").fetchall()]
+            notes = c.execute("SELECT count(*) FROM orders WHERE note LIKE 'marker %'").fetchone()
+            total = c.execute("SELECT count(*) FROM orders").fetchone()
+        restored.port = port
+        restored.stop()
+        ok = got == list(range(1, k + 1)) and notes == (k,) and total == (310000,)
+        backups = rt.catalog.list_backups("shop")
+        rt.close()
+    finally:
+        sb.stop()
+
+    table = Table(title="drkit demo summary")
+    for col in ("backup", "kind", "WAL", "raw", "stored", "pages changed", "seconds"):
+        table.add_column(col, no_wrap=True)
+    for b in sorted(backups, key=lambda b: b.started_at):
+        secs = ((b.finished_at or b.started_at) - b.started_at).total_seconds()
+        table.add_row(b.id, b.kind, f"{b.start_wal}..{(b.end_wal or '')[-8:]}", f"{b.raw_bytes / 2**20:.1f} MiB",
+                      f"{b.stored_bytes / 2**20:.2f} MiB",
+                      f"{b.meta['pages_changed']} of {b.meta['pages_scanned']}" if b.kind == "diff" else "",
+                      f"{secs:.1f}")
+    console.print(table)
+    verdict = "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
+    console.print(f"restore to marker {k}: markers {got}, rows {total[0] if total else '?'} → {verdict}")
+    console.print(f"whole story: {time.monotonic() - t0:.1f} s")
+    console.print(f"Prefect UI: [bold]{api.removesuffix('/api')}[/bold] (runs, progress and report artifacts)")
+    console.print("stop the Prefect server with: make stop")
+    if not ok:
+        raise SystemExit(1)
