@@ -21,6 +21,7 @@ import math
 import os
 import resource
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -388,12 +389,19 @@ def report(b: Bench, info: dict[str, Any]) -> None:
                   f"{os.cpu_count()} CPUs; load {info['load']['init_s']:.1f} s, VACUUM ANALYZE "
                   f"{info['load']['vacuum_s']:.1f} s. Best of {b.args.runs} alternating runs (wall).")
 
-    t = make_table("Full backup", ["contender", "wall s", "bytes stored", "ratio vs raw pipe (time)",
-                                   "peak RSS MiB"])
-    for r in (best_raw, best_full):
+    med_raw = statistics.median(r.wall_s for r in raws)
+    med_full = statistics.median(r.wall_s for r in fulls)
+    t = make_table(f"Full backup (wall s = best of {len(raws)}; median beside it)",
+                   ["contender", "wall s", "bytes stored", "ratio vs raw pipe (time)", "peak RSS MiB",
+                    "median wall s", "median ratio"])
+    for r, med in ((best_raw, med_raw), (best_full, med_full)):
         t.add_row(r.contender, f"{r.wall_s:.2f}", f"{r.stored_bytes:,}", f"{r.wall_s / best_raw.wall_s:.2f}x",
-                  f"{r.rss_kib / 1024:.1f}")
+                  f"{max(x.rss_kib for x in (raws if r is best_raw else fulls)) / 1024:.1f}", f"{med:.2f}",
+                  f"{med / med_raw:.2f}x")
     console.print(t)
+    console.print("drkit wall = the take_base_backup call in the child; 'process s' below adds interpreter start, "
+                  "imports and policy load. Peak RSS = the largest over the runs; the raw pipe's is "
+                  "pg_basebackup + zstd (they run at once).")
 
     t = make_table("Every run (in order)", ["run", "contender", "wall s", "process s", "CPU s", "bytes stored",
                                             "peak RSS MiB", "RSS detail"])
@@ -444,7 +452,7 @@ def report(b: Bench, info: dict[str, Any]) -> None:
     rss_rows: list[tuple[str, Run]] = [(f"scale {b.args.scale}", max(fulls, key=lambda r: r.rss_kib))]
     if info.get("small") is not None:
         rss_rows.append((f"scale {b.args.small_scale}", info["small"]))
-    t = make_table("drkit full peak RSS vs database size", ["database", "db size", "raw bytes", "wall s",
+    t = make_table("drkit full peak RSS vs database size", ["database", "db size", "raw bytes", "wall s (that run)",
                                                             "peak RSS MiB"])
     for label, r in rss_rows:
         size = info["db_bytes"] if label == f"scale {b.args.scale}" else info["small_db_bytes"]
@@ -456,9 +464,9 @@ def report(b: Bench, info: dict[str, Any]) -> None:
     time_ratio = best_full.wall_s / best_raw.wall_s
     proc_ratio = min(r.detail["process_s"] for r in fulls) / best_raw.wall_s
     t = make_table("Targets", ["target", "measured", "result"])
-    t.add_row(f"drkit full time <= {TARGET_TIME_RATIO}x raw pipe",
-              f"{time_ratio:.2f}x ({best_full.wall_s:.2f} s vs {best_raw.wall_s:.2f} s); whole process "
-              f"{proc_ratio:.2f}x", verdict(time_ratio <= TARGET_TIME_RATIO))
+    t.add_row(f"drkit full time <= {TARGET_TIME_RATIO}x raw pipe (best vs best)",
+              f"{time_ratio:.2f}x ({best_full.wall_s:.2f} s vs {best_raw.wall_s:.2f} s); median "
+              f"{med_full / med_raw:.2f}x; whole process {proc_ratio:.2f}x", verdict(time_ratio <= TARGET_TIME_RATIO))
     t.add_row(f"diff raw bytes <= {TARGET_DIFF_RATIO}x (changed-page bytes + fixed overhead)",
               f"{diff_ratio:.3f}x", verdict(diff_ratio <= TARGET_DIFF_RATIO))
     t.add_row(f"peak RSS <= {TARGET_RSS_MIB} MiB (every drkit backup process)", f"{peak:.1f} MiB",

@@ -1,7 +1,6 @@
 """``python -m deployments [POLICY]``: serve every deployment on its schedule."""
 
 import sys
-from pathlib import Path
 
 from deployments.serve import serve_all
 from drkit.config import find_config

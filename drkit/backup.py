@@ -10,6 +10,7 @@ leaves no object that looks whole and marks the row 'failed' with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ class _Written:
     stored_bytes: int
 
 
-def _write_encrypted(rt: Runtime, tier: str, key: str, produce: Callable[[EncryptingWriter], Any]) -> tuple[Any, _Written]:
+def _write_encrypted(
+    rt: Runtime, tier: str, key: str, produce: Callable[[EncryptingWriter], Any]
+) -> tuple[Any, _Written]:
     store = rt.store(tier)
     with store.writer(key) as sink:
         writer = EncryptingWriter(sink, rt.key)
@@ -74,13 +77,13 @@ def _descriptor(backup: BackupRecord) -> bytes:
 def _cleanup(rt: Runtime, tier: str, backup: BackupRecord) -> None:
     store = rt.store(tier)
     for name in (DATA_OBJECT, MANIFEST_OBJECT, DESCRIPTOR_OBJECT):
-        try:
+        with contextlib.suppress(DrkitError):
             store.delete(object_key(backup, name))
-        except DrkitError:
-            pass
 
 
-def _finish(rt: Runtime, tier: str, rec: BackupRecord, data: _Written, manifest: dict[str, Any], **fields: Any) -> BackupRecord:
+def _finish(
+    rt: Runtime, tier: str, rec: BackupRecord, data: _Written, manifest: dict[str, Any], **fields: Any
+) -> BackupRecord:
     _write_encrypted(rt, tier, object_key(rec, MANIFEST_OBJECT),
                      lambda w: w.write(json.dumps(manifest, sort_keys=True).encode()))
     done = rt.catalog.complete_backup(
@@ -122,7 +125,8 @@ def take_base_backup(rt: Runtime, db: str, kind: str, *, progress: Progress | No
     def body() -> BackupRecord:
         outcome, data = _write_encrypted(
             rt, tier, object_key(rec, DATA_OBJECT),
-            lambda w: engine.diff_backup(w, base, progress=progress) if base else engine.full_backup(w, progress=progress))
+            lambda w: engine.diff_backup(w, base, progress=progress) if base
+            else engine.full_backup(w, progress=progress))
         meta = dict(outcome.meta)
         meta["segment_size"] = outcome.manifest.get("segment_size", DEFAULT_SEGMENT_SIZE)
         return _finish(rt, tier, rec, data, dict(outcome.manifest), timeline=outcome.timeline,

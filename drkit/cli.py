@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from drkit.config import ConfigError, load_policy
-from drkit.errors import DrkitError
+from drkit.config import load_policy
+from drkit.errors import ConfigError, DrkitError
 from drkit.runtime import Runtime
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Database backup and disaster recovery.")
@@ -130,7 +130,8 @@ def backup(kind: Annotated[str, typer.Argument(help="full, diff or log")], db: s
         rt.policy.database(db)
         _ = rt.key
         from flows.backup import BACKUP_FLOWS
-        return BACKUP_FLOWS[kind](db=db, config=_config_path())
+        result: str | None = BACKUP_FLOWS[kind](db=db, config=_config_path())
+        return result
     bid = _guard(run)
     if bid is None:
         err.print("no new WAL since the last log backup; nothing shipped")

@@ -98,7 +98,7 @@ class Schedules(_Model):
 
 
 class VerifyConfig(_Model):
-    after: list[Literal["full", "diff", "log"]] = Field(default_factory=lambda: ["full"])
+    after: list[Literal["full", "diff", "log"]] = Field(default_factory=lambda: ["full"])  # type: ignore[arg-type]
     checks: list[str] = Field(default_factory=lambda: ["amcheck", "visibility"])
 
 

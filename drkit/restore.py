@@ -22,8 +22,8 @@ from drkit.engines.pgrestore import (
     extract_archive,
     finish_ownership,
     prepare_for_diff,
-    recover,
     reconcile_with_manifest,
+    recover,
     write_recovery_config,
 )
 from drkit.errors import DrkitError, RestoreError

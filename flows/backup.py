@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow
 
 from tasks.backup import base_backup, check_prerequisites, log_backup, publish_backup_report
@@ -40,4 +42,4 @@ def log_backup_flow(db: str, config: str | None = None) -> str | None:
     return rec.id
 
 
-BACKUP_FLOWS = {"full": full_backup, "diff": differential_backup, "log": log_backup_flow}
+BACKUP_FLOWS: dict[str, Any] = {"full": full_backup, "diff": differential_backup, "log": log_backup_flow}

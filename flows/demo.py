@@ -10,6 +10,7 @@ artifacts can be inspected; `make stop` stops it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -64,10 +65,8 @@ def ensure_prefect_server(workdir: Path) -> str:
 def stop_prefect_server(workdir: Path) -> None:
     pid_file = workdir / "prefect-server.pid"
     if pid_file.exists():
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
             os.killpg(int(pid_file.read_text()), signal.SIGTERM)
-        except (ProcessLookupError, ValueError, PermissionError):
-            pass
         pid_file.unlink()
 
 

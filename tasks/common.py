@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from uuid import UUID
 
 from prefect import get_client
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -92,6 +93,7 @@ def database_lock(db: str, timeout_seconds: float = 3600) -> Iterator[None]:
 def progress_reporter(key: str, description: str) -> Callable[[int, int], None]:
     """A (done, total) callback that updates one Prefect progress artifact, at most every second."""
     artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
+    assert isinstance(artifact_id, UUID)
     last = [0.0]
 
     def report(done: int, total: int) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from uuid import UUID
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, update_progress_artifact, create_progress_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from drkit import restore as core
 from drkit.chain import RestorePlan
@@ -29,6 +30,7 @@ def execute_restore(db: str, plan: RestorePlan, into: str, port: int | None, kee
     rt = runtime(config)
     pid = create_progress_artifact(progress=0.0, key=artifact_key(db, "restore-progress"),
                                    description=f"restore of {db} into {into}")
+    assert isinstance(pid, UUID)
 
     def on_step(what: str, frac: float) -> None:
         update_progress_artifact(artifact_id=pid, progress=round(frac * 100, 1))

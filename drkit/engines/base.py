@@ -9,9 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes expected)
+
+
+class ByteSink(Protocol):
+    """Where an engine writes its backup stream (a file, or drkit.pipeline's EncryptingWriter)."""
+
+    def write(self, data: bytes, /) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,8 @@ class Engine(Protocol):
 
     def setup(self) -> SetupResult: ...
 
-    def full_backup(self, out: BinaryIO, *, progress: Progress | None = None) -> BackupOutcome: ...
+    def full_backup(self, out: ByteSink, *, progress: Progress | None = None) -> BackupOutcome: ...
 
     def diff_backup(
-        self, out: BinaryIO, base: BaseInfo, *, progress: Progress | None = None
+        self, out: ByteSink, base: BaseInfo, *, progress: Progress | None = None
     ) -> BackupOutcome: ...

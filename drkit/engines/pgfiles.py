@@ -161,9 +161,9 @@ class _ExactReader:
 class ArchiveWriter:
     """A tar stream of data-directory members, written once, front to back."""
 
-    def __init__(self, out: BinaryIO, on_bytes: Callable[[int], None] | None = None) -> None:
-        self._tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20)
-        self._tar.copybufsize = 1 << 20  # type: ignore[attr-defined]
+    def __init__(self, out: Any, on_bytes: Callable[[int], None] | None = None) -> None:
+        self._tar = tarfile.open(  # type: ignore[call-overload]  # noqa: SIM115 - copybufsize: typeshed lags
+            fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20, copybufsize=1 << 20)
         self._on_bytes = on_bytes
 
     def add_dir(self, relpath: str) -> None:
@@ -182,7 +182,7 @@ class ArchiveWriter:
                 size = os.fstat(fh.fileno()).st_size
             info = tarfile.TarInfo(relpath)
             info.size, info.mode = size, 0o600
-            self._tar.addfile(info, _ExactReader(fh, size, self._on_bytes))  # type: ignore[arg-type]
+            self._tar.addfile(info, _ExactReader(fh, size, self._on_bytes))
         return size
 
     def add_bytes(self, relpath: str, data: bytes) -> None:
@@ -235,7 +235,8 @@ def scan_changed_pages(
                 pages.append(blk)
         if pages or zeros:
             view = memoryview(buf)
-            parts = [struct.pack(f"<II{len(pages)}I{len(zeros)}I", len(pages), len(zeros), *pages, *zeros)]
+            parts: list[bytes | memoryview] = [
+                struct.pack(f"<II{len(pages)}I{len(zeros)}I", len(pages), len(zeros), *pages, *zeros)]
             parts.extend(view[(b - block) * PAGE_SIZE:(b - block + 1) * PAGE_SIZE] for b in pages)
             yield block, b"".join(parts)
         block += n
@@ -245,6 +246,8 @@ def apply_pages(target_file: Path, payload: bytes) -> int:
     """Write a ``scan_changed_pages`` payload into a file; returns pages written."""
     if len(payload) < 8:
         raise IntegrityError(f"page set for {target_file} is truncated")
+    n_pages: int
+    n_zero: int
     n_pages, n_zero = struct.unpack_from("<II", payload, 0)
     blocks = struct.unpack_from(f"<{n_pages}I{n_zero}I", payload, 8)
     data_off = 8 + 4 * (n_pages + n_zero)

@@ -40,7 +40,7 @@ def extract_archive(stream: BinaryIO, target: Path, stats: ExtractStats | None =
     stats = stats or ExtractStats()
     manifest: dict[str, Any] | None = None
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|", bufsize=_COPY_BUF)
+        tar = tarfile.open(fileobj=stream, mode="r|", bufsize=_COPY_BUF)  # noqa: SIM115 - closed below
     except tarfile.TarError as exc:
         raise IntegrityError(f"backup archive is unreadable: {exc}") from None
     with tar:

@@ -14,17 +14,17 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from drkit.engines.base import BackupOutcome, BaseInfo, CheckItem, Progress, SetupResult
+from drkit.engines.base import BackupOutcome, BaseInfo, ByteSink, CheckItem, Progress, SetupResult
 from drkit.engines.pgctl import make_owned_dir
 from drkit.engines.pgfiles import (
     MANIFEST_NAME,
@@ -233,13 +233,13 @@ class PostgresEngine:
 
     # -- backups -----------------------------------------------------------------------------------
 
-    def full_backup(self, out: BinaryIO, *, progress: Progress | None = None) -> BackupOutcome:
+    def full_backup(self, out: ByteSink, *, progress: Progress | None = None) -> BackupOutcome:
         return self._base_backup(out, None, progress)
 
-    def diff_backup(self, out: BinaryIO, base: BaseInfo, *, progress: Progress | None = None) -> BackupOutcome:
+    def diff_backup(self, out: ByteSink, base: BaseInfo, *, progress: Progress | None = None) -> BackupOutcome:
         return self._base_backup(out, base, progress)
 
-    def _base_backup(self, out: BinaryIO, base: BaseInfo | None, progress: Progress | None) -> BackupOutcome:
+    def _base_backup(self, out: ByteSink, base: BaseInfo | None, progress: Progress | None) -> BackupOutcome:
         kind = "diff" if base else "full"
         with self.session() as conn:
             seg_size = self.segment_size(conn)
@@ -276,10 +276,8 @@ class PostgresEngine:
                 started = False
             finally:
                 if started:
-                    try:
+                    with suppress(psycopg.Error):
                         conn.execute("SELECT pg_backup_stop(false)")
-                    except psycopg.Error:
-                        pass
             assert row is not None
             stop_lsn, label, spcmap, stop_time = parse_lsn(row[0]), row[1], row[2], row[3]
         tli = _label_timeline(label)
@@ -371,7 +369,7 @@ class PostgresEngine:
                     f"{self.archive_timeout:.0f}s{failed}; check archive_command (`drkit check {self.name}`)")
             time.sleep(0.1)
 
-    def write_wal_archive(self, out: BinaryIO, batch: WalBatch) -> dict[str, Any]:
+    def write_wal_archive(self, out: ByteSink, batch: WalBatch) -> dict[str, Any]:
         writer = ArchiveWriter(out)
         for name in (*batch.history_files, *batch.segments):
             if writer.add_file(f"pg_wal/{name}", str(self.spool / name)) is None:

@@ -305,6 +305,19 @@ def test_other_databases_and_timelines_do_not_fill_a_gap() -> None:
     assert c.plan(None).reaches == m(20)
 
 
+def test_chain_does_not_cross_a_promotion() -> None:
+    c = Cat()
+    c.full("F1", seg=2, end=m(10))
+    c.log("L1", 2, 4, end=m(20))
+    # promoted at segment 5: timeline 2 continues at the same segment numbers
+    c.full("F2", seg=5, end=m(40), tl=2)
+    c.log("L2", 5, 6, end=m(50), tl=2)
+    assert ids(c.plan(m(45))) == ["F2", "L2"]
+    assert ids(c.plan(m(15))) == ["F1", "L1"]
+    with pytest.raises(RestorePlanError):
+        c.plan(m(30))  # timeline 1 after its last shipped log: not restorable
+
+
 def test_logs_must_cover_the_base_start_segment() -> None:
     c = Cat()
     c.full("F1", seg=5, end=m(10))
@@ -363,7 +376,8 @@ def worlds(draw: st.DrawFn) -> World:
     for ev in events:
         n += 1
         t += draw(st.integers(1, 90))
-        cur += draw(st.integers(0, 2))  # writes fill segments
+        if ev != "promote":
+            cur += draw(st.integers(0, 2))  # writes fill segments
         if ev == "diff" and (last_full is None or last_full.timeline != tl):
             ev = "full"
         if ev == "log" and next_log is None:
@@ -400,9 +414,9 @@ def worlds(draw: st.DrawFn) -> World:
             next_log = None  # the spool lost WAL: no log backup until a new full restarts the chain
             cur += draw(st.integers(1, 3))
         elif ev == "promote":
+            # The new timeline continues at the same segment number; its WAL is not shipped until a new full.
             tl += 1
-            cur += 1
-            next_log = None  # a new timeline: no chain until a new full
+            next_log = None
     now = m(t + draw(st.integers(0, 60)))
     return World(cat, now, times)
 
@@ -515,7 +529,8 @@ def world_and_target(draw: st.DrawFn) -> tuple[World, datetime | None]:
     if kind == "none":
         return w, None
     if kind == "event" and w.times:
-        return w, draw(st.sampled_from(w.times))
+        # at an event, or just before/after it: where off-by-one and boundary mistakes show
+        return w, draw(st.sampled_from(w.times)) + timedelta(seconds=draw(st.sampled_from([-1, 0, 0, 1])))
     if kind == "future":
         return w, w.now + timedelta(seconds=draw(st.integers(1, 10**6)))
     if kind == "early":
