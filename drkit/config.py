@@ -43,14 +43,18 @@ def parse_duration(value: Any) -> timedelta:
     """``'30m'``, ``'10s'``, ``'2h'``, ``'1d'`` or a number of seconds."""
     if isinstance(value, timedelta):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return timedelta(seconds=float(value))
-    if isinstance(value, str):
-        m = _DURATION_RE.match(value.strip())
-        if m:
-            n, unit = int(m.group(1)), m.group(2)
-            return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: n})
-    raise ValueError(f"expected a duration like '30s', '10m', '2h' or '1d', got {value!r}")
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value >= 0:  # also false for NaN
+                return timedelta(seconds=float(value))
+        elif isinstance(value, str):
+            m = _DURATION_RE.match(value.strip())
+            if m:
+                n, unit = int(m.group(1)), m.group(2)
+                return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: n})
+    except OverflowError:  # .inf, 99999999999d: a ConfigError naming the key, not a traceback
+        pass
+    raise ValueError(f"expected a non-negative duration like '30s', '10m', '2h' or '1d', got {value!r}")
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]

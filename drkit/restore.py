@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from drkit.chain import RestorePiece, RestorePlan, plan_restore
-from drkit.engines.pgctl import LocalCluster, free_port, make_owned_dir
+from drkit.engines.pgctl import LocalCluster, free_port, make_owned_dir, run_as
 from drkit.engines.pgrestore import (
     ExtractStats,
     extract_archive,
@@ -93,6 +93,10 @@ def restore(
             on_step(what, frac)
 
     make_owned_dir(into, os_user)
+    if run_as(os_user, ["test", "-w", str(into)], check=False).returncode != 0:
+        into.rmdir()
+        raise RestoreError(f"the {os_user} OS user cannot write {into}: make its parent directories "
+                           "traversable (chmod o+x) or restore somewhere else (nothing was changed)")
     wal_root = into.parent / f".{into.name}.drkit-wal"
     shutil.rmtree(wal_root, ignore_errors=True)
     make_owned_dir(wal_root, os_user, 0o750)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_table_artifact
 
 from drkit import backup as core
@@ -10,7 +11,7 @@ from drkit.catalog.records import BackupRecord
 from tasks.common import artifact_key, finish_progress, progress_reporter, retry_transient, runtime
 
 
-@task(name="check-prerequisites", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
+@task(name="check-prerequisites", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def check_prerequisites(db: str, config: str | None) -> None:
     rt = runtime(config)
     rt.policy.database(db)
@@ -18,7 +19,7 @@ def check_prerequisites(db: str, config: str | None) -> None:
     rt.engine(db).require_ready()
 
 
-@task(name="base-backup", retries=1, retry_delay_seconds=[30], retry_condition_fn=retry_transient)
+@task(name="base-backup", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=[30], retry_condition_fn=retry_transient)
 def base_backup(db: str, kind: str, config: str | None) -> BackupRecord:
     rt = runtime(config)
     report = progress_reporter(artifact_key(db, kind, "backup-progress"), f"{kind} backup of {db}")
@@ -30,7 +31,7 @@ def base_backup(db: str, kind: str, config: str | None) -> BackupRecord:
     return rec
 
 
-@task(name="log-backup", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
+@task(name="log-backup", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
 def log_backup(db: str, config: str | None) -> BackupRecord | None:
     rt = runtime(config)
     try:
@@ -39,7 +40,7 @@ def log_backup(db: str, config: str | None) -> BackupRecord | None:
         rt.close()
 
 
-@task(name="publish-backup-report")
+@task(name="publish-backup-report", cache_policy=NO_CACHE)
 def publish_backup_report(rec: BackupRecord) -> None:
     row = {
         "backup": rec.id, "kind": rec.kind, "status": rec.status,

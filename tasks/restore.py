@@ -7,6 +7,7 @@ from pathlib import Path
 from uuid import UUID
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from drkit import restore as core
@@ -15,7 +16,7 @@ from drkit.restore import RestoreResult
 from tasks.common import artifact_key, runtime
 
 
-@task(name="plan-restore")
+@task(name="plan-restore", cache_policy=NO_CACHE)
 def plan_restore(db: str, target: datetime | None, config: str | None) -> RestorePlan:
     rt = runtime(config)
     try:
@@ -24,7 +25,7 @@ def plan_restore(db: str, target: datetime | None, config: str | None) -> Restor
         rt.close()
 
 
-@task(name="execute-restore")
+@task(name="execute-restore", cache_policy=NO_CACHE)
 def execute_restore(db: str, plan: RestorePlan, into: str, port: int | None, keep_running: bool,
                     config: str | None) -> RestoreResult:
     rt = runtime(config)
@@ -42,7 +43,7 @@ def execute_restore(db: str, plan: RestorePlan, into: str, port: int | None, kee
         rt.close()
 
 
-@task(name="publish-restore-report")
+@task(name="publish-restore-report", cache_policy=NO_CACHE)
 def publish_restore_report(result: RestoreResult) -> None:
     plan = result.plan
     lines = [f"# Restore of {plan.database}", "",

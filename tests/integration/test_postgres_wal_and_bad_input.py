@@ -144,3 +144,24 @@ def test_a_failure_mid_stream_leaves_no_object_and_marks_the_row_failed(
     # The server's backup was aborted: a new one starts cleanly.
     monkeypatch.setattr(pgfiles.ArchiveWriter, "add_file", real)
     assert backup.take_base_backup(rt, "app", "full").status == "completed"
+
+
+def test_restore_refuses_a_target_dir_it_cannot_use_and_changes_nothing(rt: Runtime, scratch: Path) -> None:
+    from drkit.errors import RestoreError
+    from drkit.restore import restore
+
+    backup.take_base_backup(rt, "app", "full")
+    busy = scratch / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("precious")
+    with pytest.raises(RestoreError, match="not empty"):
+        restore(rt, "app", into=busy)
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+
+    private = scratch / "private"
+    private.mkdir(mode=0o700)
+    os.chmod(private, 0o700)
+    if rt.os_user("app") not in (None, "root"):
+        with pytest.raises(RestoreError, match="cannot write"):
+            restore(rt, "app", into=private / "r")
+        assert not (private / "r").exists()

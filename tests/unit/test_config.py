@@ -165,7 +165,7 @@ def test_bad_timezone(tmp_path: Path) -> None:
     assert "databases.orders.timezone" in msg and "Mars/Olympus_Mons" in msg
 
 
-@pytest.mark.parametrize("value", ["30 minutes", "soon", "-5m", "1w"])
+@pytest.mark.parametrize("value", ["30 minutes", "soon", "-5m", "1w", "-5", ".inf", ".nan", "99999999999d", "1e300"])
 def test_bad_duration(tmp_path: Path, value: str) -> None:
     msg = error_for(tmp_path, f"approvals:\n  failover_timeout: {value}\n")
     assert "approvals.failover_timeout" in msg
