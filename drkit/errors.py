@@ -72,3 +72,11 @@ class RestorePlanError(DrkitError):
 
 class RestoreError(DrkitError):
     """A restore started but could not be completed or validated."""
+
+
+class VerificationError(DrkitError):
+    """A verification restore found the backup bad (it is now marked corrupt) or could not prove it."""
+
+
+class ApprovalError(DrkitError):
+    """An approval step timed out or was refused; nothing was switched."""

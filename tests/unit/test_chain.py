@@ -94,7 +94,7 @@ def ids(plan: RestorePlan) -> list[str]:
 
 
 def standard() -> Cat:
-    """F1 (seg 2, ends m10) ← L1 2..4 (m20) ← D1 on F1 (seg 5, m30) ← L2 5..6 (m40) ← L3 7..9 (m50) ← L4 10..11 (m60)."""
+    """F1 (seg 2, ends m10), L1 2..4 (m20), D1 on F1 (seg 5, m30), L2 5..6 (m40), L3 7..9 (m50), L4 10..11 (m60)."""
     c = Cat()
     c.full("F1", seg=2, end=m(10))
     c.log("L1", 2, 4, end=m(20))
@@ -370,11 +370,9 @@ def worlds(draw: st.DrawFn) -> World:
     next_log: int | None = None  # first segment not yet shipped on this timeline; None: no chain
     last_full: BackupRecord | None = None
     times: list[datetime] = []
-    n = 0
     kinds = ["full", "diff", "diff", *["log"] * 8, "gap", "break", "promote"]
     events = ["full", *draw(st.lists(st.sampled_from(kinds), min_size=2, max_size=30))]
-    for ev in events:
-        n += 1
+    for n, ev in enumerate(events, 1):
         t += draw(st.integers(1, 90))
         if ev != "promote":
             cur += draw(st.integers(0, 2))  # writes fill segments
@@ -394,7 +392,7 @@ def worlds(draw: st.DrawFn) -> World:
                         next_log = cur  # the log chain (re)starts at the full
             else:
                 assert last_full is not None
-                rec = cat.diff(f"D{n}", last_full.id, seg=cur, end=end, tl=tl, status=status, tiers=tiers)
+                cat.diff(f"D{n}", last_full.id, seg=cur, end=end, tl=tl, status=status, tiers=tiers)
             cur += 1  # pg_backup_stop switches segment
             times.append(m(t))
         elif ev == "log":
@@ -408,7 +406,7 @@ def worlds(draw: st.DrawFn) -> World:
             cur += 1  # pg_switch_wal
             times.append(m(t))
         elif ev == "gap" and next_log is not None:
-            next_log += draw(st.integers(1, 3))  # segments lost from the spool
+            next_log += draw(st.integers(1, 3))  # segments never shipped, or their log backup lost
             cur = max(cur, next_log)
         elif ev == "break":
             next_log = None  # the spool lost WAL: no log backup until a new full restarts the chain

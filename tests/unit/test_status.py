@@ -123,7 +123,8 @@ def test_other_databases_are_not_mixed_in() -> None:
 
 
 def test_as_json() -> None:
-    backups = [rec("F1", "full", 2, 2, m(10)), rec("L1", "log", 2, 3, m(20)), rec("X", "full", 4, 4, m(30), status="corrupt")]
+    backups = [rec("F1", "full", 2, 2, m(10)), rec("L1", "log", 2, 3, m(20)),
+               rec("X", "full", 4, 4, m(30), status="corrupt")]
     out = status_of(backups).as_json(NOW)
     assert out["database"] == DB
     assert out["restorable_until"] == m(20).isoformat()

@@ -1,0 +1,45 @@
+"""Verification tasks: the scratch restore and checks (long, not retried), and the report artifact."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from drkit import verify as core
+from drkit.verify import CheckResult, VerifyReport
+from tasks.common import artifact_key, runtime
+
+
+@task(name="verify-backup", cache_policy=NO_CACHE)
+def verify_backup(db: str, backup_id: str | None, config: str | None) -> VerifyReport:
+    rt = runtime(config)
+    try:
+        return core.verify_backup(rt, db, backup_id)
+    finally:
+        rt.close()
+
+
+@task(name="verify-chain", cache_policy=NO_CACHE)
+def verify_chain(db: str, config: str | None) -> VerifyReport:
+    rt = runtime(config)
+    try:
+        return core.verify_chain(rt, db)
+    finally:
+        rt.close()
+
+
+@task(name="validate-restored", cache_policy=NO_CACHE)
+def validate_restored(db: str, port: int, config: str | None) -> list[CheckResult]:
+    """amcheck, visibility map and the policy's SQL checks against a running restored cluster."""
+    rt = runtime(config)
+    try:
+        return core.run_checks(rt, db, port)
+    finally:
+        rt.close()
+
+
+@task(name="publish-verify-report", cache_policy=NO_CACHE)
+def publish_verify_report(report: VerifyReport) -> None:
+    create_markdown_artifact(markdown=report.markdown(), key=artifact_key(report.database, "verify-report"),
+                             description=f"verification of {report.subject}: {'PASS' if report.passed else 'FAIL'}")
