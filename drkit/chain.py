@@ -11,7 +11,7 @@ nothing reaches the target it says why, and what does exist.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
@@ -19,7 +19,7 @@ from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
 from drkit.errors import RestorePlanError
 from drkit.lsn import DEFAULT_SEGMENT_SIZE, parse_segment_name
 
-Recovery = Literal["immediate", "time", "end"]
+Recovery = Literal["immediate", "time", "lsn", "end"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class RestorePlan:
     reaches: datetime
     pieces: tuple[RestorePiece, ...]
     reasons: tuple[str, ...] = field(default=())
+    target_lsn: int | None = None
 
     @property
     def full(self) -> RestorePiece:
@@ -100,10 +101,12 @@ class _Copies:
                             sha256=c.sha256 or b.sha256)
 
 
-def _log_chain(base: BackupRecord, logs: Sequence[BackupRecord], until: datetime | None) -> list[BackupRecord]:
-    """Logs joined segment to segment from the base's start, up to one whose end covers ``until``.
-
-    With ``until`` None, as far as the run is unbroken.
+def _log_chain(
+    base: BackupRecord, logs: Sequence[BackupRecord], until: datetime | None,
+    *, until_lsn: int | None = None,
+) -> list[BackupRecord]:
+    """Logs joined segment to segment from the base's start, up to one whose end covers ``until``
+    (or ``until_lsn``). With neither, as far as the run is unbroken.
     """
     need = _start_segno(base)
     chain: list[BackupRecord] = []
@@ -111,12 +114,35 @@ def _log_chain(base: BackupRecord, logs: Sequence[BackupRecord], until: datetime
     while True:
         if until is not None and chain and chain[-1].end_time is not None and chain[-1].end_time >= until:
             return chain
+        if until_lsn is not None and chain and (chain[-1].end_lsn or 0) >= until_lsn:
+            return chain
         covering = [lg for lg in on_tli if _segs(lg)[0] <= need <= _segs(lg)[1]]
         if not covering:
             return chain
         nxt = max(covering, key=lambda lg: (_segs(lg)[1], lg.end_time or base.end_time))
         chain.append(nxt)
         need = _segs(nxt)[1] + 1
+
+
+def _candidates(
+    database: str, backups: Sequence[BackupRecord], where: _Copies, tier_order: Sequence[str]
+) -> tuple[list[BackupRecord], list[BackupRecord], list[BackupRecord], list[BackupRecord], list[BackupRecord]]:
+    mine = [b for b in backups if b.database == database]
+    restorable = [b for b in mine if b.status in RESTORABLE_STATUSES and b.end_time
+                  and b.start_lsn is not None and (b.kind != "log" or (b.start_wal and b.end_wal))]
+    usable = [b for b in restorable if where.has(b)]
+    corrupt = [b for b in mine if b.status == "corrupt"]
+    fulls = [b for b in usable if b.kind == "full"]
+    if not fulls:
+        extra = f" ({len(corrupt)} corrupt backup(s) are not used)" if corrupt else ""
+        no_copy = [b.id for b in restorable if b.kind == "full" and not where.has(b)]
+        if no_copy:
+            extra += (f"; full backup(s) {', '.join(no_copy)} have no complete copy in the tiers "
+                      f"{', '.join(tier_order)}")
+        raise RestorePlanError(f"no restorable full backup of {database!r} in the catalog{extra}; "
+                               f"run `drkit backup full {database}` first")
+    return (usable, corrupt, fulls, [b for b in usable if b.kind == "diff"],
+            [b for b in usable if b.kind == "log"])
 
 
 def plan_restore(
@@ -130,16 +156,8 @@ def plan_restore(
 ) -> RestorePlan:
     """The chain that restores ``database`` to ``target`` (None: the latest point the backups reach)."""
     where = _Copies(copies, tier_order)
-    usable = [b for b in backups
-              if b.database == database and b.status in RESTORABLE_STATUSES and b.end_time and where.has(b)]
-    corrupt = [b for b in backups if b.database == database and b.status == "corrupt"]
-    fulls = sorted((b for b in usable if b.kind == "full"), key=lambda b: b.end_time or now, reverse=True)
-    diffs = [b for b in usable if b.kind == "diff"]
-    logs = [b for b in usable if b.kind == "log"]
-    if not fulls:
-        extra = f" ({len(corrupt)} corrupt backup(s) are not used)" if corrupt else ""
-        raise RestorePlanError(f"no restorable full backup of {database!r} in the catalog{extra}; "
-                               f"run `drkit backup full {database}` first")
+    usable, corrupt, fulls, diffs, logs = _candidates(database, backups, where, tier_order)
+    fulls.sort(key=lambda b: b.end_time or now, reverse=True)
     if target is not None:
         if target > now:
             raise RestorePlanError(f"target {_fmt(target)} is in the future (now is {_fmt(now)})")
@@ -196,3 +214,84 @@ def plan_restore(
         f"cannot reach {_fmt(target)} for {database!r}: " + "; ".join(failures) + gap_hint
         + ". Backups: " + ", ".join(f"{b.id} ({_fmt(b.end_time)})" for b in sorted(
             (b for b in usable if b.kind != "log"), key=lambda b: b.end_time or now)))
+
+
+def plan_restore_to_lsn(
+    database: str,
+    backups: Sequence[BackupRecord],
+    copies: Sequence[CopyRecord],
+    *,
+    target_lsn: int,
+    tier_order: Sequence[str],
+) -> RestorePlan:
+    """The chain that restores ``database`` up to and including the WAL record at ``target_lsn``."""
+    from drkit.lsn import format_lsn
+
+    where = _Copies(copies, tier_order)
+    usable, corrupt, fulls, diffs, logs = _candidates(database, backups, where, tier_order)
+    before = [f for f in fulls if (f.end_lsn or 0) <= target_lsn]
+    if not before:
+        first = min(fulls, key=lambda b: b.end_lsn or 0)
+        raise RestorePlanError(
+            f"LSN {format_lsn(target_lsn)} is before the earliest restorable point of {database!r}: "
+            f"full backup {first.id} is consistent from LSN {format_lsn(first.end_lsn or 0)}")
+    full = max(before, key=lambda b: b.end_lsn or 0)
+    on_full = [d for d in diffs if d.base_id == full.id and (d.end_lsn or 0) <= target_lsn]
+    diff = max(on_full, key=lambda d: d.end_lsn or 0) if on_full else None
+    base = diff or full
+    assert base.end_time is not None
+    why = [f"full {full.id}: the newest full consistent at or before LSN {format_lsn(target_lsn)}"]
+    if diff:
+        why.append(f"diff {diff.id}: the newest diff on it")
+    if corrupt:
+        why.append("skipped corrupt: " + ", ".join(b.id for b in corrupt))
+    if base.end_lsn == target_lsn:
+        return RestorePlan(database, None, "immediate", base.end_time,
+                           tuple(where.piece(b) for b in (full, diff) if b), tuple(why), target_lsn)
+    chain = _log_chain(base, logs, None, until_lsn=target_lsn)
+    if chain and (chain[-1].end_lsn or 0) >= target_lsn and chain[-1].end_time is not None:
+        why.append(f"{len(chain)} log backup(s) from {chain[0].start_wal} to {chain[-1].end_wal}")
+        return RestorePlan(database, None, "lsn", chain[-1].end_time,
+                           tuple(where.piece(b) for b in (full, diff, *chain) if b), tuple(why), target_lsn)
+    reach = format_lsn(chain[-1].end_lsn or 0) if chain else format_lsn(base.end_lsn or 0)
+    raise RestorePlanError(
+        f"cannot reach LSN {format_lsn(target_lsn)} for {database!r}: from {base.kind} {base.id} the log "
+        f"backups reach LSN {reach}" + (f" (chain ends at {chain[-1].end_wal})" if chain else ""))
+
+
+def plan_for_backup(
+    target: BackupRecord,
+    backups: Sequence[BackupRecord],
+    copies: Sequence[CopyRecord],
+    *,
+    tier_order: Sequence[str],
+) -> RestorePlan:
+    """The smallest restore that proves ``target``: a full alone; a diff on its full; a log with its chain.
+
+    ``target`` itself is used whatever its verification status (re-verifying a corrupt backup is
+    allowed); what it depends on must be restorable.
+    """
+    where = _Copies(copies, tier_order)
+    if target.status not in (*RESTORABLE_STATUSES, "corrupt") or target.end_time is None:
+        raise RestorePlanError(f"backup {target.id} is {target.status}; only completed backups can be verified")
+    if not where.has(target):
+        raise RestorePlanError(f"backup {target.id} has no complete copy in the tiers {', '.join(tier_order)}")
+    if target.kind == "full":
+        return RestorePlan(target.database, None, "immediate", target.end_time, (where.piece(target),),
+                           (f"full {target.id} alone, to its consistency point",))
+    if target.kind == "diff":
+        base = next((b for b in backups if b.id == target.base_id), None)
+        if base is None or base.status not in RESTORABLE_STATUSES or not where.has(base):
+            state = "missing" if base is None else base.status if base.status not in RESTORABLE_STATUSES \
+                else "without a complete copy"
+            raise RestorePlanError(f"diff {target.id} cannot be verified: its full {target.base_id} is {state}")
+        return RestorePlan(target.database, None, "immediate", target.end_time,
+                           (where.piece(base), where.piece(target)),
+                           (f"full {base.id}, then diff {target.id}, to the diff's consistency point",))
+    others = [b for b in backups if b.id != target.id]
+    promoted = replace(target, status="completed") if target.status == "corrupt" else target
+    plan = plan_restore(target.database, [*others, promoted], copies, target=target.end_time,
+                        now=target.end_time, tier_order=tier_order)
+    if target.id not in {p.backup.id for p in plan.pieces}:
+        raise RestorePlanError(f"log backup {target.id} is not part of any restorable chain")
+    return plan

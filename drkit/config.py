@@ -149,7 +149,8 @@ def _default_tiers() -> dict[str, TierConfig]:
 
 
 class Policy(_Model):
-    catalog: str = "sqlite:///var/drkit/catalog.db"
+    catalog: str = Field(default="sqlite:///var/drkit/catalog.db", repr=False)  # a URL may hold a password
+    scratch_dir: Path = Path("var/drkit/scratch")
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers)
     backup_tier: str = "local"

@@ -1,13 +1,29 @@
-"""Backup flows: full, differential and log, one database at a time."""
+"""Backup flows: full, differential and log, one database at a time.
+
+A base backup of a kind listed in the policy's ``verify.after`` is followed by
+a verification restore (a subflow); a failed backup flow sends the
+``backup_failed`` notification.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import Flow, flow
+from prefect.client.schemas.objects import FlowRun, State
 
+from drkit.config import load_policy
+from flows.verify import verify_backup_flow
 from tasks.backup import base_backup, check_prerequisites, log_backup, publish_backup_report
 from tasks.common import database_lock
+from tasks.notify import deliver
+
+
+def _notify_failure(flow: Flow[..., Any], flow_run: FlowRun, state: State) -> None:
+    params = flow_run.parameters or {}
+    db, config = params.get("db", "?"), params.get("config")
+    deliver("backup_failed", f"drkit: {flow.name} of {db} failed",
+            f"database: {db}\nflow run: {flow_run.name} ({flow_run.id})\nwhy: {state.message}", config)
 
 
 def _base(db: str, kind: str, config: str | None) -> str:
@@ -15,22 +31,25 @@ def _base(db: str, kind: str, config: str | None) -> str:
     with database_lock(db):
         rec = base_backup(db, kind, config)
     publish_backup_report(rec)
+    if kind in load_policy(config).database(db).verify.after:
+        # Its own flow run (and notification); the backup stays recorded whatever it finds.
+        verify_backup_flow(db=db, backup_id=rec.id, config=config, return_state=True)
     return rec.id
 
 
-@flow(name="full-backup", flow_run_name="full-{db}")
+@flow(name="full-backup", flow_run_name="full-{db}", on_failure=[_notify_failure])
 def full_backup(db: str, config: str | None = None) -> str:
     """Full base backup of ``db``; returns the backup id."""
     return _base(db, "full", config)
 
 
-@flow(name="differential-backup", flow_run_name="diff-{db}")
+@flow(name="differential-backup", flow_run_name="diff-{db}", on_failure=[_notify_failure])
 def differential_backup(db: str, config: str | None = None) -> str:
     """Block-level differential against the newest full; returns the backup id."""
     return _base(db, "diff", config)
 
 
-@flow(name="log-backup", flow_run_name="log-{db}")
+@flow(name="log-backup", flow_run_name="log-{db}", on_failure=[_notify_failure])
 def log_backup_flow(db: str, config: str | None = None) -> str | None:
     """Close the current WAL segment and ship all finished ones; None when there was nothing new."""
     check_prerequisites(db, config)
@@ -39,6 +58,8 @@ def log_backup_flow(db: str, config: str | None = None) -> str | None:
     if rec is None:
         return None
     publish_backup_report(rec)
+    if "log" in load_policy(config).database(db).verify.after:
+        verify_backup_flow(db=db, backup_id=rec.id, config=config, return_state=True)
     return rec.id
 
 

@@ -1,4 +1,4 @@
-"""Point-in-time restore flow: plan, fetch and replay, report."""
+"""Point-in-time restore flow: plan, fetch and replay, validate, report."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from datetime import datetime
 
 from prefect import flow
 
+from drkit.errors import VerificationError
+from flows.common import stop_cluster
 from tasks.restore import execute_restore, plan_restore, publish_restore_report
+from tasks.verify import validate_restored
 
 
 @flow(name="restore-point-in-time", flow_run_name="restore-{db}")
@@ -17,11 +20,20 @@ def restore_point_in_time(
     port: int | None = None,
     keep_running: bool = False,
     config: str | None = None,
+    target_lsn: str | None = None,
+    validate: bool = True,
 ) -> dict[str, object]:
-    """Restore ``db`` into the new directory ``into`` at ``target`` (None: latest)."""
-    plan = plan_restore(db, target, config)
-    result = execute_restore(db, plan, into, port, keep_running, config)
-    publish_restore_report(result)
-    return {"data_dir": str(result.data_dir), "port": result.port, "running": result.running,
+    """Restore ``db`` into the new directory ``into`` at ``target`` (None: latest), then validate it."""
+    plan = plan_restore(db, target, config, target_lsn)
+    result = execute_restore(db, plan, into, port, True, config)
+    checks = validate_restored(db, result.port, config) if validate else []
+    publish_restore_report(result, checks)
+    if not keep_running:
+        stop_cluster(db, str(result.data_dir), result.port, config)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise VerificationError(f"the restored cluster in {result.data_dir} failed validation: "
+                                + "; ".join(f"{c.name}: {c.detail[:200]}" for c in failed))
+    return {"data_dir": str(result.data_dir), "port": result.port, "running": keep_running,
             "reaches": plan.reaches.isoformat(), "pieces": [p.backup.id for p in plan.pieces],
-            "seconds": round(result.seconds, 2)}
+            "seconds": round(result.seconds, 2), "checks": [c.name for c in checks]}

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from drkit import backup as core
 from drkit.catalog.records import BackupRecord
 from tasks.common import artifact_key, finish_progress, progress_reporter, retry_transient, runtime
 
 
-@task(name="check-prerequisites", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
+@task(name="check-prerequisites", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_transient)
 def check_prerequisites(db: str, config: str | None) -> None:
     rt = runtime(config)
     rt.policy.database(db)
@@ -19,7 +20,8 @@ def check_prerequisites(db: str, config: str | None) -> None:
     rt.engine(db).require_ready()
 
 
-@task(name="base-backup", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=[30], retry_condition_fn=retry_transient)
+@task(name="base-backup", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=[30],
+      retry_condition_fn=retry_transient)
 def base_backup(db: str, kind: str, config: str | None) -> BackupRecord:
     rt = runtime(config)
     report = progress_reporter(artifact_key(db, kind, "backup-progress"), f"{kind} backup of {db}")
@@ -31,7 +33,8 @@ def base_backup(db: str, kind: str, config: str | None) -> BackupRecord:
     return rec
 
 
-@task(name="log-backup", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
+@task(name="log-backup", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30],
+      retry_condition_fn=retry_transient)
 def log_backup(db: str, config: str | None) -> BackupRecord | None:
     rt = runtime(config)
     try:

@@ -54,7 +54,7 @@ def deliver(event: str, subject: str, body: str, config: str | None) -> list[str
         try:
             block = _load(name)
             with block.raise_on_failure():
-                block.notify(body=body, subject=subject)
+                block.notify(body=body, subject=subject)  # type: ignore[unused-coroutine]  # sync here
             delivered.append(name)
         except Exception as exc:  # a failed delivery must never hide what is being reported
             log.error("notification %s via %s failed: %s: %s", event, name, type(exc).__name__, exc)

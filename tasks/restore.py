@@ -7,20 +7,22 @@ from pathlib import Path
 from uuid import UUID
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 
 from drkit import restore as core
 from drkit.chain import RestorePlan
+from drkit.lsn import parse_lsn
 from drkit.restore import RestoreResult
+from drkit.verify import CheckResult
 from tasks.common import artifact_key, runtime
 
 
 @task(name="plan-restore", cache_policy=NO_CACHE)
-def plan_restore(db: str, target: datetime | None, config: str | None) -> RestorePlan:
+def plan_restore(db: str, target: datetime | None, config: str | None, target_lsn: str | None = None) -> RestorePlan:
     rt = runtime(config)
     try:
-        return core.make_plan(rt, db, target)
+        return core.make_plan(rt, db, target, target_lsn=parse_lsn(target_lsn) if target_lsn else None)
     finally:
         rt.close()
 
@@ -44,7 +46,7 @@ def execute_restore(db: str, plan: RestorePlan, into: str, port: int | None, kee
 
 
 @task(name="publish-restore-report", cache_policy=NO_CACHE)
-def publish_restore_report(result: RestoreResult) -> None:
+def publish_restore_report(result: RestoreResult, checks: list[CheckResult] | None = None) -> None:
     plan = result.plan
     lines = [f"# Restore of {plan.database}", "",
              f"* target: **{plan.target_time.isoformat() if plan.target_time else 'latest'}**"
@@ -56,5 +58,8 @@ def publish_restore_report(result: RestoreResult) -> None:
     lines += [f"| {p.role} | {p.backup.id} | {p.tier} | {p.stored_bytes} |" for p in plan.pieces]
     lines += ["", "Why:"] + [f"* {r}" for r in plan.reasons]
     lines += ["", "| step | at (s) |", "|---|---|"] + [f"| {s} | {t} |" for s, t in result.steps]
+    if checks:
+        lines += ["", "| validation | result | detail |", "|---|---|---|"]
+        lines += [f"| {c.name} | {'ok' if c.ok else 'FAILED'} | {c.detail[:200].replace('|', '/')} |" for c in checks]
     create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(plan.database, "restore-report"),
                              description=f"restore of {plan.database}")

@@ -114,6 +114,7 @@ def write_recovery_config(
     wal_dir: Path,
     target_time: datetime | None,
     immediate: bool,
+    target_lsn: str | None = None,
     extra: dict[str, str] | None = None,
 ) -> None:
     """Configure recovery: our port, no archiving, WAL from ``wal_dir``, then promote."""
@@ -137,6 +138,8 @@ def write_recovery_config(
     }
     if immediate:
         settings["recovery_target"] = "immediate"
+    elif target_lsn is not None:
+        settings["recovery_target_lsn"] = target_lsn
     elif target_time is not None:
         settings["recovery_target_time"] = target_time.astimezone(UTC).isoformat(sep=" ")
     settings.update(extra or {})

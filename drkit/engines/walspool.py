@@ -57,7 +57,7 @@ def list_spool(spool: Path) -> tuple[list[str], list[str]]:
     for name in names:
         if is_segment_name(name):
             segments.append(name)
-        elif name.endswith(".history") and len(name) == 16:
+        elif name.endswith(".history") and len(name) == 16 and all(c in "0123456789ABCDEF" for c in name[:8]):
             histories.append(name)
     return sorted(segments), sorted(histories)
 
