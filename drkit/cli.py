@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from drkit.config import load_policy
-from drkit.errors import ConfigError, DrkitError
+from drkit.errors import ConfigError, DrkitError, VerificationError
 from drkit.runtime import Runtime
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Database backup and disaster recovery.")
@@ -135,8 +135,13 @@ def backup(kind: Annotated[str, typer.Argument(help="full, diff or log")], db: s
     bid = _guard(run)
     if bid is None:
         err.print("no new WAL since the last log backup; nothing shipped")
-    else:
-        console.print(bid)
+        return
+    console.print(bid)
+    status = _guard(lambda: _runtime().catalog.get(bid).status)
+    if status == "corrupt":
+        err.print(f"error: backup {bid} failed its verification restore and is marked corrupt; "
+                  "see the verify report in the Prefect UI")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -170,17 +175,31 @@ def backups(db: str, as_json: Annotated[bool, typer.Option("--json")] = False) -
 # -- restore --------------------------------------------------------------------------------------------
 
 
+def _lsn(value: str | None) -> int | None:
+    from drkit.lsn import parse_lsn
+    if value is None:
+        return None
+    try:
+        return parse_lsn(value)
+    except ValueError as exc:
+        raise ConfigError(f"--lsn: {exc}") from None
+
+
 @app.command("restore-plan")
-def restore_plan(db: str, to: Annotated[str | None, typer.Option("--to")] = None,
+def restore_plan(db: str, to: Annotated[str | None, typer.Option("--to", help="ISO 8601 timestamp")] = None,
+                 lsn: Annotated[str | None, typer.Option("--lsn", help="a WAL position like 0/3000028")] = None,
                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """What a restore to TIME (default: latest) would read, and from where. Touches nothing."""
-    from drkit.restore import make_plan
+    """What a restore to TIME or LSN (default: latest) would read, from where, and how long. Touches nothing."""
+    from drkit.restore import estimated_seconds, make_plan
 
     def run() -> None:
-        plan = make_plan(_runtime(), db, parse_time(to) if to else None)
+        rt = _runtime()
+        plan = make_plan(rt, db, parse_time(to) if to else None, target_lsn=_lsn(lsn))
+        seconds, basis = estimated_seconds(rt, db, plan)
         if as_json:
-            _print_json({"database": db, "target": plan.target_time, "recovery": plan.recovery,
+            _print_json({"database": db, "target": plan.target_time, "target_lsn": lsn, "recovery": plan.recovery,
                          "reaches": plan.reaches, "total_bytes": plan.total_bytes,
+                         "estimated_seconds": round(seconds, 1), "estimate_basis": basis,
                          "pieces": [{"backup": p.backup.id, "kind": p.role, "tier": p.tier,
                                      "bytes": p.stored_bytes, "wal": [p.backup.start_wal, p.backup.end_wal]}
                                     for p in plan.pieces],
@@ -195,6 +214,7 @@ def restore_plan(db: str, to: Annotated[str | None, typer.Option("--to")] = None
         console.print(table)
         for r in plan.reasons:
             console.print(f"• {r}")
+        console.print(f"{_human_bytes(plan.total_bytes)} to read; about {seconds:.0f} s {basis}")
     _guard(run)
 
 
@@ -203,25 +223,110 @@ def restore(
     db: str,
     into: Annotated[Path, typer.Option("--into", help="a new, empty directory")],
     to: Annotated[str | None, typer.Option("--to", help="ISO 8601 timestamp")] = None,
+    lsn: Annotated[str | None, typer.Option("--lsn", help="a WAL position like 0/3000028")] = None,
     latest: Annotated[bool, typer.Option("--latest")] = False,
     port: Annotated[int | None, typer.Option("--port")] = None,
     keep_running: Annotated[bool, typer.Option("--keep-running")] = False,
 ) -> None:
     """Restore DB (full + diff + logs) into DIR, to TIME or the latest point; runs the restore flow."""
-    if bool(to) == latest:
-        err.print("error: give exactly one of --to TIME or --latest")
+    if sum(map(bool, (to, lsn, latest))) != 1:
+        err.print("error: give exactly one of --to TIME, --lsn LSN or --latest")
         raise typer.Exit(2)
 
     def run() -> dict[str, Any]:
         from drkit.restore import make_plan
         target = parse_time(to) if to else None
-        make_plan(_runtime(), db, target)  # fail fast, before a flow run, on an unreachable target
+        make_plan(_runtime(), db, target, target_lsn=_lsn(lsn))  # fail fast, before a flow run
         from flows.restore import restore_point_in_time
-        return restore_point_in_time(db=db, into=str(into.resolve()), target=target, port=port,
-                                     keep_running=keep_running, config=_config_path())
+        result: dict[str, Any] = restore_point_in_time(
+            db=db, into=str(into.resolve()), target=target, target_lsn=lsn, port=port,
+            keep_running=keep_running, config=_config_path())
+        return result
     out = _guard(run)
     where = f"running on 127.0.0.1:{out['port']}" if out["running"] else "stopped"
     console.print(f"restored {db} to {out['reaches']} in {out['seconds']} s into {out['data_dir']} ({where})")
+
+
+@app.command()
+def verify(
+    db: str,
+    backup_id: Annotated[str | None, typer.Option("--backup", help="default: the newest full")] = None,
+    chain: Annotated[bool, typer.Option("--chain", help="the newest chain end to end")] = False,
+) -> None:
+    """Verification restore into a scratch cluster, with amcheck, visibility and SQL checks. Exit 1 on failure."""
+    def run() -> dict[str, Any]:
+        rt = _runtime()
+        rt.policy.database(db)
+        from flows.verify import verify_backup_flow, verify_latest_chain
+        state = (verify_latest_chain(db=db, config=_config_path(), return_state=True) if chain else
+                 verify_backup_flow(db=db, backup_id=backup_id, config=_config_path(), return_state=True))
+        if state.is_failed():
+            raise VerificationError(state.message or "verification failed")
+        result: dict[str, Any] = state.result()
+        return result
+    summary = _guard(run)
+    table = Table(title=f"verification of {summary['subject']}: PASS")
+    for col in ("check", "result", "seconds", "detail"):
+        table.add_column(col)
+    for c in summary["checks"]:
+        table.add_row(c["name"], "ok" if c["ok"] else "FAILED", str(c["seconds"]), c["detail"][:80])
+    console.print(table)
+
+
+@app.command()
+def recover(
+    db: str,
+    before: Annotated[str, typer.Option("--before", help="ISO 8601: the last good moment")],
+    into: Annotated[Path | None, typer.Option("--into")] = None,
+    port: Annotated[int | None, typer.Option("--port")] = None,
+) -> None:
+    """Corruption recovery: restore to BEFORE on a standby, validate, wait for approval, switch."""
+    def run() -> dict[str, Any]:
+        from drkit.restore import make_plan
+        target = parse_time(before)
+        make_plan(_runtime(), db, target)
+        from flows.corruption import recover_from_corruption
+        result: dict[str, Any] = recover_from_corruption(
+            db=db, before=target, into=str(into.resolve()) if into else None, port=port, config=_config_path())
+        return result
+    out = _guard(run)
+    console.print(("switched" if out["switched"] else "not switched") + f" (by {out['approver']}: {out['reason']})")
+
+
+@app.command()
+def approvals(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Flow runs paused for a human decision."""
+    def run() -> list[dict[str, Any]]:
+        from flows.approvals import paused_runs
+        return paused_runs()
+    runs = _guard(run)
+    if as_json:
+        _print_json(runs)
+        return
+    table = Table(title="waiting for approval")
+    for col in ("run id", "name", "since", "parameters"):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(r["id"], r["name"], str(r["since"]), json.dumps(r["parameters"], default=str)[:60])
+    console.print(table)
+
+
+@app.command()
+def approve(
+    run_id: str,
+    as_name: Annotated[str, typer.Option("--as", help="your name, as on approvals.approvers")],
+    reason: Annotated[str, typer.Option("--reason")],
+    reject: Annotated[bool, typer.Option("--reject")] = False,
+) -> None:
+    """Answer a paused run (the same form as the Prefect UI's Resume)."""
+    def run() -> None:
+        approvers = load_policy(_state["config"]).approvals.approvers
+        if as_name not in approvers:
+            raise ConfigError(f"{as_name!r} is not on approvals.approvers ({', '.join(approvers) or 'none'})")
+        from flows.approvals import answer
+        answer(run_id, approve=not reject, approver=as_name, reason=reason)
+    _guard(run)
+    console.print(f"{'rejected' if reject else 'approved'} run {run_id} as {as_name}")
 
 
 # -- status ---------------------------------------------------------------------------------------------

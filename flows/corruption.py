@@ -1,0 +1,101 @@
+"""Corruption-recovery runbook: restore to just before the corruption, validate, approve, switch.
+
+The operations guide's "Data Corruption Recovery → Restore Process → Standby
+Database → Validate Data → Switch to Restored". The switch here records the
+restored cluster as the database's active endpoint in the catalog (and audits
+who approved what, when); moving client traffic is the traffic router's job.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from drkit.config import load_policy
+from drkit.errors import ApprovalError, VerificationError
+from flows.approvals import wait_for_approval
+from flows.common import stop_cluster
+from tasks.common import artifact_key, runtime
+from tasks.restore import execute_restore, plan_restore, publish_restore_report
+from tasks.verify import validate_restored
+
+
+@task(name="audit", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
+def audit(db: str, action: str, actor: str, detail: dict[str, object], config: str | None) -> None:
+    rt = runtime(config)
+    try:
+        rt.catalog.audit(actor=actor, action=action, database=db, subject=db, detail=detail)
+    finally:
+        rt.close()
+
+
+@task(name="switch-endpoint", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
+def switch_endpoint(db: str, port: int, role: str, actor: str, config: str | None) -> None:
+    rt = runtime(config)
+    try:
+        rt.catalog.set_endpoint(db, dsn_hint=f"127.0.0.1:{port}", role=role, actor=actor)
+    finally:
+        rt.close()
+
+
+@flow(name="recover-from-corruption", flow_run_name="recover-{db}")
+def recover_from_corruption(
+    db: str,
+    before: datetime,
+    into: str | None = None,
+    port: int | None = None,
+    config: str | None = None,
+    approval_timeout_seconds: int | None = None,
+) -> dict[str, object]:
+    """Restore ``db`` to ``before`` on a standby, validate it, and switch only after an approval."""
+    log = get_run_logger()
+    policy = load_policy(config)
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    into = into or str(policy.resolve(policy.scratch_dir) / db / f"recovered-{stamp}")
+    plan = plan_restore(db, before, config)
+    result = execute_restore(db, plan, into, port, True, config)
+    checks = validate_restored(db, result.port, config)
+    publish_restore_report(result, checks)
+    if not all(c.ok for c in checks):
+        stop_cluster(db, into, result.port, config)
+        raise VerificationError(f"the standby restored to {before.isoformat()} failed validation; nothing was "
+                                f"switched (it is stopped, data left in {into})")
+    evidence = "\n".join(f"* {c.name}: {'ok' if c.ok else 'FAILED'} — {c.detail[:160]}" for c in checks)
+    description = (
+        f"## Switch {db} to the restored standby?\n\n"
+        f"The standby was restored to **{before.isoformat()}** (just before the corruption) from "
+        f"{', '.join(p.backup.id for p in plan.pieces)} and is running at `127.0.0.1:{result.port}` "
+        f"(data dir `{into}`).\n\nValidation:\n{evidence}\n\n"
+        f"**Approving** records the standby as the active endpoint of {db}; writes made on the old "
+        f"primary after {before.isoformat()} are not in it. **Rejecting** stops the standby and switches "
+        f"nothing. Approvers: {', '.join(policy.approvals.approvers) or '(none configured)'}.")
+    timeout = policy.approvals.restore_timeout
+    if approval_timeout_seconds is not None:
+        timeout = timedelta(seconds=approval_timeout_seconds)
+    try:
+        decision = wait_for_approval(
+            description, approvers=policy.approvals.approvers, timeout=timeout,
+            audit=lambda action, detail: audit(db, f"corruption.{action}", str(detail.get("by")), detail, config))
+    except ApprovalError as exc:
+        stop_cluster(db, into, result.port, config)
+        audit(db, "corruption.timeout", "drkit", {"before": before.isoformat(), "data_dir": into}, config)
+        log.error("%s; the restored standby is stopped, its data left in %s", exc, into)
+        raise
+    detail = {"approver": decision.approver, "reason": decision.reason, "before": before.isoformat(),
+              "data_dir": into, "port": result.port, "pieces": [p.backup.id for p in plan.pieces],
+              "waited_seconds": round(decision.waited_seconds, 1)}
+    if not decision.approve:
+        stop_cluster(db, into, result.port, config)
+        audit(db, "corruption.rejected", decision.approver, detail, config)
+        log.warning("switch rejected by %s: %s; nothing was switched", decision.approver, decision.reason)
+        return {"switched": False, **detail}
+    switch_endpoint(db, result.port, f"primary (restored to {before.isoformat()})", decision.approver, config)
+    audit(db, "corruption.switched", decision.approver, detail, config)
+    create_markdown_artifact(
+        markdown=f"# {db} switched to the restored standby\n\n" + "\n".join(f"* {k}: {v}" for k, v in detail.items()),
+        key=artifact_key(db, "corruption-switch"), description="corruption recovery switch")
+    return {"switched": True, "into": str(Path(into)), **detail}
