@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ from bench.backup import (
 )
 
 WORKLOAD_ENV = {**_CLEAN_ENV, "PGOPTIONS": "-c synchronous_commit=off"}
-POLL_S = 0.05  # how often the raw side asks pg_is_in_recovery(); drkit's recover() polls every 0.2 s
+POLL_S = 0.2  # how often the raw side asks pg_is_in_recovery(): as often as drkit's recover() does
 
 RAW = "raw untar + replay"
 DK_LOGS = "drkit full + logs"
@@ -150,6 +151,16 @@ def redo_info(log_path: Path) -> dict[str, Any]:
     except OSError:
         return {}
     info: dict[str, Any] = {"restored_segments": len(re.findall(r'restored log file "[0-9A-F]{24}"', text))}
+    stamps: dict[str, float] = {}
+    for key, pattern in (("start", r"LOG:  starting PostgreSQL"), ("archive", r"LOG:  starting archive recovery"),
+                         ("ready", r"LOG:  database system is ready to accept connections")):
+        m = re.search(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \S+ \[\d+\] " + pattern, text, re.M)
+        if m:
+            stamps[key] = datetime.fromisoformat(m.group(1)).timestamp()
+    if "start" in stamps and "archive" in stamps:
+        info["startup_sync_s"] = stamps["archive"] - stamps["start"]  # incl. fsync of the data directory
+    if "start" in stamps and "ready" in stamps:
+        info["server_s"] = stamps["ready"] - stamps["start"]  # postmaster start → accepting writes
     m1 = re.search(r"redo starts at " + _LSN, text)
     m2 = re.search(r"redo done at " + _LSN + r".*?elapsed: ([0-9.]+) s", text)
     if m1 and m2:
@@ -373,7 +384,7 @@ class RestoreBench(Bench):
                 pass
             if time.perf_counter() > deadline:
                 raise SystemExit(f"raw restore did not finish recovery: {log_path}")
-            time.sleep(POLL_S)
+            time.sleep(self.args.poll_s)
 
     def drkit_restore(self, i: int, *, no_diff: bool, profile_out: Path | None = None) -> RestoreRun:
         tag = f"drkit-{'logs' if no_diff else 'diff'}-{i}"
@@ -452,8 +463,8 @@ def report(b: RestoreBench, info: dict[str, Any]) -> None:
     console.print(t)
     console.print(
         "wall s: raw = mkdir → zstd -d | tar -x → chown -R → recovery config → pg_ctl start -w → "
-        f"pg_is_in_recovery() false (polled every {POLL_S} s); drkit = the restore(keep_running=True) call in the "
-        "child (its recover() polls every 0.2 s); process s adds interpreter start, imports and policy load. "
+        f"pg_is_in_recovery() false (polled every {b.args.poll_s} s); drkit = the restore(keep_running=True) call in "
+        "the child (its recover() polls every 0.2 s); process s adds interpreter start, imports and policy load. "
         "Peak RSS is the restore tool's own (raw: zstd + tar, which run at once; drkit: the Python child), the "
         "largest over the runs; the PostgreSQL server's memory is counted for neither side. CPU s is the tool's "
         "(not the server's). bytes read = from backup storage: raw = raw_full.tar.zst + WAL segments restored "
@@ -466,23 +477,35 @@ def report(b: RestoreBench, info: dict[str, Any]) -> None:
         for name in (RAW, DK_LOGS, DK_DIFF) if name in best)
     console.print(f"WAL replayed (server log, 'redo starts at' .. 'redo done at'): {wal_line}")
 
-    t = make_table("Every run (in order), with where the time went", ["run", "contender", "wall s", "process s",
-                                                                       "extract s", "start → promoted s",
-                                                                       "peak RSS MiB", "RSS detail"])
+    t = make_table("Every run (in order), with where the time went",
+                   ["run", "contender", "wall s", "process s", "lay down s", "start → promoted s",
+                    "server: startup+fsync / redo / start→ready s", "peak RSS MiB", "RSS detail"])
+
+    def server(d: dict[str, Any]) -> str:
+        redo = d["redo"]
+        return (f"{redo.get('startup_sync_s', float('nan')):.2f} / {redo.get('redo_elapsed_s', float('nan')):.2f}"
+                f" / {redo.get('server_s', float('nan')):.2f}")
+
     for i, r in enumerate(runs, 1):
+        d = r.detail
         if r.contender == RAW:
-            d = r.detail
             t.add_row(str(i), r.contender, f"{r.wall_s:.2f}", f"{r.process_s:.2f}",
-                      f"{d['untar_s']:.2f} (+ chown/config {d['config_s'] - d['untar_s']:.2f})",
-                      f"{r.wall_s - d['config_s']:.2f}", f"{r.rss_kib / 1024:.1f}",
+                      f"{d['config_s']:.2f} (untar {d['untar_s']:.2f})", f"{r.wall_s - d['config_s']:.2f}",
+                      server(d), f"{r.rss_kib / 1024:.1f}",
                       f"tar {d['rss_tar_kib'] / 1024:.1f} + zstd {d['rss_zstd_kib'] / 1024:.1f}")
         else:
-            d = r.detail
             ext = d.get("extract_s") or 0.0
             t.add_row(str(i), r.contender, f"{r.wall_s:.2f}", f"{r.process_s:.2f}", f"{ext:.2f}",
-                      f"{r.wall_s - ext:.2f}", f"{r.rss_kib / 1024:.1f}",
+                      f"{r.wall_s - ext:.2f}", server(d), f"{r.rss_kib / 1024:.1f}",
                       f"import {d['import_s']:.2f} s; extracted {d['bytes_extracted']:,} B")
     console.print(t)
+    console.print("lay down = everything before the server starts (raw: untar, chown -R, recovery config; drkit: "
+                  "read, decrypt, decompress and extract every piece, incl. the log pieces' WAL into a side "
+                  "directory, recovery config, chown). The server columns come from its log: postmaster start → "
+                  "'starting archive recovery' (mostly the fsync of the whole data directory PostgreSQL does when "
+                  "it starts from a base backup), 'redo done … elapsed', postmaster start → 'ready to accept "
+                  "connections'. A `sync` runs before every restore, so no run pays for the previous one's "
+                  "dirty pages.")
     steps = best[DK_LOGS].detail["steps"] if DK_LOGS in best else []
     if steps:
         console.print("drkit full + logs steps (s since the call began): "
@@ -585,6 +608,7 @@ def bench_main(args: argparse.Namespace) -> int:
         info["order"] = []
         for i in range(args.runs):
             for kind in (RAW, DK_LOGS, DK_DIFF):
+                os.sync()  # not timed: flush the previous run's (and the deletions') dirty pages first
                 r = b.raw_restore(i) if kind == RAW else b.drkit_restore(i, no_diff=kind == DK_LOGS)
                 info["order"].append(r)
                 redo = r.detail["redo"]
@@ -595,6 +619,7 @@ def bench_main(args: argparse.Namespace) -> int:
         if args.profile:
             prof = b.root / "restore.pstats"
             log("profiling one more drkit full + logs restore under cProfile (not timed)")
+            os.sync()
             r = b.drkit_restore(args.runs, no_diff=True, profile_out=prof)
             b.discard(Path(r.detail["data_dir"]))
             info["profile"] = prof
@@ -610,7 +635,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=int, default=60, help="pgbench scale (60 is about 900 MiB)")
     p.add_argument("--wal-mib", type=int, default=300, help="WAL to generate after the fulls (MiB, at least)")
     p.add_argument("--runs", type=int, default=2, help="runs of each restore contender, alternating (best shown)")
-    p.add_argument("--round-s", type=int, default=5, help="length of one pgbench round of the workload (s)")
+    p.add_argument("--round-s", type=int, default=2, help="length of one pgbench round of the workload (s)")
+    p.add_argument("--poll-s", type=float, default=POLL_S,
+                   help="how often the raw side polls pg_is_in_recovery() (drkit's recover() uses 0.2 s)")
     p.add_argument("--profile", action="store_true", help="also run one drkit full + logs restore under cProfile")
     p.add_argument("--keep", action="store_true", help="keep /tmp/drkit-bench-<pid> (every server is stopped)")
     p.add_argument("--child", choices=["log", "restore"], help=argparse.SUPPRESS)

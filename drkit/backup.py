@@ -20,7 +20,7 @@ from typing import Any
 from drkit.catalog.records import BackupRecord
 from drkit.engines.base import BaseInfo, Progress
 from drkit.engines.walspool import Anchor, list_spool, plan_batch, prune_spool
-from drkit.errors import BackupNotFoundError, DrkitError, PrerequisiteError
+from drkit.errors import BackupNotFoundError, DrkitError, PrerequisiteError, WalGapError
 from drkit.lsn import DEFAULT_SEGMENT_SIZE, format_lsn, parse_segment_name, segment_name
 from drkit.pipeline import DecryptingReader, EncryptingWriter
 from drkit.runtime import Runtime
@@ -151,11 +151,12 @@ def wal_anchor(rt: Runtime, db: str, spool_segments: list[str], segment_size: in
     if not fulls:
         raise PrerequisiteError(f"no full backup of {db!r} yet: log backups need one to start from; "
                                 f"run `drkit backup full {db}` first")
-    full = max(fulls, key=lambda b: (b.start_lsn or 0, b.id))
+    # Newest by time, not LSN: after a PITR the new timeline's LSNs can be below the old one's.
+    full = max(fulls, key=lambda b: (b.end_time or b.started_at, b.id))
     assert full.start_lsn is not None and full.timeline is not None
     full_segno = full.start_lsn // segment_size
     logs = rt.catalog.list_backups(db, kinds=["log"], statuses=restorable)
-    prev = max(logs, key=lambda b: (b.end_lsn or 0, b.id)) if logs else None
+    prev = max(logs, key=lambda b: (b.end_time or b.started_at, b.id)) if logs else None
     if prev is not None and prev.end_wal:
         tli, segno = parse_segment_name(prev.end_wal, segment_size)
         nxt = segno + 1
@@ -178,6 +179,11 @@ def take_log_backup(rt: Runtime, db: str) -> BackupRecord | None:
     engine.require_ready()
     switch = engine.switch_wal()
     anchor = wal_anchor(rt, db, list_spool(engine.spool)[0], switch.segment_size)
+    if switch.timeline != anchor.timeline:
+        raise WalGapError(
+            f"timeline switch: {db!r} is writing timeline {switch.timeline} but the log chain after "
+            f"{anchor.after} is on timeline {anchor.timeline} (a promotion or PITR happened); take a new "
+            f"full backup (drkit backup full {db}) to start a chain on the new timeline")
     if switch.segno < anchor.next_segno:
         return None  # no WAL written since the last log backup
     engine.wait_archived(switch.segment)

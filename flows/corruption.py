@@ -82,7 +82,8 @@ def recover_from_corruption(
             audit=lambda action, detail: audit(db, f"corruption.{action}", str(detail.get("by")), detail, config))
     except ApprovalError as exc:
         stop_cluster(db, into, result.port, config)
-        audit(db, "corruption.timeout", "drkit", {"before": before.isoformat(), "data_dir": into}, config)
+        audit(db, "corruption.timeout", "drkit", {"before": before.isoformat(), "data_dir": into,
+                                                  "outcome": f"{exc}; the restored standby is stopped"}, config)
         log.error("%s; the restored standby is stopped, its data left in %s", exc, into)
         raise
     detail = {"approver": decision.approver, "reason": decision.reason, "before": before.isoformat(),
