@@ -9,6 +9,7 @@ from prefect.schedules import Cron
 
 from drkit.config import Policy, load_policy
 from flows.backup import BACKUP_FLOWS
+from flows.verify import verify_latest_chain
 
 DEFAULT_LIMIT = 4
 
@@ -27,6 +28,14 @@ def build_deployments(policy: Policy, config_path: str) -> list[Any]:
                 parameters={"db": db, "config": config_path},
                 tags=["drkit", f"db:{db}", kind],
                 description=f"{kind} backup of {db} on '{cron}' ({cfg.timezone})",
+            ))
+        if cfg.schedules.verify is not None:
+            deployments.append(verify_latest_chain.to_deployment(
+                name=f"{db}-verify-chain",
+                schedule=Cron(cfg.schedules.verify, timezone=cfg.timezone),
+                parameters={"db": db, "config": config_path},
+                tags=["drkit", f"db:{db}", "verify"],
+                description=f"restore the newest chain of {db} end to end and check it (daily)",
             ))
     return deployments
 

@@ -98,6 +98,7 @@ def run_demo(workdir: Path) -> None:
 def _story(world: Path, api: str) -> None:
     from flows.backup import differential_backup, full_backup, log_backup_flow
     from flows.restore import restore_point_in_time
+    from flows.verify import verify_latest_chain
 
     t0 = time.monotonic()
     sb = create_sandbox(world, db="shop")
@@ -142,6 +143,8 @@ def _story(world: Path, api: str) -> None:
                 marks[i] = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
                 time.sleep(0.25)
         step("log backup", lambda: log_backup_flow(db="shop", config=cfg))
+        chain = step("verification restore of the newest chain (amcheck, visibility map, SQL checks)",
+                     lambda: "PASS" if verify_latest_chain(db="shop", config=cfg)["passed"] else "FAIL")
         k = 6
         target = marks[k]
         out = step(f"point-in-time restore to marker {k} ({target.isoformat(timespec='milliseconds')})",
@@ -155,24 +158,27 @@ def _story(world: Path, api: str) -> None:
             total = c.execute("SELECT count(*) FROM orders").fetchone()
         restored.port = port
         restored.stop()
-        ok = got == list(range(1, k + 1)) and notes == (k,) and total == (310000,)
+        ok = got == list(range(1, k + 1)) and notes == (k,) and total == (310000,) and chain == "PASS"
         backups = rt.catalog.list_backups("shop")
         rt.close()
     finally:
         sb.stop()
 
     table = Table(title="drkit demo summary")
-    for col in ("backup", "kind", "WAL", "raw", "stored", "pages changed", "seconds"):
+    for col in ("backup", "kind", "status", "WAL", "raw", "stored", "pages changed", "seconds"):
         table.add_column(col, no_wrap=True)
     for b in sorted(backups, key=lambda b: b.started_at):
         secs = ((b.finished_at or b.started_at) - b.started_at).total_seconds()
-        table.add_row(b.id, b.kind, f"{b.start_wal}..{(b.end_wal or '')[-8:]}", f"{b.raw_bytes / 2**20:.1f} MiB",
+        table.add_row(b.id, b.kind, b.status, f"{b.start_wal}..{(b.end_wal or '')[-8:]}",
+                      f"{b.raw_bytes / 2**20:.1f} MiB",
                       f"{b.stored_bytes / 2**20:.2f} MiB",
                       f"{b.meta['pages_changed']} of {b.meta['pages_scanned']}" if b.kind == "diff" else "",
                       f"{secs:.1f}")
     console.print(table)
     verdict = "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
-    console.print(f"restore to marker {k}: markers {got}, rows {total[0] if total else '?'} → {verdict}")
+    console.print(f"verification of the newest chain: {chain} (report: artifact 'shop-verify-report')")
+    console.print(f"point-in-time restore to marker {k}: markers {got}, rows {total[0] if total else '?'}, "
+                  f"validated with amcheck + visibility checks → {verdict}")
     console.print(f"whole story: {time.monotonic() - t0:.1f} s")
     console.print(f"Prefect UI: [bold]{api.removesuffix('/api')}[/bold] (runs, progress and report artifacts)")
     console.print("stop the Prefect server with: make stop")

@@ -17,10 +17,12 @@ def test_each_database_gets_its_three_schedules() -> None:
                     "schedules": {"full": "0 3 * * 0", "diff": None, "log": "*/5 * * * *"}},
         }}, base_dir=Path("/etc/drkit"))
     deps = {d.name: d for d in build_deployments(policy, "/etc/drkit/drkit.yaml")}
-    assert set(deps) == {"orders-full", "orders-diff", "orders-log", "crm-full", "crm-log"}
+    assert set(deps) == {"orders-full", "orders-diff", "orders-log", "orders-verify-chain",
+                         "crm-full", "crm-log", "crm-verify-chain"}
     crons = {n: (d.schedules[0].schedule.cron, d.schedules[0].schedule.timezone) for n, d in deps.items()}
     assert crons["orders-full"] == ("0 2 * * *", "Europe/Berlin")
     assert crons["orders-diff"] == ("0 */6 * * *", "Europe/Berlin")
     assert crons["orders-log"] == ("*/15 * * * *", "Europe/Berlin")
     assert crons["crm-full"] == ("0 3 * * 0", "UTC")
+    assert crons["orders-verify-chain"] == ("30 3 * * *", "Europe/Berlin")
     assert deps["crm-log"].parameters == {"db": "crm", "config": "/etc/drkit/drkit.yaml"}
