@@ -26,7 +26,7 @@ from drkit.runtime import Runtime
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Database backup and disaster recovery.")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="policy file (default $DRKIT_CONFIG, ./drkit.yaml)")]

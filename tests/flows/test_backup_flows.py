@@ -36,7 +36,7 @@ def test_full_diff_log_flows_record_backups_and_publish_artifacts(
     log_id = log_backup_flow(db="app", config=cfg)
     assert log_id is not None
     kinds = {b.id: (b.kind, b.status) for b in rt.catalog.list_backups("app")}
-    assert kinds[full_id] == ("full", "completed")
+    assert kinds[full_id] == ("full", "verified")  # verify.after defaults to [full]
     assert kinds[diff_id] == ("diff", "completed")
     assert kinds[log_id] == ("log", "completed")
 

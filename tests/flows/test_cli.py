@@ -67,7 +67,9 @@ def test_backup_list_status_plan_and_restore_to_a_time(sandbox: Sandbox, rt: Run
         cluster.stop()
 
 
-def test_operator_mistakes_get_one_clear_line(sandbox: Sandbox, scratch: Path) -> None:
+def test_operator_mistakes_get_one_clear_line(sandbox: Sandbox, rt: Runtime, scratch: Path) -> None:
+    from drkit import backup
+    backup.take_base_backup(rt, "app", "full")
     code, _, err = drkit(sandbox, "backup", "full", "nosuch")
     assert code == 2 and "unknown database 'nosuch'" in err and "app" in err
     code, _, err = drkit(sandbox, "restore-plan", "app", "--to", "yesterday")
@@ -75,6 +77,6 @@ def test_operator_mistakes_get_one_clear_line(sandbox: Sandbox, scratch: Path) -
     code, _, err = drkit(sandbox, "restore-plan", "app", "--to", "2000-01-01T00:00:00Z")
     assert code == 1 and "before the earliest restorable point" in err
     code, _, err = drkit(sandbox, "restore", "app", "--into", str(scratch / "x"))
-    assert code == 2 and "--to TIME or --latest" in err
+    assert code == 2 and "--to TIME, --lsn LSN or --latest" in err
     result = runner.invoke(app, ["--config", str(scratch / "missing.yaml"), "status"])
     assert result.exit_code == 2 and "not found" in result.stderr
