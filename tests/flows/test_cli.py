@@ -40,6 +40,13 @@ def test_backup_list_status_plan_and_restore_to_a_time(sandbox: Sandbox, rt: Run
     code, out, err = drkit(sandbox, "backup", "log", "app")
     assert code == 0, err
 
+    code, out, err = drkit(sandbox, "verify", "app", "--backup", full_id)
+    assert code == 0 and "PASS" in out and "amcheck" in out, err
+    code, out, _ = drkit(sandbox, "approvals", "--json")
+    assert code == 0 and json.loads(out) == []
+    code, _, err = drkit(sandbox, "approve", "00000000-0000-0000-0000-000000000000", "--as", "eve", "--reason", "x")
+    assert code == 2 and "not on approvals.approvers" in err
+
     code, out, _ = drkit(sandbox, "backups", "app", "--json")
     listed = json.loads(out)
     assert listed[0]["kind"] == "log" and any(b["id"] == full_id for b in listed)
@@ -52,6 +59,7 @@ def test_backup_list_status_plan_and_restore_to_a_time(sandbox: Sandbox, rt: Run
     code, out, _ = drkit(sandbox, "restore-plan", "app", "--to", mid.isoformat(), "--json")
     plan = json.loads(out)
     assert code == 0 and plan["pieces"][0]["backup"] == full_id and plan["recovery"] == "time"
+    assert plan["estimated_seconds"] >= 0 and "measured by the last verification" in plan["estimate_basis"]
 
     into = scratch / "cli-restore"
     code, out, err = drkit(sandbox, "restore", "app", "--into", str(into), "--to", mid.isoformat(),
