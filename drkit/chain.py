@@ -110,18 +110,26 @@ def _log_chain(
     """
     need = _start_segno(base)
     chain: list[BackupRecord] = []
-    on_tli = [lg for lg in logs if lg.timeline == base.timeline and lg.start_wal and lg.end_wal]
+    spans = [(*_segs(lg), lg) for lg in logs if lg.timeline == base.timeline and lg.start_wal and lg.end_wal]
+    by_start: dict[int, list[tuple[int, int, BackupRecord]]] = {}
+    for span in spans:
+        by_start.setdefault(span[0], []).append(span)
+
+    def covering(segno: int) -> list[tuple[int, int, BackupRecord]]:
+        exact = by_start.get(segno)  # the usual case: the next log starts where the last one ended
+        return exact if exact else [sp for sp in spans if sp[0] <= segno <= sp[1]]
+
     while True:
         if until is not None and chain and chain[-1].end_time is not None and chain[-1].end_time >= until:
             return chain
         if until_lsn is not None and chain and (chain[-1].end_lsn or 0) >= until_lsn:
             return chain
-        covering = [lg for lg in on_tli if _segs(lg)[0] <= need <= _segs(lg)[1]]
-        if not covering:
+        found = covering(need)
+        if not found:
             return chain
-        nxt = max(covering, key=lambda lg: (_segs(lg)[1], lg.end_time or base.end_time))
-        chain.append(nxt)
-        need = _segs(nxt)[1] + 1
+        nxt = max(found, key=lambda sp: (sp[1], sp[2].end_time or base.end_time))
+        chain.append(nxt[2])
+        need = nxt[1] + 1
 
 
 def _candidates(
