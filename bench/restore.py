@@ -127,6 +127,7 @@ def child_restore(policy_path: str, into: str, no_diff: bool, profile_out: str |
         "pieces": [{"role": p.role, "id": p.backup.id, "stored_bytes": p.stored_bytes} for p in plan.pieces],
         "stored_bytes": plan.total_bytes, "data_dir": str(res.data_dir),
         "self_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "minflt": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,  # minor page faults (see README)
     }
     sys.stdout.write(json.dumps(out, default=str) + "\n")
     sys.stdout.flush()
@@ -497,7 +498,7 @@ def report(b: RestoreBench, info: dict[str, Any]) -> None:
             ext = d.get("extract_s") or 0.0
             t.add_row(str(i), r.contender, f"{r.wall_s:.2f}", f"{r.process_s:.2f}", f"{ext:.2f}",
                       f"{r.wall_s - ext:.2f}", server(d), f"{r.rss_kib / 1024:.1f}",
-                      f"import {d['import_s']:.2f} s; extracted {d['bytes_extracted']:,} B")
+                      f"import {d['import_s']:.2f} s; {d.get('minflt', 0):,} minor faults")
     console.print(t)
     console.print("lay down = everything before the server starts (raw: untar, chown -R, recovery config; drkit: "
                   "read, decrypt, decompress and extract every piece, incl. the log pieces' WAL into a side "

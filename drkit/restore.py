@@ -71,10 +71,12 @@ def estimated_seconds(rt: Runtime, db: str, plan: RestorePlan) -> tuple[float, s
     return plan.total_bytes / 2**20 / 100, "at an assumed 100 MiB/s (no verification measured yet)"
 
 
-def _read_piece(rt: Runtime, piece: RestorePiece, target: Path, stats: ExtractStats) -> dict[str, Any]:
+def _read_piece(
+    rt: Runtime, piece: RestorePiece, target: Path, stats: ExtractStats, skip_wal_before: str | None = None
+) -> dict[str, Any]:
     with rt.store(piece.tier).reader(piece.store_key) as src:
         reader = DecryptingReader(src, rt.key, expected_sha256=piece.sha256)
-        manifest = extract_archive(reader, target, stats)  # type: ignore[arg-type]
+        manifest = extract_archive(reader, target, stats, skip_wal_before=skip_wal_before)
         while reader.read(1 << 20):
             pass  # read to the end so the final tag and the SHA-256 are checked
     return manifest
@@ -126,9 +128,10 @@ def restore(
             prepare_for_diff(into)
             diff_manifest = _read_piece(rt, plan.diff, into, stats)
             reconcile_with_manifest(into, full_manifest, diff_manifest)
+        base = (plan.diff or plan.full).backup
         for i, piece in enumerate(plan.logs):
             step(f"log {piece.backup.id} from {piece.tier}", (i + 2) / n)
-            _read_piece(rt, piece, wal_root, stats)
+            _read_piece(rt, piece, wal_root, stats, skip_wal_before=base.start_wal)
         write_recovery_config(
             into, port=port, wal_dir=wal_root / "pg_wal",
             target_time=plan.target_time if plan.recovery == "time" else None,

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import psycopg
 
@@ -26,6 +26,7 @@ from drkit.engines.pgfiles import MANIFEST_NAME, PAGES_PREFIX, apply_pages, pars
 from drkit.errors import IntegrityError, RestoreError
 
 _COPY_BUF = 1 << 20
+ZERO_BLOCK = bytes(512)
 
 
 @dataclass
@@ -35,44 +36,109 @@ class ExtractStats:
     bytes: int = 0
 
 
-def extract_archive(stream: BinaryIO, target: Path, stats: ExtractStats | None = None) -> dict[str, Any]:
-    """Write every member of a drkit tar stream under ``target``; returns its manifest."""
+def _read_exact(stream: Any, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        block = stream.read(n - got)
+        if not block:
+            raise EOFError(f"stream ended {n - got} bytes early")
+        parts.append(block)
+        got += len(block)
+    return b"".join(parts)
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    out, i = {}, 0
+    while i < len(data):
+        space = data.index(b" ", i)
+        length = int(data[i:space])
+        key, _, value = data[space + 1:i + length - 1].partition(b"=")
+        out[key.decode()] = value.decode("utf-8", "surrogateescape")
+        i += length
+    return out
+
+
+def extract_archive(
+    stream: Any, target: Path, stats: ExtractStats | None = None, *, skip_wal_before: str | None = None
+) -> dict[str, Any]:
+    """Write every member of a drkit tar stream under ``target``; returns its manifest.
+
+    A small tar reader of our own (headers parsed by ``tarfile.TarInfo.frombuf``): file bodies
+    go ``readinto`` one reused 1 MiB buffer and straight to ``os.write``. tarfile's stream mode
+    allocated fresh buffers for every read and made restores ~1.6x slower than ``tar -x``.
+    WAL segments named before ``skip_wal_before`` are read past, not written (never replayed).
+    """
     stats = stats or ExtractStats()
     manifest: dict[str, Any] | None = None
+    buf = bytearray(_COPY_BUF)
+    view = memoryview(buf)
+    readinto = getattr(stream, "readinto", None)
+
+    def copy_body(fd: int | None, size: int) -> None:
+        left = size
+        while left:
+            want = min(left, _COPY_BUF)
+            if readinto is not None:
+                got = readinto(view[:want])
+                chunk = view[:got]
+            else:
+                data = stream.read(want)
+                got, chunk = len(data), memoryview(data)
+            if not got:
+                raise EOFError(f"member body ended {left} bytes early")
+            if fd is not None:
+                done = 0
+                while done < got:
+                    done += os.write(fd, chunk[done:got])
+            left -= got
+
+    pax: dict[str, str] = {}
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|", bufsize=_COPY_BUF)  # noqa: SIM115 - closed below
-    except tarfile.TarError as exc:
-        raise IntegrityError(f"backup archive is unreadable: {exc}") from None
-    with tar:
-        try:
-            for member in tar:
-                name = member.name
+        while True:
+            header = _read_exact(stream, 512)
+            if header == ZERO_BLOCK:
+                break
+            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+            if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
+                pax = _pax_records(_read_exact(stream, info.size))
+                _read_exact(stream, -info.size % 512)
+                continue
+            name = pax.get("path", info.name)
+            size = int(pax.get("size", info.size))
+            pax = {}
+            pad = -size % 512
+            if name == MANIFEST_NAME or name.startswith(PAGES_PREFIX):
+                payload = _read_exact(stream, size)
+                _read_exact(stream, pad)
                 if name == MANIFEST_NAME:
-                    fh = tar.extractfile(member)
-                    assert fh is not None
-                    manifest = json.loads(fh.read())
-                    continue
-                if name.startswith(PAGES_PREFIX):
+                    manifest = json.loads(payload)
+                else:
                     path = safe_member_path(target, parse_pages_member(name))
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    fh = tar.extractfile(member)
-                    assert fh is not None
-                    stats.pages += apply_pages(path, fh.read())
-                    stats.bytes += member.size
-                    continue
-                path = safe_member_path(target, name)
-                if member.isdir():
-                    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-                elif member.isfile():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    fh = tar.extractfile(member)
-                    assert fh is not None
-                    with open(path, "wb") as out:
-                        shutil.copyfileobj(fh, out, _COPY_BUF)
-                    stats.files += 1
-                    stats.bytes += member.size
-        except tarfile.TarError as exc:
-            raise IntegrityError(f"backup archive is damaged: {exc}") from None
+                    stats.pages += apply_pages(path, payload)
+                    stats.bytes += size
+                continue
+            path = safe_member_path(target, name)
+            if info.isdir():
+                path.mkdir(parents=True, exist_ok=True, mode=0o700)
+                continue
+            skip = (not info.isreg()) or (
+                skip_wal_before is not None and name.startswith("pg_wal/") and len(name) == 31
+                and name[7:] < skip_wal_before)
+            if skip:
+                copy_body(None, size + pad)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                copy_body(fd, size)
+            finally:
+                os.close(fd)
+            _read_exact(stream, pad)
+            stats.files += 1
+            stats.bytes += size
+    except (EOFError, tarfile.TarError, ValueError) as exc:
+        raise IntegrityError(f"backup archive is damaged or truncated: {exc}") from None
     if manifest is None:
         raise IntegrityError("backup archive has no manifest (truncated or not a drkit backup)")
     return manifest
@@ -159,19 +225,19 @@ def recover(cluster: LocalCluster, *, timeout: float = 1800) -> dict[str, Any]:
     """Start the restored cluster and wait until recovery has ended and it accepts writes."""
     cluster.start(wait_seconds=int(timeout))
     deadline = time.monotonic() + timeout
+    pid_file = cluster.data_dir / "postmaster.pid"
     while True:
-        if not cluster.is_running():
+        if not pid_file.exists():
             raise RestoreError("the restored server stopped during recovery: " + " | ".join(cluster.log_tail(6)))
         try:
             with psycopg.connect(cluster.dsn(), autocommit=True, connect_timeout=5) as conn:
                 in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()
                 if in_recovery is not None and not in_recovery[0]:
-                    row = conn.execute(
-                        "SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+                    row = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
                     lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
                     return {"timeline": row[0] if row else None, "lsn": lsn[0] if lsn else None}
         except psycopg.OperationalError:
             pass
         if time.monotonic() > deadline:
             raise RestoreError(f"recovery did not finish within {timeout:.0f}s: " + " | ".join(cluster.log_tail(6)))
-        time.sleep(0.2)
+        time.sleep(0.05)
