@@ -22,7 +22,8 @@ from drkit.errors import IntegrityError
 
 def _page(lsn: int, fill: int) -> bytes:
     """A page whose header starts with pd_lsn (xlogid, xrecoff), native (little-endian here)."""
-    return (lsn >> 32).to_bytes(4, "little") + (lsn & 0xFFFFFFFF).to_bytes(4, "little") + bytes([fill]) * (PAGE_SIZE - 8)
+    header = (lsn >> 32).to_bytes(4, "little") + (lsn & 0xFFFFFFFF).to_bytes(4, "little")
+    return header + bytes([fill]) * (PAGE_SIZE - 8)
 
 
 def _archive(tmp: Path) -> bytes:
@@ -50,7 +51,8 @@ def _pages_payload() -> bytes:
 
 def test_round_trip_is_exact_and_selects_pages_by_lsn(tmp_path: Path) -> None:
     data = _archive(tmp_path)
-    assert tarfile.open(fileobj=io.BytesIO(data)).getnames()  # a standard tar, readable by tar(1)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert tar.getnames()  # a standard tar, readable by tar(1)
     out = tmp_path / "out"
     out.mkdir()
     manifest = extract_archive(io.BytesIO(data), out, skip_wal_before="000000010000000000000002")
