@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 
 install: $(VENV)/.installed
 	@scripts/install-system.sh
+	@scripts/install-azurite.sh
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

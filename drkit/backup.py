@@ -24,14 +24,11 @@ from drkit.errors import BackupNotFoundError, DrkitError, PrerequisiteError, Wal
 from drkit.lsn import DEFAULT_SEGMENT_SIZE, format_lsn, parse_segment_name, segment_name
 from drkit.pipeline import DecryptingReader, EncryptingWriter
 from drkit.runtime import Runtime
-
-DATA_OBJECT = "data.drk"
-MANIFEST_OBJECT = "manifest.drk"
-DESCRIPTOR_OBJECT = "backup.json"
-
-
-def object_key(backup: BackupRecord, name: str) -> str:
-    return f"{backup.database}/{backup.id}/{name}"
+from drkit.tiers import DATA_OBJECT as DATA_OBJECT
+from drkit.tiers import DESCRIPTOR_OBJECT as DESCRIPTOR_OBJECT
+from drkit.tiers import MANIFEST_OBJECT as MANIFEST_OBJECT
+from drkit.tiers import descriptor_bytes
+from drkit.tiers import object_key as object_key
 
 
 @dataclass(frozen=True)
@@ -41,7 +38,7 @@ class _Written:
     stored_bytes: int
 
 
-def _write_encrypted(
+def write_encrypted(
     rt: Runtime, tier: str, key: str, produce: Callable[[EncryptingWriter], Any]
 ) -> tuple[Any, _Written]:
     store = rt.store(tier)
@@ -54,24 +51,21 @@ def _write_encrypted(
 
 
 def read_manifest(rt: Runtime, backup: BackupRecord, tier: str | None = None) -> dict[str, Any]:
-    tier = tier or rt.policy.backup_tier
-    with rt.store(tier).reader(object_key(backup, MANIFEST_OBJECT)) as src:
-        data = DecryptingReader(src, rt.key).read()
-    result: dict[str, Any] = json.loads(data)
-    return result
-
-
-def _descriptor(backup: BackupRecord) -> bytes:
-    """What a store alone must say about a backup so a catalog can be rebuilt from it (no secrets)."""
-    fields = {k: getattr(backup, k) for k in (
-        "id", "database", "kind", "status", "base_id", "timeline", "start_lsn", "end_lsn", "start_wal",
-        "end_wal", "start_time", "end_time", "started_at", "finished_at", "raw_bytes", "stored_bytes",
-        "sha256", "format", "key_id")}
-    for k, v in list(fields.items()):
-        if isinstance(v, datetime):
-            fields[k] = v.isoformat()
-    fields["meta"] = dict(backup.meta)
-    return json.dumps(fields, sort_keys=True, indent=1).encode()
+    """A backup's manifest, from ``tier`` or the cheapest tier holding a complete copy."""
+    held = {c.tier for c in rt.catalog.copies(backup.id) if c.status == "complete"}
+    tiers = [tier] if tier else [t for t in rt.tier_order if t in held] or [rt.policy.backup_tier]
+    error: DrkitError | None = None
+    for t in tiers:
+        try:
+            with rt.store(t).reader(object_key(backup, MANIFEST_OBJECT)) as src:
+                data = DecryptingReader(src, rt.key).read()
+        except DrkitError as exc:
+            error = exc
+            continue
+        result: dict[str, Any] = json.loads(data)
+        return result
+    assert error is not None
+    raise error
 
 
 def _cleanup(rt: Runtime, tier: str, backup: BackupRecord) -> None:
@@ -81,21 +75,21 @@ def _cleanup(rt: Runtime, tier: str, backup: BackupRecord) -> None:
             store.delete(object_key(backup, name))
 
 
-def _finish(
+def finish_backup(
     rt: Runtime, tier: str, rec: BackupRecord, data: _Written, manifest: dict[str, Any], **fields: Any
 ) -> BackupRecord:
-    _write_encrypted(rt, tier, object_key(rec, MANIFEST_OBJECT),
+    write_encrypted(rt, tier, object_key(rec, MANIFEST_OBJECT),
                      lambda w: w.write(json.dumps(manifest, sort_keys=True).encode()))
     done = rt.catalog.complete_backup(
         rec.id, raw_bytes=data.raw_bytes, stored_bytes=data.stored_bytes, sha256=data.sha256,
         format=str(manifest.get("format")), key_id=rt.key.key_id,
         copies=[(tier, object_key(rec, DATA_OBJECT), data.stored_bytes, data.sha256)], **fields)
     with rt.store(tier).writer(object_key(done, DESCRIPTOR_OBJECT)) as fh:
-        fh.write(_descriptor(done))
+        fh.write(descriptor_bytes(done))
     return done
 
 
-def _guarded(rt: Runtime, tier: str, rec: BackupRecord, body: Callable[[], BackupRecord]) -> BackupRecord:
+def guarded(rt: Runtime, tier: str, rec: BackupRecord, body: Callable[[], BackupRecord]) -> BackupRecord:
     try:
         return body()
     except BaseException as exc:
@@ -123,17 +117,17 @@ def take_base_backup(rt: Runtime, db: str, kind: str, *, progress: Progress | No
     rec = rt.catalog.begin_backup(db, kind, base_id=base_rec.id if base_rec else None)
 
     def body() -> BackupRecord:
-        outcome, data = _write_encrypted(
+        outcome, data = write_encrypted(
             rt, tier, object_key(rec, DATA_OBJECT),
             lambda w: engine.diff_backup(w, base, progress=progress) if base
             else engine.full_backup(w, progress=progress))
         meta = dict(outcome.meta)
         meta["segment_size"] = outcome.manifest.get("segment_size", DEFAULT_SEGMENT_SIZE)
-        return _finish(rt, tier, rec, data, dict(outcome.manifest), timeline=outcome.timeline,
+        return finish_backup(rt, tier, rec, data, dict(outcome.manifest), timeline=outcome.timeline,
                        start_lsn=outcome.start_lsn, end_lsn=outcome.end_lsn, start_wal=outcome.start_wal,
                        end_wal=outcome.end_wal, start_time=outcome.start_time, end_time=outcome.end_time, meta=meta)
 
-    return _guarded(rt, tier, rec, body)
+    return guarded(rt, tier, rec, body)
 
 
 def newest_full(rt: Runtime, db: str) -> BackupRecord:
@@ -198,15 +192,15 @@ def take_log_backup(rt: Runtime, db: str) -> BackupRecord | None:
     rec = rt.catalog.begin_backup(db, "log", meta={"segments": len(batch.segments)})
 
     def body() -> BackupRecord:
-        manifest, data = _write_encrypted(rt, tier, object_key(rec, DATA_OBJECT),
+        manifest, data = write_encrypted(rt, tier, object_key(rec, DATA_OBJECT),
                                           lambda w: engine.write_wal_archive(w, batch))
-        return _finish(rt, tier, rec, data, manifest, timeline=batch.timeline, start_lsn=batch.start_lsn,
+        return finish_backup(rt, tier, rec, data, manifest, timeline=batch.timeline, start_lsn=batch.start_lsn,
                        end_lsn=batch.end_lsn, start_wal=batch.start_wal, end_wal=batch.end_wal,
                        start_time=start_time, end_time=switch.end_time,
                        meta={"segments": len(batch.segments), "segment_size": switch.segment_size,
                              "range": f"{format_lsn(batch.start_lsn)}-{format_lsn(batch.end_lsn)}"})
 
-    done = _guarded(rt, tier, rec, body)
+    done = guarded(rt, tier, rec, body)
     prune_spool(engine.spool, batch.end_wal, switch.segment_size)
     return done
 

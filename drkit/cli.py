@@ -293,6 +293,19 @@ def recover(
     console.print(("switched" if out["switched"] else "not switched") + f" (by {out['approver']}: {out['reason']})")
 
 
+@app.command("import-history")
+def import_history(db: str) -> None:
+    """SQL Server: record the backups msdb remembers, so drkit can plan restores from existing history."""
+    def run() -> Any:
+        from drkit.backup_mssql import import_history as do_import
+        rt = _runtime()
+        if not rt.is_sqlserver(db):
+            raise ConfigError(f"import-history is for SQL Server databases; {db!r} is {rt.policy.database(db).engine}")
+        return do_import(rt, db)
+    result = _guard(run)
+    console.print(str(result))
+
+
 @app.command()
 def approvals(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Flow runs paused for a human decision."""

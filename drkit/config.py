@@ -85,12 +85,21 @@ class TierConfig(_Model):
     container: str | None = None
     connection_string_env: str | None = None
     account_url: str | None = None
+    sas_token_env: str | None = None
+    prefix: str = ""
     access_tier: Literal["Hot", "Cool", "Cold", "Archive"] | None = None
+    rehydrate_priority: Literal["Standard", "High"] = "Standard"
+    rehydrate_to: Literal["Hot", "Cool", "Cold"] = "Cool"
 
     @model_validator(mode="after")
     def _store_needs(self) -> TierConfig:
         if self.store == "filesystem" and self.path is None:
             raise ValueError("a filesystem tier needs 'path' (a directory for its backups)")
+        if self.store == "azure" and not self.container:
+            raise ValueError("an azure tier needs 'container' (the blob container for its backups)")
+        if self.store == "azure" and not (self.connection_string_env or self.account_url):
+            raise ValueError("an azure tier needs 'connection_string_env' (name of an environment variable), "
+                             "or 'account_url' (with 'sas_token_env' or an Azure AD identity)")
         return self
 
 
@@ -103,7 +112,14 @@ class Schedules(_Model):
 
 class VerifyConfig(_Model):
     after: list[Literal["full", "diff", "log"]] = Field(default_factory=lambda: ["full"])  # type: ignore[arg-type]
-    checks: list[str] = Field(default_factory=lambda: ["amcheck", "visibility"])
+    checks: list[str] | None = None  # None: the engine's own (postgres: amcheck, visibility)
+
+    def checks_for(self, engine: str) -> list[str]:
+        """The checks to run: the policy's, else the engine's integrity checks (SQL Server: DBCC CHECKDB,
+        which always runs anyway)."""
+        if self.checks is not None:
+            return list(self.checks)
+        return ["amcheck", "visibility"] if engine == "postgres" else []
 
 
 class DatabaseConfig(_Model):
@@ -119,6 +135,7 @@ class DatabaseConfig(_Model):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     replica: dict[str, Any] | None = None
     traffic: dict[str, Any] | None = None
+    sqlserver: dict[str, Any] | None = None
 
     @field_validator("timezone")
     @classmethod

@@ -44,9 +44,12 @@ class Runtime:
             raise ConfigError(f"unknown tier {tier!r}: the policy file defines {sorted(self.policy.tiers)}")
         if tier not in self._stores:
             cfg = self.policy.tiers[tier]
-            if cfg.store != "filesystem":
-                raise ConfigError(f"tiers.{tier}: store {cfg.store!r} is not available in this version of drkit")
-            self._stores[tier] = FilesystemStore(self.policy.tier_path(tier), name=tier)
+            if cfg.store == "azure":
+                from drkit.storage.azure import open_azure_store  # the Azure SDK only when a tier uses it
+
+                self._stores[tier] = open_azure_store(tier, cfg, self.environ)
+            else:
+                self._stores[tier] = FilesystemStore(self.policy.tier_path(tier), name=tier)
         return self._stores[tier]
 
     def os_user(self, db: str) -> str | None:
@@ -56,10 +59,14 @@ class Runtime:
         cfg = self.policy.database(db)
         return self.policy.resolve(cfg.bin_dir) if cfg.bin_dir else default_bin_dir()
 
+    def is_sqlserver(self, db: str) -> bool:
+        return self.policy.database(db).engine == "sqlserver"
+
     def engine(self, db: str) -> PostgresEngine:
         cfg = self.policy.database(db)
         if cfg.engine != "postgres":
-            raise ConfigError(f"databases.{db}.engine: {cfg.engine!r} is not available in this version of drkit")
+            raise ConfigError(f"databases.{db}: this step is PostgreSQL's; {cfg.engine!r} databases go through "
+                              "drkit.backup_mssql")
         assert cfg.data_dir is not None
         return PostgresEngine(
             db,

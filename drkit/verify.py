@@ -159,7 +159,7 @@ def run_checks(rt: Runtime, db: str, port: int) -> list[CheckResult]:
     cfg = rt.policy.database(db)
     dbname = conninfo_to_dict(resolve_dsn(db, cfg, rt.environ)).get("dbname") or "postgres"
     results = []
-    for check in cfg.verify.checks:
+    for check in cfg.verify.checks_for(cfg.engine):
         if check == "amcheck":
             results.append(_timed("amcheck", lambda: check_amcheck(port, rt.bin_dir(db))))
         elif check == "visibility":

@@ -6,9 +6,10 @@ from datetime import datetime
 
 from prefect import flow
 
+from drkit.config import load_policy
 from drkit.errors import VerificationError
 from flows.common import stop_cluster
-from tasks.restore import execute_restore, plan_restore, publish_restore_report
+from tasks.restore import execute_restore, plan_restore, publish_restore_report, restore_sqlserver
 from tasks.verify import validate_restored
 
 
@@ -23,7 +24,12 @@ def restore_point_in_time(
     target_lsn: str | None = None,
     validate: bool = True,
 ) -> dict[str, object]:
-    """Restore ``db`` into the new directory ``into`` at ``target`` (None: latest), then validate it."""
+    """Restore ``db`` into the new directory ``into`` at ``target`` (None: latest), then validate it.
+
+    SQL Server: ``into`` is the new database's name; the restore runs on the server itself.
+    """
+    if load_policy(config).database(db).engine == "sqlserver":
+        return restore_sqlserver(db, into, target, config)
     plan = plan_restore(db, target, config, target_lsn)
     result = execute_restore(db, plan, into, port, True, config)
     checks = validate_restored(db, result.port, config) if validate else []

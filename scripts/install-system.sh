@@ -10,6 +10,8 @@ pgbin=$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)
 ls /usr/share/postgresql/*/extension/pg_visibility.control >/dev/null 2>&1 || need+=(postgresql-contrib)
 command -v zstd >/dev/null || need+=(zstd)
 [ -x /usr/bin/python3 ] || need+=(python3)
+# pyodbc (the SQL Server engine) loads libodbc.so.2 from unixODBC at import time.
+ldconfig -p 2>/dev/null | grep -q 'libodbc\.so\.2' || need+=(unixodbc)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"

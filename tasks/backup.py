@@ -7,6 +7,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from drkit import backup as core
+from drkit import backup_mssql
 from drkit.catalog.records import BackupRecord
 from tasks.common import artifact_key, finish_progress, progress_reporter, retry_transient, runtime
 
@@ -16,6 +17,9 @@ from tasks.common import artifact_key, finish_progress, progress_reporter, retry
 def check_prerequisites(db: str, config: str | None) -> None:
     rt = runtime(config)
     rt.policy.database(db)
+    if rt.is_sqlserver(db):
+        backup_mssql.sqlserver_engine(rt, db).require_ready()
+        return
     _ = rt.key  # a missing key fails here, before anything is written
     rt.engine(db).require_ready()
 
@@ -26,7 +30,10 @@ def base_backup(db: str, kind: str, config: str | None) -> BackupRecord:
     rt = runtime(config)
     report = progress_reporter(artifact_key(db, kind, "backup-progress"), f"{kind} backup of {db}")
     try:
-        rec = core.take_base_backup(rt, db, kind, progress=report)
+        if rt.is_sqlserver(db):
+            rec = backup_mssql.take_backup(rt, db, "full" if kind == "full" else "diff", progress=report)
+        else:
+            rec = core.take_base_backup(rt, db, kind, progress=report)
     finally:
         rt.close()
     finish_progress(report)
@@ -38,6 +45,8 @@ def base_backup(db: str, kind: str, config: str | None) -> BackupRecord:
 def log_backup(db: str, config: str | None) -> BackupRecord | None:
     rt = runtime(config)
     try:
+        if rt.is_sqlserver(db):
+            return backup_mssql.take_backup(rt, db, "log")
         return core.take_log_backup(rt, db)
     finally:
         rt.close()

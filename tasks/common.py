@@ -22,6 +22,8 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 
 from drkit.config import load_policy
+from drkit.engines.sqlserver import BackupMediaError, CorruptionFoundError, LogChainError, RestoreTargetError
+from drkit.engines.tsql import NameRefusedError
 from drkit.errors import (
     BackupInProgressError,
     ConfigError,
@@ -37,8 +39,9 @@ from drkit.errors import (
 )
 from drkit.runtime import Runtime
 
-_PERMANENT = (ConfigError, EncryptionKeyError, PrerequisiteError, WalGapError, WalConflictError,
-              IntegrityError, RestorePlanError)
+_PERMANENT: tuple[type[BaseException], ...] = (
+    ConfigError, EncryptionKeyError, PrerequisiteError, WalGapError, WalConflictError, IntegrityError,
+    RestorePlanError, LogChainError, NameRefusedError, RestoreTargetError, BackupMediaError, CorruptionFoundError)
 
 
 def runtime(config: str | None) -> Runtime:

@@ -10,6 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from drkit import backup_mssql
 from drkit import restore as core
 from drkit.chain import RestorePlan
 from drkit.lsn import parse_lsn
@@ -63,3 +64,20 @@ def publish_restore_report(result: RestoreResult, checks: list[CheckResult] | No
         lines += [f"| {c.name} | {'ok' if c.ok else 'FAILED'} | {c.detail[:200].replace('|', '/')} |" for c in checks]
     create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(plan.database, "restore-report"),
                              description=f"restore of {plan.database}")
+
+
+@task(name="restore-sqlserver", cache_policy=NO_CACHE)
+def restore_sqlserver(db: str, into: str, target: datetime | None, config: str | None) -> dict[str, object]:
+    """RESTORE … NORECOVERY (full, diff, logs) then WITH RECOVERY/STOPAT, into the new database ``into``."""
+    rt = runtime(config)
+    try:
+        result = backup_mssql.restore_to_point(rt, db, into=into, target=target)
+    finally:
+        rt.close()
+    create_markdown_artifact(
+        markdown=f"# Restore of {db} as {result.database}\n\n* reaches {result.plan.reaches.isoformat()} "
+                 f"in {result.seconds:.1f} s\n* pieces: {', '.join(p.backup.id for p in result.plan.pieces)}\n"
+                 + "\n".join(f"* {step}" for step in result.steps),
+        key=artifact_key(db, "restore-report"), description=f"restore of {db}")
+    return {"database": result.database, "reaches": result.plan.reaches.isoformat(),
+            "pieces": [p.backup.id for p in result.plan.pieces], "seconds": round(result.seconds, 2)}

@@ -6,6 +6,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from drkit import backup_mssql
 from drkit import verify as core
 from drkit.verify import CheckResult, VerifyReport
 from tasks.common import artifact_key, runtime
@@ -15,6 +16,8 @@ from tasks.common import artifact_key, runtime
 def verify_backup(db: str, backup_id: str | None, config: str | None) -> VerifyReport:
     rt = runtime(config)
     try:
+        if rt.is_sqlserver(db):
+            return backup_mssql.verify_backup_mssql(rt, db, backup_id)
         return core.verify_backup(rt, db, backup_id)
     finally:
         rt.close()
@@ -24,6 +27,11 @@ def verify_backup(db: str, backup_id: str | None, config: str | None) -> VerifyR
 def verify_chain(db: str, config: str | None) -> VerifyReport:
     rt = runtime(config)
     try:
+        if rt.is_sqlserver(db):
+            # The newest backup's own plan is the newest chain (full + diff + logs up to it).
+            newest = max((b for b in rt.catalog.list_backups(db) if b.restorable),
+                         key=lambda b: b.end_time or b.started_at, default=None)
+            return backup_mssql.verify_backup_mssql(rt, db, newest.id if newest else None)
         return core.verify_chain(rt, db)
     finally:
         rt.close()

@@ -165,3 +165,19 @@ class Endpoint(Base):
     role: Mapped[str] = mapped_column(String(32))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_by: Mapped[str] = mapped_column(String(256))
+
+
+class Hold(Base):
+    """Row of ``holds``: a legal hold on one backup; removing it keeps the row (``removed_*`` set)."""
+
+    __tablename__ = "holds"
+    __table_args__ = (Index("ix_holds_backup_id_removed_at", "backup_id", "removed_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    backup_id: Mapped[str] = mapped_column(String(BACKUP_ID_LENGTH), ForeignKey("backups.id"))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(256))
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    removed_by: Mapped[str | None] = mapped_column(String(256))
+    removed_reason: Mapped[str | None] = mapped_column(Text)

@@ -88,3 +88,27 @@ class AuditRecord:
     database: str | None
     subject: str | None
     detail: Mapping[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class HoldRecord:
+    """One legal hold on a backup. A removed hold stays in the catalog as history (``removed_at`` set).
+
+    While a hold is active, retention never deletes (nor moves away) any copy of the backup or of the
+    pieces its restore needs. ``database`` is the held backup's database.
+    """
+
+    id: int
+    backup_id: str
+    database: str
+    reason: str
+    created_at: datetime
+    created_by: str
+    removed_at: datetime | None
+    removed_by: str | None
+    removed_reason: str | None
+
+    @property
+    def active(self) -> bool:
+        """True until the hold is removed."""
+        return self.removed_at is None

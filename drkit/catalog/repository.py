@@ -30,7 +30,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
-from drkit.catalog.models import BACKUP_ID_LENGTH, AuditEvent, Backup, Copy, Endpoint
+from drkit.catalog.models import BACKUP_ID_LENGTH, AuditEvent, Backup, Copy, Endpoint, Hold
 from drkit.catalog.records import (
     BACKUP_KINDS,
     BACKUP_STATUSES,
@@ -39,6 +39,7 @@ from drkit.catalog.records import (
     AuditRecord,
     BackupRecord,
     CopyRecord,
+    HoldRecord,
 )
 from drkit.errors import BackupNotFoundError, CatalogError
 
@@ -133,6 +134,20 @@ def _audit_record(row: AuditEvent) -> AuditRecord:
         database=row.database,
         subject=row.subject,
         detail=dict(row.detail or {}),
+    )
+
+
+def _hold_record(row: Hold, database: str) -> HoldRecord:
+    return HoldRecord(
+        id=row.id,
+        backup_id=row.backup_id,
+        database=database,
+        reason=row.reason,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        removed_at=row.removed_at,
+        removed_by=row.removed_by,
+        removed_reason=row.removed_reason,
     )
 
 
@@ -637,3 +652,99 @@ class Catalog:
                 "updated_at": row.updated_at,
                 "updated_by": row.updated_by,
             }
+
+    # -- legal holds -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _active_hold(session: Session, backup_id: str) -> Hold | None:
+        query = select(Hold).where(Hold.backup_id == backup_id, Hold.removed_at.is_(None)).order_by(Hold.id)
+        return session.scalars(query.with_for_update()).first()
+
+    def add_hold(self, backup_id: str, *, reason: str, actor: str) -> HoldRecord:
+        """Put a backup under legal hold, and audit it (``hold.add``) in the same transaction.
+
+        While the hold is active, retention deletes nothing the backup's restore needs. A backup has at
+        most one active hold: a second one is refused with a CatalogError that names the first.
+        """
+        reason, actor = reason.strip(), actor.strip()
+        if not reason:
+            raise CatalogError("a legal hold needs a reason (e.g. the case or ticket it is for)")
+        if not actor:
+            raise CatalogError("a legal hold needs the name of who places it")
+        with self._session() as session:
+            backup = self._backup(session, backup_id, lock=True)
+            active = self._active_hold(session, backup_id)
+            if active is not None:
+                raise CatalogError(
+                    f"backup {backup_id} is already under legal hold by {active.created_by} since "
+                    f"{active.created_at.isoformat(timespec='seconds')}: {active.reason}"
+                )
+            now = _now()
+            row = Hold(backup_id=backup_id, reason=reason, created_at=now, created_by=actor)
+            session.add(row)
+            self._flush(session, f"cannot record a legal hold on backup {backup_id}")
+            session.add(
+                AuditEvent(
+                    at=now,
+                    actor=actor,
+                    action="hold.add",
+                    database=backup.database,
+                    subject=backup_id,
+                    detail={"hold_id": row.id, "reason": reason},
+                )
+            )
+            self._flush(session, f"cannot audit the legal hold on backup {backup_id}")
+            return _hold_record(row, backup.database)
+
+    def remove_hold(self, backup_id: str, *, actor: str, reason: str) -> HoldRecord:
+        """End the active legal hold on a backup (the row stays as history), and audit it (``hold.remove``).
+
+        CatalogError if the backup has no active hold.
+        """
+        reason, actor = reason.strip(), actor.strip()
+        if not reason:
+            raise CatalogError("removing a legal hold needs a reason (e.g. the case was closed)")
+        if not actor:
+            raise CatalogError("removing a legal hold needs the name of who removes it")
+        with self._session() as session:
+            backup = self._backup(session, backup_id, lock=True)
+            row = self._active_hold(session, backup_id)
+            if row is None:
+                raise CatalogError(f"backup {backup_id} has no active legal hold")
+            now = _now()
+            row.removed_at = now
+            row.removed_by = actor
+            row.removed_reason = reason
+            session.add(
+                AuditEvent(
+                    at=now,
+                    actor=actor,
+                    action="hold.remove",
+                    database=backup.database,
+                    subject=backup_id,
+                    detail={"hold_id": row.id, "reason": reason, "held_by": row.created_by,
+                            "hold_reason": row.reason},
+                )
+            )
+            self._flush(session, f"cannot remove the legal hold on backup {backup_id}")
+            return _hold_record(row, backup.database)
+
+    def active_holds(self, database: str | None = None) -> list[HoldRecord]:
+        """Legal holds in force (on one database's backups, if given), oldest first."""
+        query = (
+            select(Hold, Backup.database)
+            .join(Backup, Backup.id == Hold.backup_id)
+            .where(Hold.removed_at.is_(None))
+            .order_by(Hold.id)
+        )
+        if database is not None:
+            query = query.where(Backup.database == database)
+        with self._session(write=False) as session:
+            return [_hold_record(row, db) for row, db in session.execute(query).tuples()]
+
+    def hold_history(self, backup_id: str) -> list[HoldRecord]:
+        """Every legal hold ever placed on a backup, active or removed, oldest first."""
+        with self._session(write=False) as session:
+            backup = self._backup(session, backup_id)
+            rows = session.scalars(select(Hold).where(Hold.backup_id == backup_id).order_by(Hold.id))
+            return [_hold_record(row, backup.database) for row in rows]

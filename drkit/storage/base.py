@@ -9,7 +9,7 @@ visible under its key, or absent. A writer that fails leaves nothing a reader,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -24,8 +24,18 @@ class Store(Protocol):
 
     name: str  # the tier this store serves, e.g. "local" or "offsite"
 
-    def writer(self, key: str) -> AbstractContextManager[BinaryIO]:
+    def writer(
+        self,
+        key: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        access_tier: str | None = None,
+    ) -> AbstractContextManager[BinaryIO]:
         """Yield a writable file for ``key``.
+
+        ``metadata``, ``tags`` and ``access_tier`` label the object where the store
+        supports it (Azure: blob metadata, index tags, access tier); others ignore them.
 
         The object becomes visible atomically, and only when the with-block exits
         cleanly; on an exception it is discarded (no object at ``key``, no

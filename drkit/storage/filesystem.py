@@ -19,7 +19,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
@@ -107,7 +107,15 @@ class FilesystemStore:
     # -- Store protocol
 
     @contextmanager
-    def writer(self, key: str) -> Iterator[BinaryIO]:
+    def writer(
+        self,
+        key: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        access_tier: str | None = None,
+    ) -> Iterator[BinaryIO]:
+        """See Store.writer; labels (metadata, tags, access tier) do not apply to files and are ignored."""
         final = self._path(key)
         parent = final.parent
         tmp = parent / f".{final.name}.part-{uuid.uuid4().hex}"

@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 def _markers(dsn: str, table: str, ids: range) -> dict[int, datetime]:
     times: dict[int, datetime] = {}
     with connect(dsn) as conn:
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {table}(id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table}"
+                     "(id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
         for i in ids:
             conn.execute(f"INSERT INTO {table}(id) VALUES (%s)", [i])
             row = conn.execute("SELECT clock_timestamp()").fetchone()

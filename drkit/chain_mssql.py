@@ -1,0 +1,444 @@
+"""Restore-chain planning for SQL Server: which backups, joined by LSN, reach a point in time.
+
+Why a second planner: PostgreSQL chains join WAL segment by segment, SQL Server
+chains join by log sequence numbers recorded in ``msdb.dbo.backupset`` (kept in
+each catalog record's ``meta`` as decimal strings: they are ``numeric(25,0)``).
+The rules, from the backupset documentation:
+
+* a differential belongs to the full whose ``checkpoint_lsn`` equals its
+  ``differential_base_lsn`` (and whose ``backup_set_uuid`` equals its
+  ``differential_base_guid``); a copy-only full is never a differential base;
+* the first log after a base (full or diff) has
+  ``first_lsn <= base.last_lsn < last_lsn``;
+* consecutive logs join exactly: ``next.first_lsn == previous.last_lsn``;
+* recovery forks: a log continues the fork its predecessor ended on
+  (``first_recovery_fork_guid == previous.last_recovery_fork_guid``), and a log
+  that spans a fork (a restore happened) only follows a predecessor that ended
+  at or before its ``fork_point_lsn``.
+
+Everything here is pure (records in, :class:`drkit.chain.RestorePlan` out), so
+flows treat both engines alike and the rules are property-tested. A piece is
+read from the cheapest tier holding a complete copy; a backup SQL Server wrote
+itself (to URL, or to its own disk) and that drkit holds no copy of is read by
+the server from where it is, as tier :data:`NATIVE_TIER`.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
+from drkit.chain import RestorePiece, RestorePlan
+from drkit.errors import RestorePlanError
+
+NATIVE_TIER = "sqlserver"
+"""Pseudo tier of a piece SQL Server reads from its own device (a blob URL or a path on its disk)."""
+
+NATIVE_FORMATS = ("mssql-native-url", "mssql-native-disk")
+
+
+def _int(meta: Mapping[str, Any], key: str) -> int | None:
+    value = meta.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def _guid(meta: Mapping[str, Any], key: str) -> str | None:
+    value = meta.get(key)
+    return str(value).lower() if value else None
+
+
+@dataclass(frozen=True, eq=False)
+class LsnInfo:
+    """The chain-relevant facts of one backup, parsed from its catalog record."""
+
+    rec: BackupRecord
+    end: datetime
+    first: int
+    last: int
+    checkpoint: int | None
+    diff_base: int | None
+    diff_guid: str | None
+    uuid: str | None
+    copy_only: bool
+    first_fork: str | None
+    last_fork: str | None
+    fork_point: int | None
+
+    @property
+    def id(self) -> str:
+        return self.rec.id
+
+    @property
+    def kind(self) -> str:
+        return self.rec.kind
+
+
+def lsn_info(rec: BackupRecord) -> LsnInfo | None:
+    """The LSN facts of ``rec``; None when it has no end time or no LSN range (not plannable)."""
+    meta = rec.meta
+    first, last = _int(meta, "first_lsn"), _int(meta, "last_lsn")
+    if rec.end_time is None or first is None or last is None:
+        return None
+    return LsnInfo(rec=rec, end=rec.end_time, first=first, last=last, checkpoint=_int(meta, "checkpoint_lsn"),
+                   diff_base=_int(meta, "differential_base_lsn"), diff_guid=_guid(meta, "differential_base_guid"),
+                   uuid=_guid(meta, "backup_set_uuid"), copy_only=bool(meta.get("is_copy_only")),
+                   first_fork=_guid(meta, "first_recovery_fork_guid"),
+                   last_fork=_guid(meta, "last_recovery_fork_guid"), fork_point=_int(meta, "fork_point_lsn"))
+
+
+def is_diff_base(full: LsnInfo, diff: LsnInfo) -> bool:
+    """True when ``diff`` was taken on ``full`` (LSN and GUID rule; never a copy-only full)."""
+    if full.kind != "full" or diff.kind != "diff" or full.copy_only:
+        return False
+    if diff.diff_base is None or full.checkpoint != diff.diff_base:
+        return False
+    return not (diff.diff_guid and full.uuid and diff.diff_guid != full.uuid)
+
+
+def fork_continues(prev: LsnInfo, log: LsnInfo) -> bool:
+    """True when ``log`` may follow ``prev`` as far as recovery forks are concerned."""
+    if log.first_fork and prev.last_fork and log.first_fork != prev.last_fork:
+        return False
+    spans = log.fork_point is not None and log.first_fork != log.last_fork
+    return not (spans and log.fork_point is not None and prev.last > log.fork_point)
+
+
+def follows_base(base: LsnInfo, log: LsnInfo) -> bool:
+    """``log`` is a first log after ``base``: it holds the LSN the base ends at."""
+    return log.first <= base.last < log.last and fork_continues(base, log)
+
+
+def follows_log(prev: LsnInfo, log: LsnInfo) -> bool:
+    """``log`` continues ``prev`` exactly."""
+    return log.first == prev.last and log.last > log.first and fork_continues(prev, log)
+
+
+class _Sources:
+    """Where each backup can be read from: the cheapest tier with a complete copy, else natively."""
+
+    def __init__(self, copies: Sequence[CopyRecord], tier_order: Sequence[str]) -> None:
+        rank = {t: i for i, t in enumerate(tier_order)}
+        self._best: dict[str, CopyRecord] = {}
+        for c in copies:
+            if c.status != "complete" or c.tier not in rank:
+                continue
+            cur = self._best.get(c.backup_id)
+            if cur is None or rank[c.tier] < rank[cur.tier]:
+                self._best[c.backup_id] = c
+
+    @staticmethod
+    def _native(b: BackupRecord) -> bool:
+        devices = b.meta.get("devices")
+        return b.format in NATIVE_FORMATS and isinstance(devices, list) and bool(devices)
+
+    def has(self, b: BackupRecord) -> bool:
+        return b.id in self._best or self._native(b)
+
+    def piece(self, b: BackupRecord) -> RestorePiece:
+        c = self._best.get(b.id)
+        if c is not None:
+            return RestorePiece(backup=b, tier=c.tier, store_key=c.store_key, stored_bytes=c.stored_bytes,
+                                sha256=c.sha256 or b.sha256)
+        devices = b.meta.get("devices") or [{}]
+        first = devices[0].get("device", "") if isinstance(devices[0], Mapping) else str(devices[0])
+        return RestorePiece(backup=b, tier=NATIVE_TIER, store_key=str(first), stored_bytes=b.stored_bytes,
+                            sha256=None)
+
+
+class _LogGraph:
+    """Logs joined by exact LSN; ``reach[log]`` is the latest end time reachable from it."""
+
+    def __init__(self, logs: Iterable[LsnInfo]) -> None:
+        self.logs = sorted(logs, key=lambda lg: (lg.first, lg.last, lg.id))
+        self.firsts = [lg.first for lg in self.logs]
+        self.max_span = max((lg.last - lg.first for lg in self.logs), default=0)
+        self.by_first: dict[int, list[LsnInfo]] = {}
+        for lg in self.logs:
+            self.by_first.setdefault(lg.first, []).append(lg)
+        self.reach: dict[str, datetime] = {}
+        # Along a join last_lsn strictly grows, so the graph is acyclic: settle the highest last_lsn first.
+        for lg in sorted(self.logs, key=lambda x: x.last, reverse=True):
+            best = lg.end
+            for nxt in self.nexts(lg):
+                best = max(best, self.reach[nxt.id])
+            self.reach[lg.id] = best
+
+    def nexts(self, log: LsnInfo) -> list[LsnInfo]:
+        return [x for x in self.by_first.get(log.last, ()) if follows_log(log, x)]
+
+    def starts(self, base: LsnInfo) -> list[LsnInfo]:
+        """Logs holding the base's last LSN (scans back only as far as the widest log could reach)."""
+        found = []
+        i = bisect.bisect_right(self.firsts, base.last) - 1
+        while i >= 0 and self.logs[i].first >= base.last - self.max_span:
+            if follows_base(base, self.logs[i]):
+                found.append(self.logs[i])
+            i -= 1
+        return found
+
+    def latest(self, base: LsnInfo) -> list[LsnInfo]:
+        """The path from ``base`` that reaches the latest end time (fewest logs on ties)."""
+        starts = self.starts(base)
+        if not starts:
+            return []
+        goal = max(self.reach[s.id] for s in starts)
+        if goal <= base.end:
+            return []
+        cur = min((s for s in starts if self.reach[s.id] == goal), key=lambda s: (s.last, s.id))
+        path = [cur]
+        while cur.end != goal:
+            cur = min((n for n in self.nexts(cur) if self.reach[n.id] == goal), key=lambda n: (n.last, n.id))
+            path.append(cur)
+        return path
+
+    def to_time(self, base: LsnInfo, target: datetime) -> list[LsnInfo]:
+        """The fewest logs from ``base`` to the first one whose end covers ``target`` ([] if none).
+
+        A path that stays on one recovery fork is preferred: at a time before a restore, the
+        database's history is the old fork's, not the fork-spanning log written after the restore.
+        """
+        return self._to_time(base, target, spans=False) or self._to_time(base, target, spans=True)
+
+    def _to_time(self, base: LsnInfo, target: datetime, *, spans: bool) -> list[LsnInfo]:
+        def ok(lg: LsnInfo) -> bool:
+            return self.reach[lg.id] >= target and (spans or lg.first_fork == lg.last_fork)
+
+        level = [s for s in self.starts(base) if ok(s)]
+        parent: dict[str, LsnInfo | None] = {s.id: None for s in level}
+        while level:
+            covering = [lg for lg in level if lg.end >= target]
+            if covering:
+                cur: LsnInfo | None = min(covering, key=lambda lg: (lg.end, lg.id))
+                path = []
+                while cur is not None:
+                    path.append(cur)
+                    cur = parent[cur.id]
+                return path[::-1]
+            nxt_level = []
+            for lg in level:
+                for n in self.nexts(lg):
+                    if n.id not in parent and ok(n):
+                        parent[n.id] = lg
+                        nxt_level.append(n)
+            level = nxt_level
+        return []
+
+    def to_log(self, base: LsnInfo, goal: LsnInfo) -> list[LsnInfo]:
+        """The fewest logs from ``base`` ending with ``goal`` ([] if it does not join)."""
+        level = [s for s in self.starts(base) if s.last <= goal.last]
+        parent: dict[str, LsnInfo | None] = {s.id: None for s in level}
+        while level:
+            if any(lg.id == goal.id for lg in level):
+                cur: LsnInfo | None = goal
+                path = []
+                while cur is not None:
+                    path.append(cur)
+                    cur = parent[cur.id]
+                return path[::-1]
+            nxt_level = []
+            for lg in level:
+                for n in self.nexts(lg):
+                    if n.id not in parent and n.last <= goal.last:
+                        parent[n.id] = lg
+                        nxt_level.append(n)
+            level = nxt_level
+        return []
+
+
+def _fmt(t: datetime | None) -> str:
+    return t.isoformat(timespec="seconds") if t else "?"
+
+
+@dataclass
+class _Catalog:
+    database: str
+    src: _Sources
+    fulls: list[LsnInfo]
+    diffs: list[LsnInfo]
+    graph: _LogGraph
+    corrupt: list[BackupRecord]
+    usable: list[LsnInfo]
+
+    def bases(self, full: LsnInfo, target: datetime | None) -> list[LsnInfo]:
+        """Diffs on ``full`` at or before ``target``, newest first, then the full itself."""
+        on = [d for d in self.diffs if is_diff_base(full, d) and (target is None or d.end <= target)]
+        on.sort(key=lambda d: (d.end, d.last), reverse=True)
+        return [*on, full]
+
+    def pieces(self, full: LsnInfo, base: LsnInfo, logs: Sequence[LsnInfo]) -> tuple[RestorePiece, ...]:
+        chain = [full] if base is full else [full, base]
+        return tuple(self.src.piece(i.rec) for i in (*chain, *logs))
+
+    def why(self, full: LsnInfo, base: LsnInfo) -> list[str]:
+        why = [f"full {full.id}: ends {_fmt(full.end)}" + (" (copy-only)" if full.copy_only else "")]
+        if base is not full:
+            why.append(f"diff {base.id}: the newest differential on it (differential_base_lsn = the full's "
+                       f"checkpoint_lsn {full.checkpoint}), ends {_fmt(base.end)}")
+        if self.corrupt:
+            why.append("skipped corrupt: " + ", ".join(b.id for b in self.corrupt))
+        return why
+
+
+def _catalog(database: str, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord],
+             tier_order: Sequence[str], *, allow: BackupRecord | None = None) -> _Catalog:
+    src = _Sources(copies, tier_order)
+    mine = [b for b in backups if b.database == database]
+    corrupt = [b for b in mine if b.status == "corrupt" and (allow is None or b.id != allow.id)]
+    usable: list[LsnInfo] = []
+    for b in mine:
+        if b.status not in RESTORABLE_STATUSES and not (allow is not None and b.id == allow.id):
+            continue
+        info = lsn_info(b)
+        if info is not None and src.has(b):
+            usable.append(info)
+    fulls = [i for i in usable if i.kind == "full"]
+    if not fulls:
+        extra = f" ({len(corrupt)} corrupt backup(s) are not used)" if corrupt else ""
+        no_source = [b.id for b in mine if b.kind == "full" and b.status in RESTORABLE_STATUSES and not src.has(b)]
+        if no_source:
+            extra += (f"; full backup(s) {', '.join(no_source)} have no complete copy in the tiers "
+                      f"{', '.join(tier_order)} and no device SQL Server could read")
+        raise RestorePlanError(f"no restorable full backup of {database!r} in the catalog{extra}; run "
+                               f"`drkit backup full {database}` (or `drkit import-history {database}`) first")
+    fulls.sort(key=lambda f: (f.end, f.last), reverse=True)
+    return _Catalog(database, src, fulls, [i for i in usable if i.kind == "diff"],
+                    _LogGraph(i for i in usable if i.kind == "log"), corrupt, usable)
+
+
+def plan_restore_mssql(
+    database: str,
+    backups: Sequence[BackupRecord],
+    copies: Sequence[CopyRecord],
+    *,
+    target: datetime | None,
+    now: datetime,
+    tier_order: Sequence[str],
+) -> RestorePlan:
+    """The chain that restores ``database`` to ``target`` (None: the latest point the backups reach).
+
+    Recovery is ``immediate`` (the base alone, WITH RECOVERY), ``time`` (the last log WITH
+    STOPAT = target) or ``end`` (every log applied in full).
+    """
+    cat = _catalog(database, backups, copies, tier_order)
+    if target is None:
+        return _plan_latest(cat)
+    if target > now:
+        raise RestorePlanError(f"target {_fmt(target)} is in the future (now is {_fmt(now)})")
+    earliest = min(cat.fulls, key=lambda f: f.end)
+    if target < earliest.end:
+        raise RestorePlanError(
+            f"target {_fmt(target)} is before the earliest restorable point of {database!r}, "
+            f"{_fmt(earliest.end)} (full backup {earliest.id})")
+    failures: list[str] = []
+    for full in cat.fulls:
+        if full.end > target:
+            continue
+        for base in cat.bases(full, target):
+            if base.end == target:
+                return RestorePlan(database, target, "immediate", target, cat.pieces(full, base, ()),
+                                   (*cat.why(full, base), "recovery stops at the base backup's end"))
+            logs = cat.graph.to_time(base, target)
+            if logs:
+                why = [*cat.why(full, base),
+                       f"{len(logs)} log backup(s) from LSN {logs[0].first} to {logs[-1].last}, the last one "
+                       f"restored WITH STOPAT = {_fmt(target)}"]
+                return RestorePlan(database, target, "time", target, cat.pieces(full, base, logs), tuple(why))
+            if not failures:
+                latest = cat.graph.latest(base)
+                reached = latest[-1].end if latest else base.end
+                ends = latest[-1].last if latest else base.last
+                failures.append(f"from {base.kind} {base.id} the logs reach only {_fmt(reached)} (no log backup "
+                                f"continues at LSN {ends})")
+    newest_log = max((i.end for i in cat.usable if i.kind == "log"), default=None)
+    hint = ""
+    if newest_log is not None and newest_log >= target:
+        hint = (f"; log backups exist past the target (up to {_fmt(newest_log)}) but do not join: a gap in the "
+                "log chain (a log backup taken outside drkit, or lost); restore to a time before it, run "
+                f"`drkit import-history {database}`, or take a new full backup")
+    elif newest_log is not None:
+        hint = f"; the latest log backup ends {_fmt(newest_log)}"
+    shown = sorted((i for i in cat.usable if i.kind != "log"), key=lambda i: i.end)
+    raise RestorePlanError(
+        f"cannot reach {_fmt(target)} for {database!r}: " + "; ".join(failures or ["no base before it"]) + hint
+        + ". Backups: " + ", ".join(f"{i.id} ({_fmt(i.end)})" for i in shown))
+
+
+def _plan_latest(cat: _Catalog) -> RestorePlan:
+    best: tuple[datetime, LsnInfo, LsnInfo, list[LsnInfo]] | None = None
+    ceiling = max((i.end for i in cat.usable), default=None)
+    for full in cat.fulls:
+        for base in cat.bases(full, None):
+            logs = cat.graph.latest(base)
+            reach = logs[-1].end if logs else base.end
+            if best is None or reach > best[0]:
+                best = (reach, full, base, logs)
+        if best is not None and best[0] == ceiling:
+            break  # nothing can reach further than the newest backup there is
+    assert best is not None
+    reach, full, base, logs = best
+    why = cat.why(full, base)
+    if logs:
+        why.append(f"{len(logs)} log backup(s) from LSN {logs[0].first} to {logs[-1].last}, applied in full")
+    return RestorePlan(cat.database, None, "end" if logs else "immediate", reach, cat.pieces(full, base, logs),
+                       tuple(why))
+
+
+def plan_for_backup_mssql(
+    target: BackupRecord,
+    backups: Sequence[BackupRecord],
+    copies: Sequence[CopyRecord],
+    *,
+    tier_order: Sequence[str],
+) -> RestorePlan:
+    """The smallest restore that proves ``target``: a full alone; a diff on its full; a log with its chain.
+
+    ``target`` itself is used whatever its verification status (re-verifying a corrupt backup is
+    allowed); what it depends on must be restorable.
+    """
+    if target.status not in (*RESTORABLE_STATUSES, "corrupt") or target.end_time is None:
+        raise RestorePlanError(f"backup {target.id} is {target.status}; only completed backups can be verified")
+    info = lsn_info(target)
+    if info is None:
+        raise RestorePlanError(f"backup {target.id} has no LSN range in its catalog record; it cannot be planned")
+    promoted = replace(target, status="completed") if target.status == "corrupt" else target
+    others = [b for b in backups if b.id != target.id]
+    src = _Sources(copies, tier_order)
+    if not src.has(target):
+        raise RestorePlanError(f"backup {target.id} has no complete copy in the tiers {', '.join(tier_order)} "
+                               "and no device SQL Server could read")
+    if target.kind == "full":
+        return RestorePlan(target.database, None, "immediate", info.end, (src.piece(target),),
+                           (f"full {target.id} alone, WITH RECOVERY",))
+    try:
+        cat = _catalog(target.database, [*others, promoted], copies, tier_order, allow=promoted)
+    except RestorePlanError as exc:
+        raise RestorePlanError(f"{target.kind} {target.id} cannot be verified: {exc}") from None
+    me = next(i for i in cat.usable if i.id == target.id)
+    if target.kind == "diff":
+        full = next((f for f in cat.fulls if is_diff_base(f, me)), None)
+        if full is None:
+            raise RestorePlanError(
+                f"diff {target.id} cannot be verified: no restorable full backup has checkpoint_lsn "
+                f"{me.diff_base} (its differential base) in the catalog; `drkit import-history "
+                f"{target.database}` imports one taken outside drkit")
+        return RestorePlan(target.database, None, "immediate", me.end, cat.pieces(full, me, ()),
+                           (f"full {full.id}, then diff {target.id}, WITH RECOVERY",))
+    for full in cat.fulls:
+        if full.end > me.end:
+            continue
+        for base in cat.bases(full, me.end):
+            logs = cat.graph.to_log(base, me)
+            if logs:
+                return RestorePlan(target.database, None, "end", me.end, cat.pieces(full, base, logs),
+                                   (*cat.why(full, base), f"{len(logs)} log backup(s) up to {target.id}"))
+    raise RestorePlanError(f"log backup {target.id} is not part of any restorable chain (no full or diff joins "
+                           f"it through unbroken logs up to LSN {me.first})")

@@ -1,0 +1,651 @@
+"""Retention planning: which copies to make, move, delete or keep, each with its reason (pure).
+
+:func:`plan` is a function of catalog records (backups, their copies, legal holds), the tiers of the policy
+(in order: ``local``, ``blob``, ``archive``) and ``now``. It does no I/O; the ``retention_sweep`` flow applies
+its actions (copies and moves first, then deletes) and ``drkit retention plan`` prints them.
+
+The life of a backup (DESIGN.md, "Tiers and retention"), with ages measured from the backup's ``end_time``
+(else ``finished_at``):
+
+* it is born in the first tier (``local``) and kept there while younger than ``local.keep_days``;
+* it is copied to each later *copy tier* (``blob``) while younger than that tier's ``keep_days``, but to a
+  tier in ``verified_only_to`` only once its status is ``verified``;
+* a *move tier* (``move_into``: ``archive``, Azure's Archive access tier) takes it over from the tier before
+  it once that tier lets it go, and keeps it while younger than its own ``keep_days``; a move tier inherits
+  the verification gate of the tier it takes over from;
+* a copy that no tier wants any more is deleted, unless one of the rules below keeps it.
+
+Restore points are chain-aware, as :func:`drkit.chain.plan_restore` plans them: a target time needs the
+newest full at or before it, the newest diff on that full at or before it, and the unbroken run of log
+backups from that base's start segment to the first log that reaches the target. A tier with a window of
+``keep_days`` keeps every copy it holds that a target inside ``[now - keep_days, now]`` needs, however old
+the copy is itself ("kept: diff X on this full is inside blob's 30-day window"). And whatever the tiers
+want, :func:`plan` never deletes the last copy (nor moves it out of the policy's tiers) of:
+
+(a) a piece that any target inside any tier's window needs: every target in ``[now - max keep_days, now]``
+    that plans before the actions still plans after them, to the same pieces;
+(b) the newest verified full of a database, ever; and it keeps one copy outside the move tiers
+    (readable without rehydration) if it has one. Likewise the pieces a restore to the latest point
+    reads (``plan_restore(target=None)``), however old: a database never ends up with nothing to restore;
+(c) anything under an active legal hold, nor any piece the held backup's own restore needs (a diff's full;
+    a log's chain): no copy of them is deleted or moved away (a move becomes a copy);
+(d) a backup that some tier still promises to keep: one younger than a tier's ``keep_days`` that the tier
+    holds or may take (restorable, and verified if the tier is gated).
+
+Copies in the archive tier count as available for (a) and (d): restoring from them takes a rehydration,
+which the restore flow starts and waits for. Copies in tiers outside the policy are never touched and never
+counted; ``pending`` copies count as absent (a copy to that tier is planned again); ``running`` backups are
+left alone.
+
+Only copies a tier keeps beyond what its age window alone would give (by a restore point, a hold, rule (b)
+or the last-copy rules) get a ``keep`` action; pass ``routine_keeps=True`` to list every kept copy.
+Planning again after all actions were applied yields no copy, move or delete; after a crash half-way,
+planning again yields what is left to reach the same state.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal, NamedTuple, Protocol
+
+from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord, HoldRecord
+from drkit.chain import _fmt, _seg_size, _start_segno
+
+ActionKind = Literal["copy", "move", "delete", "keep"]
+ACTION_KINDS: tuple[ActionKind, ...] = ("copy", "move", "delete", "keep")
+"""Also the order :func:`plan` returns actions in, and the order to apply them in."""
+
+_TICK = timedelta(microseconds=1)
+_RESTORABLE = frozenset(RESTORABLE_STATUSES)
+
+
+class TierLike(Protocol):
+    """What the planner reads of a tier: how long it keeps a backup (``drkit.config.TierConfig`` is one)."""
+
+    @property
+    def keep_days(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    """A tier for :func:`plan` when there is no policy object at hand (tests, rehearsals)."""
+
+    keep_days: int
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step of a retention plan.
+
+    ``copy``: put a copy of the backup into ``tier_to``, read from ``tier_from``. ``move``: the same, then
+    delete the copy in ``tier_from`` (on Azure, between access tiers of one container: set the tier).
+    ``delete``: delete the copy in ``tier_from``. ``keep``: leave the copy in ``tier_from`` where it is.
+    """
+
+    kind: ActionKind
+    backup_id: str
+    database: str
+    tier_from: str
+    tier_to: str | None
+    reason: str
+
+    @property
+    def tier(self) -> str:
+        """The tier the action changes or keeps: the destination of a copy or move, else ``tier_from``."""
+        return self.tier_to if self.tier_to is not None else self.tier_from
+
+    @property
+    def changes(self) -> bool:
+        """True for copy, move and delete."""
+        return self.kind != "keep"
+
+
+class Need(NamedTuple):
+    """Why a backup is needed: the latest target time whose restore reads it, and that restore's base.
+
+    ``latest``: a restore to the latest point (``plan_restore(target=None)``) reads it too.
+    """
+
+    until: datetime
+    base: BackupRecord
+    latest: bool = False
+
+
+# -- restore chains, indexed once per database ---------------------------------------------------------
+
+
+class _Span(NamedTuple):
+    first: int
+    last: int
+    end: datetime
+    order: int
+    log: BackupRecord
+
+
+def _log_span(b: BackupRecord, order: int) -> _Span | None:
+    """The segment range of a log backup, as :func:`drkit.chain._segs` reads it (None if malformed)."""
+    start, end = b.start_wal, b.end_wal
+    if not start or not end or len(start) != 24 or len(end) != 24 or b.end_time is None:
+        return None
+    per = 0x100000000 // _seg_size(b)
+    try:
+        first = int(start[8:16], 16) * per + int(start[16:24], 16)
+        last = int(end[8:16], 16) * per + int(end[16:24], 16)
+    except ValueError:
+        return None
+    return None if last < first else _Span(first, last, b.end_time, order, b)
+
+
+def _best(found: Sequence[_Span]) -> _Span:
+    # chain._log_chain: max by (last segment, end time); the first such in catalog order
+    best = found[0]
+    for sp in found[1:]:
+        if (sp.last, sp.end) > (best.last, best.end) or (
+                (sp.last, sp.end) == (best.last, best.end) and sp.order < best.order):
+            best = sp
+    return best
+
+
+class _Logs:
+    """The usable log backups of one database and timeline, indexed by segment for chain walks."""
+
+    def __init__(self) -> None:
+        self.spans: list[_Span] = []
+        self._by_start: dict[int, list[_Span]] = {}
+        self._sorted: list[_Span] = []
+        self._firsts: list[int] = []
+        self._reach: list[int] = []  # running max of ``last`` over _sorted
+
+    def index(self) -> None:
+        for sp in self.spans:
+            self._by_start.setdefault(sp.first, []).append(sp)
+        self._sorted = sorted(self.spans, key=lambda sp: (sp.first, sp.order))
+        self._firsts = [sp.first for sp in self._sorted]
+        top = -1
+        for sp in self._sorted:
+            top = max(top, sp.last)
+            self._reach.append(top)
+
+    def _covering(self, segno: int) -> list[_Span]:
+        exact = self._by_start.get(segno)  # the usual case: the next log starts where the last one ended
+        if exact:
+            return exact
+        found: list[_Span] = []
+        i = bisect_right(self._firsts, segno) - 1
+        while i >= 0 and self._reach[i] >= segno:
+            if self._sorted[i].last >= segno:
+                found.append(self._sorted[i])
+            i -= 1
+        return found
+
+    def walk(self, base: BackupRecord, until: datetime | None) -> list[BackupRecord]:
+        """What :func:`drkit.chain._log_chain` returns for ``base`` and ``until``, without rescanning the logs."""
+        need = _start_segno(base)
+        chain: list[BackupRecord] = []
+        while True:
+            if until is not None and chain and chain[-1].end_time is not None and chain[-1].end_time >= until:
+                return chain
+            found = self._covering(need)
+            if not found:
+                return chain
+            nxt = _best(found)
+            chain.append(nxt.log)
+            need = nxt.last + 1
+
+
+class _Stretch(NamedTuple):
+    """Targets from ``start`` until the next stretch restore from ``full`` (and ``diff``)."""
+
+    start: datetime
+    full: BackupRecord
+    diff: BackupRecord | None
+
+
+class _Chains:
+    """Restore chains of one database over its usable backups, as plan_restore would plan them."""
+
+    def __init__(self, usable: Sequence[BackupRecord]) -> None:
+        self.logs: dict[int | None, _Logs] = {}
+        fulls: list[BackupRecord] = []
+        diffs: dict[str, list[tuple[datetime, int, BackupRecord]]] = {}
+        for order, b in enumerate(usable):
+            if b.kind == "log":
+                sp = _log_span(b, order)
+                if sp is not None:
+                    self.logs.setdefault(b.timeline, _Logs()).spans.append(sp)
+            elif b.kind == "full":
+                fulls.append(b)
+            elif b.kind == "diff" and b.base_id is not None:
+                assert b.end_time is not None
+                diffs.setdefault(b.base_id, []).append((b.end_time, order, b))
+        for logs in self.logs.values():
+            logs.index()
+        first_full: dict[datetime, BackupRecord] = {}
+        for f in fulls:  # plan_restore: among fulls ending at the same instant, the first in catalog order
+            assert f.end_time is not None
+            first_full.setdefault(f.end_time, f)
+        diff_ends: dict[str, list[datetime]] = {}
+        for full_id, group in diffs.items():
+            group.sort(key=lambda d: (d[0], d[1]))
+            diff_ends[full_id] = [d[0] for d in group]
+        times = sorted({*first_full, *(d[0] for group in diffs.values() for d in group)})
+        self.stretches: list[_Stretch] = []
+        full: BackupRecord | None = None
+        for t in times:
+            full = first_full.get(t, full)
+            if full is None:
+                continue
+            diff = None
+            ends = diff_ends.get(full.id)
+            if ends:
+                n = bisect_right(ends, t)
+                if n:
+                    diff = diffs[full.id][bisect_left(ends, ends[n - 1])][2]
+            last = self.stretches[-1] if self.stretches else None
+            if last is None or last.full is not full or last.diff is not diff:
+                self.stretches.append(_Stretch(t, full, diff))
+        self.starts = [s.start for s in self.stretches]
+
+    def walk(self, base: BackupRecord, until: datetime | None) -> list[BackupRecord]:
+        logs = self.logs.get(base.timeline)
+        return logs.walk(base, until) if logs is not None else []
+
+    def needs(self, now: datetime, since: datetime) -> dict[str, Need]:
+        """For every backup a target in ``[since, now]`` (or the latest point) needs: the latest such
+        target, and its base."""
+        out: dict[str, Need] = {}
+        k = max(0, bisect_right(self.starts, since) - 1)
+        for i in range(k, len(self.stretches)):
+            s = self.stretches[i]
+            if s.start > now:
+                break
+            hi = min(now, self.stretches[i + 1].start - _TICK) if i + 1 < len(self.stretches) else now
+            if hi < since:
+                continue
+            base = s.diff or s.full
+            assert base.end_time is not None
+            chain = self.walk(base, hi)
+            reach = base.end_time
+            for lg in chain:
+                assert lg.end_time is not None
+                reach = max(reach, lg.end_time)
+            reach = min(hi, reach)
+            if reach < s.start or reach < since:
+                continue  # no target of this stretch inside the window is reachable
+            need = Need(reach, base)
+            out[s.full.id] = need
+            if s.diff is not None:
+                out[s.diff.id] = need
+            if reach > base.end_time:
+                for lg in chain:
+                    out[lg.id] = need
+                    assert lg.end_time is not None
+                    if lg.end_time >= reach:
+                        break
+        if self.stretches:  # the latest point: the newest base and the whole unbroken run after it
+            s = self.stretches[-1]
+            base = s.diff or s.full
+            assert base.end_time is not None
+            chain = self.walk(base, None)
+            reach = max([base.end_time, *(lg.end_time for lg in chain if lg.end_time is not None)])
+            for b in (s.full, s.diff, *chain):
+                if b is not None:
+                    was = out.get(b.id)
+                    out[b.id] = Need(max(reach, was.until) if was else reach, was.base if was else base, True)
+        return out
+
+    def chain_of(self, b: BackupRecord, by_id: Mapping[str, BackupRecord]) -> list[BackupRecord]:
+        """The pieces restoring ``b``'s own point: a full alone; a diff on its full; a log with its chain."""
+        if b.kind == "diff":
+            full = by_id.get(b.base_id or "")
+            return [b] if full is None else [full, b]
+        if b.kind != "log" or b.end_time is None:
+            return [b]
+        k = bisect_right(self.starts, b.end_time) - 1
+        if k < 0:
+            return [b]
+        s = self.stretches[k]
+        base = s.diff or s.full
+        pieces = [s.full, *([s.diff] if s.diff else [])]
+        assert base.end_time is not None
+        if base.end_time < b.end_time:
+            chain = self.walk(base, b.end_time)
+            if not chain or chain[-1].end_time is None or chain[-1].end_time < b.end_time:
+                return [b]  # its point does not plan today: keep the log itself
+            pieces.extend(chain)
+        return pieces if b in pieces else [*pieces, b]
+
+
+def _usable(b: BackupRecord) -> bool:
+    """chain._candidates' test (except the copy, checked by the caller)."""
+    return (b.status in _RESTORABLE and b.end_time is not None and b.start_lsn is not None
+            and (b.kind != "log" or bool(b.start_wal and b.end_wal)))
+
+
+def restore_needs(
+    backups: Iterable[BackupRecord],
+    copies: Iterable[CopyRecord],
+    *,
+    tier_order: Sequence[str],
+    now: datetime,
+    since: datetime,
+) -> dict[str, Need]:
+    """Every backup that :func:`drkit.chain.plan_restore` reads for some target in ``[since, now]``.
+
+    For each: the latest such target, and the base (full or diff) that target restores from. A target
+    that does not plan today (before the first full, inside a WAL gap) needs nothing.
+    """
+    tiers = set(tier_order)
+    ok = {c.backup_id for c in copies if c.status == "complete" and c.tier in tiers}
+    by_db: dict[str, list[BackupRecord]] = {}
+    for b in backups:
+        if b.id in ok and _usable(b):
+            by_db.setdefault(b.database, []).append(b)
+    out: dict[str, Need] = {}
+    for usable in by_db.values():
+        out.update(_Chains(usable).needs(now, since))
+    return out
+
+
+# -- the planner -----------------------------------------------------------------------------------------
+
+
+def _days(keep_days: int) -> str:
+    return f"{keep_days} d"
+
+
+def _age(td: timedelta) -> str:
+    seconds = max(0.0, td.total_seconds())
+    days = seconds / 86400
+    if days >= 1:
+        return f"{days:.1f} d"
+    return f"{seconds / 3600:.1f} h"
+
+
+class _Rules:
+    """The tiers in order, with the masks the per-backup decisions use."""
+
+    def __init__(self, tiers: Mapping[str, TierLike], now: datetime, verified_only_to: Collection[str],
+                 move_into: Collection[str]) -> None:
+        self.names = list(tiers)
+        self.keep = [int(tiers[t].keep_days) for t in self.names]
+        for name, keep in zip(self.names, self.keep, strict=True):
+            if keep < 0:
+                raise ValueError(f"tier {name!r}: keep_days must not be negative, got {keep}")
+        if self.names and self.names[0] in move_into:
+            raise ValueError(f"tier {self.names[0]!r} is first in the policy, so nothing can move into it")
+        self.index = {t: i for i, t in enumerate(self.names)}
+        self.cutoff = [now - timedelta(days=k) for k in self.keep]
+        self.move = [t in move_into for t in self.names]
+        self.gated: list[bool] = []
+        for i, t in enumerate(self.names):
+            self.gated.append(t in verified_only_to or (self.move[i] and i > 0 and self.gated[i - 1]))
+        self.readable = sum(1 << i for i in range(len(self.names)) if not self.move[i])
+        self.oldest = min(self.cutoff) if self.cutoff else now
+        # tiers by window width, narrowest first: to say which window a restore point falls in
+        self.by_width = sorted(range(len(self.names)), key=lambda i: (self.keep[i], i))
+
+    def cutoff_low(self, mask: int) -> datetime:
+        """The latest cutoff among the tiers in ``mask``: a copy older than it is past some tier's window."""
+        return max(self.cutoff[i] for i in range(len(self.names)) if mask >> i & 1)
+
+    def window_of(self, t: datetime) -> int:
+        """The narrowest tier whose window contains ``t`` (``t`` must be inside some window)."""
+        return next((i for i in self.by_width if t >= self.cutoff[i]), self.by_width[-1])
+
+    def tiers(self, mask: int) -> str:
+        return " and ".join(t for i, t in enumerate(self.names) if mask >> i & 1)
+
+
+class _Planner:
+    def __init__(self, rules: _Rules, now: datetime, holds: Mapping[str, str], routine_keeps: bool) -> None:
+        self.r = rules
+        self.now = now
+        self.holds = holds
+        self.routine = routine_keeps
+        self.out: dict[ActionKind, list[Action]] = {k: [] for k in ACTION_KINDS}
+
+    def add(self, kind: ActionKind, b: BackupRecord, tier_from: int, tier_to: int | None, reason: str) -> None:
+        names = self.r.names
+        self.out[kind].append(Action(kind, b.id, b.database, names[tier_from],
+                                     None if tier_to is None else names[tier_to], reason))
+
+    def database(self, backups: Sequence[BackupRecord], held_by: Mapping[str, int],
+                 pending_by: Mapping[str, int]) -> None:
+        r = self.r
+        usable = [b for b in backups if held_by.get(b.id) and _usable(b)]
+        chains = _Chains(usable)
+        needs = chains.needs(self.now, r.oldest)
+        # (c): a held backup protects its own restore chain
+        protect: dict[str, str] = {}
+        by_id = {b.id: b for b in backups}
+        for b in backups:
+            why = self.holds.get(b.id)
+            if why is None:
+                continue
+            protect.setdefault(b.id, f"kept: legal hold {why}")
+            if b.kind == "diff" or b.status in _RESTORABLE:
+                for piece in chains.chain_of(b, by_id):
+                    protect.setdefault(piece.id, f"kept: restoring {b.id} needs it, and that backup is under "
+                                                 f"legal hold {why}")
+        # (b): the newest verified full that still has a copy
+        newest: BackupRecord | None = None
+        for b in backups:
+            if (b.kind == "full" and b.status == "verified" and b.end_time is not None and held_by.get(b.id)
+                    and (newest is None or (newest.end_time is not None and b.end_time > newest.end_time))):
+                newest = b
+        for b in backups:
+            held = held_by.get(b.id, 0)
+            if held and b.status != "running":
+                self.backup(b, held, pending_by.get(b.id, 0), needs.get(b.id), protect.get(b.id), b is newest)
+
+    # -- one backup --------------------------------------------------------------------------------------
+
+    def backup(self, b: BackupRecord, held: int, pending: int, need: Need | None, protected: str | None,
+               newest: bool) -> None:
+        r = self.r
+        n = len(r.names)
+        ref = b.end_time or b.finished_at or b.started_at
+        eligible = b.status in _RESTORABLE and b.end_time is not None
+        verified = b.status == "verified"
+        want = 0
+        for i in range(n):
+            if not (ref > r.cutoff[i] or (need is not None and need.until >= r.cutoff[i])):
+                continue
+            bit = 1 << i
+            if held & bit:
+                want |= bit
+            elif i == 0 or not eligible or (r.gated[i] and not verified):
+                continue
+            elif not r.move[i] or not want >> (i - 1) & 1:
+                want |= bit
+        acquire, release = want & ~held, held & ~want
+        if not acquire and not release:
+            if protected is not None or self.routine or (need is not None and ref <= r.cutoff_low(held)):
+                self._keeps(b, held, need, protected, ref)
+            return
+        # Acquisitions, each from a copy in an earlier tier (never back from a later one). The lowest one
+        # moves from the nearest earlier tier that lets the backup go; later ones copy (the flow runs copies
+        # before moves; if one fails, the next sweep copies it from the moved copy, which is earlier).
+        gone = arrives = 0
+        for i in range(n):
+            below = held & ((1 << i) - 1)
+            if not acquire >> i & 1 or not below:
+                continue
+            leaving = release & below & ~gone
+            src = leaving.bit_length() - 1 if leaving and protected is None else -1
+            if src >= 0 and newest and r.readable >> src & 1 and not r.readable >> i & 1 \
+                    and not held & want & r.readable:
+                src = -1  # (b): the newest verified full stays readable; copy instead
+            if src >= 0:
+                gone |= 1 << src
+                arrives |= 1 << i
+                self.add("move", b, src, i, self._move_reason(b, src, i, ref, need, pending))
+            else:
+                # into a move tier, from the nearest earlier tier (Azure: a server-side copy or a tier change);
+                # otherwise from the cheapest tier to read
+                src = below.bit_length() - 1 if r.move[i] else (below & -below).bit_length() - 1
+                self.add("copy", b, src, i, self._copy_reason(b, i, ref, need, pending))
+        # Releases: delete unless a rule keeps the copy; earlier tiers first, so the later copy survives.
+        deleted = 0
+        needed = need is not None and (need.until >= r.oldest or need.latest)
+        for i in range(n):
+            bit = 1 << i
+            if not release & bit or gone & bit:
+                continue
+            existing = held & ~deleted & ~bit & ~gone
+            remaining = existing | arrives
+            if protected is not None:
+                self.add("keep", b, i, None, protected)
+            elif newest and held & r.readable and not remaining & r.readable:
+                self.add("keep", b, i, None, f"kept: newest verified full of {b.database}; its last copy "
+                                             "readable without rehydration")
+            elif newest and not remaining:
+                self.add("keep", b, i, None, f"kept: newest verified full of {b.database}")
+            elif not remaining and needed:
+                assert need is not None
+                self.add("keep", b, i, None, self._last_copy_reason(b, need))
+            elif not remaining and (promise := self._promise(b, held, ref, eligible, verified)) is not None:
+                self.add("keep", b, i, None, promise)
+            else:
+                deleted |= bit
+                self.add("delete", b, i, None, self._delete_reason(b, i, ref, existing, arrives))
+        self._keeps(b, held & want, need, protected, ref)
+
+    # -- reasons -----------------------------------------------------------------------------------------
+
+    def _needed(self, b: BackupRecord, need: Need, i: int) -> str:
+        """Why restore points inside tier ``i``'s window need ``b``."""
+        base, window = need.base, f"inside {self.r.names[i]}'s {self.r.keep[i]}-day window"
+        if b.kind == "full" and base.kind == "diff" and base.id != b.id:
+            return f"diff {base.id} on this full is {window}"
+        if base.id == b.id:
+            return f"restore points up to {_fmt(need.until)} {window} restore from this {b.kind}"
+        if b.kind == "log":
+            return f"restore points up to {_fmt(need.until)} {window} replay this log (from {base.kind} {base.id})"
+        return f"restore points up to {_fmt(need.until)} {window} need it ({base.kind} {base.id})"
+
+    def _keeps(self, b: BackupRecord, kept: int, need: Need | None, protected: str | None, ref: datetime) -> None:
+        """keep actions for copies kept past their tier's age window (or all, with ``routine_keeps``)."""
+        r = self.r
+        for i in range(len(r.names)):
+            if not kept >> i & 1:
+                continue
+            if protected is not None:
+                self.add("keep", b, i, None, protected)
+            elif ref <= r.cutoff[i]:
+                assert need is not None and need.until >= r.cutoff[i]  # the only reason a tier wants it
+                self.add("keep", b, i, None, f"kept: {self._needed(b, need, i)}")
+            elif self.routine:
+                self.add("keep", b, i, None, f"{r.names[i]} copy is {_age(self.now - ref)} old, inside its "
+                                             f"{r.keep[i]}-day window")
+
+    def _gate_note(self, b: BackupRecord) -> str:
+        r = self.r
+        if b.status == "verified" or b.status not in _RESTORABLE:
+            return ""
+        gated = [t for i, t in enumerate(r.names) if r.gated[i] and not r.move[i]]
+        return f" (not verified, so it cannot go to {' or '.join(gated)})" if gated else ""
+
+    def _last_copy_reason(self, b: BackupRecord, need: Need) -> str:
+        if need.until < self.r.oldest:
+            return (f"kept: the only copy left; the latest restore point of {b.database} "
+                    f"({_fmt(need.until)}) restores from it{self._gate_note(b)}")
+        w = self.r.window_of(need.until)
+        return f"kept: the only copy left; {self._needed(b, need, w)}{self._gate_note(b)}"
+
+    def _promise(self, b: BackupRecord, held: int, ref: datetime, eligible: bool, verified: bool) -> str | None:
+        r = self.r
+        for i in range(len(r.names)):
+            if ref > r.cutoff[i] and (held >> i & 1 or (eligible and (verified or not r.gated[i]))):
+                return (f"kept: the only copy left, and {r.names[i]} still promises to keep it "
+                        f"({_age(self.now - ref)} old, {r.keep[i]}-day window){self._gate_note(b)}")
+        return None
+
+    def _copy_reason(self, b: BackupRecord, i: int, ref: datetime, need: Need | None, pending: int) -> str:
+        r = self.r
+        why = "verified; " if r.gated[i] else ""
+        if ref > r.cutoff[i]:
+            why += f"{r.names[i]} keeps backups for {_days(r.keep[i])} (this one is {_age(self.now - ref)} old)"
+        else:
+            assert need is not None
+            why += self._needed(b, need, i)
+        if pending >> i & 1:
+            why += "; a previous copy was left pending"
+        return f"copy to {r.names[i]}: {why}"
+
+    def _move_reason(self, b: BackupRecord, src: int, i: int, ref: datetime, need: Need | None,
+                     pending: int) -> str:
+        r = self.r
+        age = _age(self.now - ref)
+        why = f"{r.names[src]} copy older than {_days(r.keep[src])} ({age})"
+        if ref > r.cutoff[i]:
+            why += f"; {r.names[i]} keeps it until {_days(r.keep[i])}"
+        else:
+            assert need is not None
+            why += f"; {self._needed(b, need, i)}"
+        if r.gated[i] and not r.move[i]:
+            why += " (verified)"
+        if pending >> i & 1:
+            why += "; a previous copy was left pending"
+        return why
+
+    def _delete_reason(self, b: BackupRecord, i: int, ref: datetime, existing: int, arrives: int) -> str:
+        r = self.r
+        what = f"{r.names[i]} copy" if b.status in _RESTORABLE else f"{r.names[i]} copy of a {b.status} backup"
+        why = f"{what} older than {_days(r.keep[i])} ({_age(self.now - ref)})"
+        if existing:
+            one = existing & (existing - 1) == 0
+            return why + f" and {r.tiers(existing)} {'holds a complete copy' if one else 'hold complete copies'}"
+        if arrives:
+            return why + f" and the copy moving to {r.tiers(arrives)} stays"
+        return why + "; no restore point inside any tier's window needs it and no tier keeps it any longer"
+
+
+def plan(
+    backups: Iterable[BackupRecord],
+    copies: Iterable[CopyRecord],
+    holds: Iterable[HoldRecord],
+    tiers: Mapping[str, TierLike],
+    now: datetime,
+    *,
+    verified_only_to: Collection[str] = frozenset({"blob"}),
+    move_into: Collection[str] = frozenset({"archive"}),
+    routine_keeps: bool = False,
+) -> list[Action]:
+    """The retention actions for the catalog at ``now``: copies, then moves, then deletes, then keeps.
+
+    ``tiers`` is the policy's ``tiers`` mapping in order (cheapest to read first; the first is where backups
+    are written). ``verified_only_to`` names the tiers that take only ``verified`` backups;
+    ``move_into`` the tiers that take a backup over from the tier before them when that one lets it go
+    (Azure's Archive access tier). ``holds`` may include removed holds; only active ones count.
+    See the module docstring for the rules.
+    """
+    rules = _Rules(tiers, now, verified_only_to, move_into)
+    if not rules.names:
+        return []
+    held_by: dict[str, int] = {}
+    pending_by: dict[str, int] = {}
+    index = rules.index
+    for c in copies:
+        i = index.get(c.tier)
+        if i is None:
+            continue
+        if c.status == "complete":
+            held_by[c.backup_id] = held_by.get(c.backup_id, 0) | 1 << i
+        elif c.status == "pending":
+            pending_by[c.backup_id] = pending_by.get(c.backup_id, 0) | 1 << i
+    hold_why: dict[str, str] = {}
+    for h in holds:
+        if h.active:
+            hold_why.setdefault(h.backup_id, f"by {h.created_by}: {h.reason}")
+    by_db: dict[str, list[BackupRecord]] = {}
+    for b in backups:
+        by_db.setdefault(b.database, []).append(b)
+    planner = _Planner(rules, now, hold_why, routine_keeps)
+    for group in by_db.values():
+        planner.database(group, held_by, pending_by)
+    return [a for kind in ACTION_KINDS for a in planner.out[kind]]

@@ -1,0 +1,197 @@
+"""Moving backups between tiers: copy, move (or re-tier in place), delete — each idempotent.
+
+The retention planner (``drkit.retention``) decides; this module does, one
+backup and one tier at a time, and records every change in the catalog only
+after the store has it. A copy streams the stored bytes as they are (no key
+needed), checks their SHA-256 on the way, and is committed under its final
+name only when complete; a crash half-way leaves a 'pending' copy row and no
+object, and the next run starts that copy again. Re-running any step after it
+completed changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any, BinaryIO
+
+from drkit.catalog.records import BackupRecord, CopyRecord
+from drkit.errors import DrkitError, IntegrityError, StoreError
+from drkit.lsn import format_lsn
+from drkit.runtime import Runtime
+from drkit.storage import Store
+
+DATA_OBJECT = "data.drk"
+MANIFEST_OBJECT = "manifest.drk"
+DESCRIPTOR_OBJECT = "backup.json"
+OBJECTS = (DATA_OBJECT, MANIFEST_OBJECT, DESCRIPTOR_OBJECT)
+_BUF = 1 << 20
+
+
+def object_key(backup: BackupRecord, name: str) -> str:
+    return f"{backup.database}/{backup.id}/{name}"
+
+
+def blob_labels(backup: BackupRecord) -> tuple[dict[str, str], dict[str, str]]:
+    """Blob metadata and index tags that let a store describe a backup without the catalog."""
+    lsn = (f"{format_lsn(backup.start_lsn)}-{format_lsn(backup.end_lsn)}"
+           if backup.start_lsn is not None and backup.end_lsn is not None else "")
+    meta = {"drkit_database": backup.database, "drkit_kind": backup.kind, "drkit_backup": backup.id,
+            "drkit_lsn_range": lsn, "drkit_timeline": str(backup.timeline or ""),
+            "drkit_base": backup.base_id or "", "drkit_sha256": backup.sha256 or "",
+            "drkit_key_id": backup.key_id or "", "drkit_format": backup.format or ""}
+    tags = {"database": backup.database, "kind": backup.kind, "backup": backup.id[:256]}
+    return {k: v for k, v in meta.items() if v}, tags
+
+
+def open_writer(store: Store, key: str, backup: BackupRecord | None = None,
+                access_tier: str | None = None) -> AbstractContextManager[BinaryIO]:
+    """``store.writer(key)``, with blob metadata, tags and access tier where the store takes them."""
+    if backup is None:
+        return store.writer(key, access_tier=access_tier)
+    meta, tags = blob_labels(backup)
+    return store.writer(key, metadata=meta, tags=tags, access_tier=access_tier)
+
+
+def _stream_copy(src: Store, dst: Store, key: str, backup: BackupRecord, expect_sha: str | None) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    n = 0
+    with src.reader(key) as fin, open_writer(dst, key, backup) as fout:
+        while True:
+            block = fin.read(_BUF)
+            if not block:
+                break
+            digest.update(block)
+            fout.write(block)
+            n += len(block)
+        if expect_sha is not None and digest.hexdigest() != expect_sha:
+            # raising inside the writer block discards the half-copied object
+            raise IntegrityError(f"copy of {key} from {src.name} does not match its SHA-256 "
+                                 f"({digest.hexdigest()[:16]}… ≠ {expect_sha[:16]}…); the source copy is damaged")
+    return n, digest.hexdigest()
+
+
+def _copy_row(rt: Runtime, backup: BackupRecord, tier: str) -> CopyRecord | None:
+    return next((c for c in rt.catalog.copies(backup.id) if c.tier == tier), None)
+
+
+def _same_location(a: Store, b: Store) -> bool:
+    return hasattr(a, "set_tier") and a.describe() == b.describe()
+
+
+def copy_backup(rt: Runtime, backup_id: str, from_tier: str, to_tier: str) -> CopyRecord:
+    """Put a complete copy of a backup into ``to_tier``, reading ``from_tier``. Idempotent."""
+    backup = rt.catalog.get(backup_id)
+    existing = _copy_row(rt, backup, to_tier)
+    if existing is not None and existing.status == "complete":
+        return existing
+    src, dst = rt.store(from_tier), rt.store(to_tier)
+    data_key = object_key(backup, DATA_OBJECT)
+    if existing is None:
+        rt.catalog.add_copy(backup.id, to_tier, data_key, status="pending")
+    elif existing.status == "deleted":
+        rt.catalog.set_copy_status(backup.id, to_tier, "pending")
+    if _same_location(src, dst):
+        # One container, two access tiers: the object is already there; set the tier.
+        tier = rt.policy.tiers[to_tier].access_tier
+        if tier:
+            dst.set_tier(data_key, tier)  # type: ignore[attr-defined]
+        size, sha = src.size(data_key), backup.sha256 or ""
+    else:
+        size, sha = _stream_copy(src, dst, data_key, backup, backup.sha256)
+        for name in (MANIFEST_OBJECT, DESCRIPTOR_OBJECT):
+            _stream_copy(src, dst, object_key(backup, name), backup, None)
+    return rt.catalog.set_copy_status(backup.id, to_tier, "complete", stored_bytes=size, sha256=sha)
+
+
+def delete_copy(rt: Runtime, backup_id: str, tier: str) -> CopyRecord | None:
+    """Remove a backup's copy from ``tier``: catalog first marked, then the objects. Idempotent."""
+    backup = rt.catalog.get(backup_id)
+    row = _copy_row(rt, backup, tier)
+    if row is None or row.status == "deleted":
+        return row
+    store = rt.store(tier)
+    others = [c for c in rt.catalog.copies(backup.id) if c.tier != tier and c.status == "complete"]
+    shared = [c for c in others if _same_location(store, rt.store(c.tier))]
+    row = rt.catalog.set_copy_status(backup.id, tier, "deleted")
+    if not shared:  # the same objects may serve another tier of the same container (blob → archive)
+        for name in OBJECTS:
+            store.delete(object_key(backup, name))
+    return row
+
+
+def move_backup(rt: Runtime, backup_id: str, from_tier: str, to_tier: str) -> CopyRecord:
+    """Copy (or re-tier in place) into ``to_tier``, then drop the ``from_tier`` copy. Idempotent."""
+    row = copy_backup(rt, backup_id, from_tier, to_tier)
+    delete_copy(rt, backup_id, from_tier)
+    return row
+
+
+def write_descriptor(rt: Runtime, backup: BackupRecord, tiers: list[str] | None = None) -> None:
+    """(Re)write ``backup.json`` beside each complete copy, so a store alone knows the backup's state."""
+    body = descriptor_bytes(backup)
+    tiers = tiers or [c.tier for c in rt.catalog.copies(backup.id) if c.status == "complete"]
+    for tier in tiers:
+        try:
+            with rt.store(tier).writer(object_key(backup, DESCRIPTOR_OBJECT)) as fh:
+                fh.write(body)
+        except (DrkitError, StoreError):
+            continue  # a tier that cannot take it now gets it at the next change
+
+
+def descriptor_bytes(backup: BackupRecord) -> bytes:
+    """What a store alone must say about a backup so a catalog can be rebuilt from it (no secrets)."""
+    fields: dict[str, Any] = {}
+    for k in ("id", "database", "kind", "status", "base_id", "timeline", "start_lsn", "end_lsn", "start_wal",
+              "end_wal", "start_time", "end_time", "started_at", "finished_at", "verified_at", "raw_bytes",
+              "stored_bytes", "sha256", "format", "key_id"):
+        v = getattr(backup, k)
+        fields[k] = v.isoformat() if hasattr(v, "isoformat") else v
+    fields["meta"] = dict(backup.meta)
+    fields["descriptor_version"] = 1
+    return json.dumps(fields, sort_keys=True, indent=1).encode()
+
+
+def iter_descriptors(store: Store) -> Iterator[dict[str, Any]]:
+    for key in store.list():
+        if key.endswith("/" + DESCRIPTOR_OBJECT):
+            with store.reader(key) as fh:
+                yield json.loads(fh.read())
+
+
+# -- Archive tier: rehydration before a restore reads ---------------------------------------------------
+
+
+def archived_keys(rt: Runtime, tier: str, keys: list[str]) -> list[str]:
+    """Those of ``keys`` that sit in the Archive access tier (unreadable until rehydrated)."""
+    store = rt.store(tier)
+    if not hasattr(store, "get_tier"):
+        return []
+    return [k for k in keys if store.get_tier(k).archived]
+
+
+def start_rehydration(rt: Runtime, tier: str, key: str) -> str:
+    """Ask Azure to bring ``key`` back online (idempotent); returns what Azure says it may take."""
+    from drkit.storage.azure import rehydration_hint
+
+    cfg = rt.policy.tiers[tier]
+    store = rt.store(tier)
+    state = store.get_tier(key)  # type: ignore[attr-defined]
+    if state.archived and not state.rehydrating:
+        store.start_rehydrate(key, to_tier=cfg.rehydrate_to, priority=cfg.rehydrate_priority)  # type: ignore[attr-defined]
+    return f"{key}: rehydrating to {cfg.rehydrate_to} ({rehydration_hint(cfg.rehydrate_priority)})"
+
+
+def rehydrated(rt: Runtime, tier: str, key: str) -> bool:
+    store = rt.store(tier)
+    return not store.get_tier(key).archived  # type: ignore[attr-defined]
+
+
+def rearchive(rt: Runtime, tier: str, key: str) -> None:
+    """Put a rehydrated object back into the tier's access tier (Archive) after the restore read it."""
+    access = rt.policy.tiers[tier].access_tier
+    store = rt.store(tier)
+    if access and hasattr(store, "set_tier"):
+        store.set_tier(key, access)
