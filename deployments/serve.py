@@ -9,6 +9,7 @@ from prefect.schedules import Cron
 
 from drkit.config import Policy, load_policy
 from flows.backup import BACKUP_FLOWS
+from flows.retention import retention_sweep
 from flows.verify import verify_latest_chain
 
 DEFAULT_LIMIT = 4
@@ -37,6 +38,11 @@ def build_deployments(policy: Policy, config_path: str) -> list[Any]:
                 tags=["drkit", f"db:{db}", "verify"],
                 description=f"restore the newest chain of {db} end to end and check it (daily)",
             ))
+    if policy.retention_schedule is not None:
+        deployments.append(retention_sweep.to_deployment(
+            name="retention-sweep", schedule=Cron(policy.retention_schedule, timezone="UTC"),
+            parameters={"config": config_path}, tags=["drkit", "retention"],
+            description="copy, move and expire backups across tiers, never breaking a restore chain"))
     return deployments
 
 

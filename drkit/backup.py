@@ -27,7 +27,7 @@ from drkit.runtime import Runtime
 from drkit.tiers import DATA_OBJECT as DATA_OBJECT
 from drkit.tiers import DESCRIPTOR_OBJECT as DESCRIPTOR_OBJECT
 from drkit.tiers import MANIFEST_OBJECT as MANIFEST_OBJECT
-from drkit.tiers import descriptor_bytes
+from drkit.tiers import descriptor_bytes, label_copy
 from drkit.tiers import object_key as object_key
 
 
@@ -86,6 +86,7 @@ def finish_backup(
         copies=[(tier, object_key(rec, DATA_OBJECT), data.stored_bytes, data.sha256)], **fields)
     with rt.store(tier).writer(object_key(done, DESCRIPTOR_OBJECT)) as fh:
         fh.write(descriptor_bytes(done))
+    label_copy(rt, tier, done)
     return done
 
 

@@ -293,6 +293,76 @@ def recover(
     console.print(("switched" if out["switched"] else "not switched") + f" (by {out['approver']}: {out['reason']})")
 
 
+retention_app = typer.Typer(no_args_is_help=True, help="Tiered retention: plan and apply.")
+hold_app = typer.Typer(no_args_is_help=True, help="Legal holds: a held backup is never deleted.")
+catalog_app = typer.Typer(no_args_is_help=True, help="The catalog itself.")
+app.add_typer(retention_app, name="retention")
+app.add_typer(hold_app, name="hold")
+app.add_typer(catalog_app, name="catalog")
+
+
+@retention_app.command("plan")
+def retention_plan(now: Annotated[str | None, typer.Option("--now", help="rehearse at this time")] = None,
+                   as_json: Annotated[bool, typer.Option("--json")] = False,
+                   all_keeps: Annotated[bool, typer.Option("--all", help="list routine keeps too")] = False) -> None:
+    """The actions retention would take now (or at --now), each with its reason. Changes nothing."""
+    from drkit.tiers import plan_retention
+
+    def run() -> list[Any]:
+        return plan_retention(_runtime(), parse_time(now) if now else datetime.now(UTC), routine_keeps=all_keeps)
+    actions = _guard(run)
+    if as_json:
+        _print_json([{"action": a.kind, "backup": a.backup_id, "database": a.database, "from": a.tier_from,
+                      "to": a.tier_to, "reason": a.reason} for a in actions])
+        return
+    table = Table(title=f"retention plan at {now or 'now'}")
+    for col in ("action", "backup", "from", "to", "reason"):
+        table.add_column(col)
+    for a in actions:
+        table.add_row(a.kind, a.backup_id, a.tier_from, a.tier_to or "", a.reason)
+    console.print(table)
+
+
+@retention_app.command("apply")
+def retention_apply(now: Annotated[str | None, typer.Option("--now", help="rehearse at this time")] = None) -> None:
+    """Run the retention sweep flow (copies, moves, deletes)."""
+    def run() -> list[dict[str, str]]:
+        from flows.retention import retention_sweep
+        rows: list[dict[str, str]] = retention_sweep(config=_config_path(), now=parse_time(now) if now else None)
+        return rows
+    rows = _guard(run)
+    for r in rows:
+        console.print(f"{r['action']:6} {r['backup']}: {r['done']} ({r['reason']})")
+    console.print(f"{len(rows)} change(s)")
+
+
+@hold_app.command("add")
+def hold_add(backup_id: str, reason: Annotated[str, typer.Option("--reason")],
+             actor: Annotated[str, typer.Option("--as", help="who places it (audited)")] = "operator") -> None:
+    """Place a legal hold: the backup (and what its restore needs) is never deleted while held."""
+    _guard(lambda: _runtime().catalog.add_hold(backup_id, reason=reason, actor=actor))
+    console.print(f"hold placed on {backup_id}")
+
+
+@hold_app.command("remove")
+def hold_remove(backup_id: str, reason: Annotated[str, typer.Option("--reason")],
+                actor: Annotated[str, typer.Option("--as", help="who lifts it (audited)")] = "operator") -> None:
+    """Lift a legal hold (the history stays in the catalog)."""
+    _guard(lambda: _runtime().catalog.remove_hold(backup_id, actor=actor, reason=reason))
+    console.print(f"hold on {backup_id} removed")
+
+
+@catalog_app.command("rebuild")
+def catalog_rebuild(from_tier: Annotated[str, typer.Option("--from", help="the tier to read")]) -> None:
+    """Rebuild the catalog (the policy's `catalog:` URL) from one store's backup descriptors alone."""
+    def run() -> dict[str, int]:
+        from drkit.tiers import rebuild_catalog
+        return rebuild_catalog(_runtime(), from_tier)
+    counts = _guard(run)
+    console.print(f"imported {counts['imported']}, already present {counts['present']}, "
+                  f"skipped {counts['skipped']} (descriptor without data)")
+
+
 @app.command("import-history")
 def import_history(db: str) -> None:
     """SQL Server: record the backups msdb remembers, so drkit can plan restores from existing history."""
@@ -353,13 +423,15 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     def run() -> None:
         rt = _runtime()
         now = datetime.now(UTC)
+        locations = {t: _location(rt, t) for t in rt.tier_order}
         rows = [database_status(db, rt.catalog.list_backups(db), rt.catalog.all_copies(db), now=now,
-                                tier_order=rt.tier_order) for db in rt.policy.databases]
+                                tier_order=rt.tier_order, locations=locations) for db in rt.policy.databases]
         if as_json:
             _print_json([r.as_json(now) for r in rows])
             return
         table = Table(title="status")
-        for col in ("database", "newest full", "newest diff", "newest log", "restorable until", "RPO now"):
+        for col in ("database", "newest full", "newest diff", "newest log", "restorable until", "RPO now",
+                    "3-2-1"):
             table.add_column(col)
         for r in rows:
             def age(kind: str, r: Any = r) -> str:
@@ -370,9 +442,18 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
                 return f"{_age((now - end).total_seconds())} ago"
             table.add_row(r.database, age("full"), age("diff"), age("log"),
                           r.restorable_until.isoformat(timespec="seconds") if r.restorable_until else "—",
-                          _age(r.rpo_seconds) if r.rpo_seconds is not None else "no restorable backup")
+                          _age(r.rpo_seconds) if r.rpo_seconds is not None else "no restorable backup",
+                          r.rule_321)
         console.print(table)
     _guard(run)
+
+
+def _location(rt: Runtime, tier: str) -> str:
+    """Where a tier's store lives, without opening it (two tiers in one container are one store)."""
+    cfg = rt.policy.tiers[tier]
+    if cfg.store == "filesystem":
+        return f"fs:{rt.policy.tier_path(tier)}"
+    return f"azure:{cfg.account_url or cfg.connection_string_env}/{cfg.container}"
 
 
 def _age(seconds: float) -> str:

@@ -88,6 +88,8 @@ class TierConfig(_Model):
     sas_token_env: str | None = None
     prefix: str = ""
     access_tier: Literal["Hot", "Cool", "Cold", "Archive"] | None = None
+    only_verified: bool | None = None  # default: every tier but the one backups are written to
+    takes_over: bool | None = None  # default: true for an Archive-tier tier (moves, not copies)
     rehydrate_priority: Literal["Standard", "High"] = "Standard"
     rehydrate_to: Literal["Hot", "Cool", "Cold"] = "Cool"
 
@@ -171,6 +173,7 @@ class Policy(_Model):
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers)
     backup_tier: str = "local"
+    retention_schedule: Cron | None = "0 4 * * *"  # the daily retention sweep (UTC)
     databases: dict[str, DatabaseConfig] = Field(default_factory=dict)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     notifications: dict[str, list[str]] = Field(default_factory=dict)
@@ -219,6 +222,16 @@ class Policy(_Model):
         if cfg.path is None:
             raise ConfigError(f"tiers.{tier}: has no 'path'")
         return self.resolve(cfg.path)
+
+    def verified_only_tiers(self) -> frozenset[str]:
+        """Tiers that take a backup only once its verification restore passed."""
+        return frozenset(n for n, t in self.tiers.items()
+                         if (t.only_verified if t.only_verified is not None else n != self.backup_tier))
+
+    def move_tiers(self) -> frozenset[str]:
+        """Tiers that take a backup over from the tier before them (Azure Archive), rather than copy it."""
+        return frozenset(n for n, t in self.tiers.items()
+                         if (t.takes_over if t.takes_over is not None else t.access_tier == "Archive"))
 
     def wal_spool(self, db: str) -> Path:
         cfg = self.database(db)

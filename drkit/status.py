@@ -6,7 +6,7 @@ reach: the end of the newest log backup joined to a base, or the newest base.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,6 +23,14 @@ class DatabaseStatus:
     rpo_seconds: float | None
     corrupt: int
     failed: int
+    copies: int = 0  # copies of the newest restorable chain: the fewest any of its pieces has
+    stores: int = 0  # distinct stores (locations) holding every piece of it
+
+    @property
+    def rule_321(self) -> str:
+        """3-2-1: at least 3 copies on at least 2 stores (one of them offsite); the numbers say how far."""
+        ok = self.copies >= 3 and self.stores >= 2
+        return f"{'ok' if ok else 'short'}: {self.copies} copies on {self.stores} store(s)"
 
     def as_json(self, now: datetime) -> dict[str, object]:
         def one(b: BackupRecord | None) -> dict[str, object] | None:
@@ -37,19 +45,28 @@ class DatabaseStatus:
             "restorable_until": self.restorable_until.isoformat() if self.restorable_until else None,
             "rpo_seconds": None if self.rpo_seconds is None else round(self.rpo_seconds, 1),
             "corrupt": self.corrupt, "failed": self.failed,
+            "chain_copies": self.copies, "chain_stores": self.stores,
         }
 
 
 def database_status(database: str, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord], *,
-                    now: datetime, tier_order: Sequence[str]) -> DatabaseStatus:
+                    now: datetime, tier_order: Sequence[str],
+                    locations: Mapping[str, str] | None = None) -> DatabaseStatus:
+    """``locations`` maps a tier to where its store is (two tiers in one container are one store)."""
     mine = [b for b in backups if b.database == database]
     newest: dict[str, BackupRecord | None] = {}
     for kind in ("full", "diff", "log"):
         ok = [b for b in mine if b.kind == kind and b.status in RESTORABLE_STATUSES]
         newest[kind] = max(ok, key=lambda b: b.end_time or b.started_at) if ok else None
+    n_copies = n_stores = 0
     try:
-        reaches: datetime | None = plan_restore(database, mine, copies, target=None, now=now,
-                                                tier_order=tier_order).reaches
+        plan = plan_restore(database, mine, copies, target=None, now=now, tier_order=tier_order)
+        reaches: datetime | None = plan.reaches
+        where = locations or {t: t for t in tier_order}
+        per_piece = [[c for c in copies if c.backup_id == p.backup.id and c.status == "complete"
+                      and c.tier in where] for p in plan.pieces]
+        n_copies = min(len(cs) for cs in per_piece)
+        n_stores = min(len({where[c.tier] for c in cs}) for cs in per_piece)
     except RestorePlanError:
         reaches = None
     return DatabaseStatus(
@@ -57,4 +74,5 @@ def database_status(database: str, backups: Sequence[BackupRecord], copies: Sequ
         rpo_seconds=(now - reaches).total_seconds() if reaches else None,
         corrupt=sum(1 for b in mine if b.status == "corrupt"),
         failed=sum(1 for b in mine if b.status == "failed"),
+        copies=n_copies, stores=n_stores,
     )

@@ -15,11 +15,14 @@ import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any, BinaryIO
 
+from drkit import retention
 from drkit.catalog.records import BackupRecord, CopyRecord
 from drkit.errors import DrkitError, IntegrityError, StoreError
 from drkit.lsn import format_lsn
+from drkit.retention import Action
 from drkit.runtime import Runtime
 from drkit.storage import Store
 
@@ -195,3 +198,88 @@ def rearchive(rt: Runtime, tier: str, key: str) -> None:
     store = rt.store(tier)
     if access and hasattr(store, "set_tier"):
         store.set_tier(key, access)
+
+
+# -- retention: plan and apply --------------------------------------------------------------------------
+
+
+def plan_retention(rt: Runtime, now: datetime, *, routine_keeps: bool = False) -> list[Action]:
+    """The retention actions for every database of the policy at ``now`` (pure planning over the catalog)."""
+    backups = [b for b in rt.catalog.list_backups() if b.database in rt.policy.databases]
+    return retention.plan(backups, rt.catalog.all_copies(), rt.catalog.active_holds(), rt.policy.tiers, now,
+                          verified_only_to=rt.policy.verified_only_tiers(), move_into=rt.policy.move_tiers(),
+                          routine_keeps=routine_keeps)
+
+
+def apply_action(rt: Runtime, action: Action) -> str:
+    """Carry out one action (idempotent); returns what was done, for the sweep's report."""
+    if action.kind == "copy":
+        assert action.tier_to is not None
+        copy_backup(rt, action.backup_id, action.tier_from, action.tier_to)
+        done = f"copied to {action.tier_to}"
+    elif action.kind == "move":
+        assert action.tier_to is not None
+        move_backup(rt, action.backup_id, action.tier_from, action.tier_to)
+        done = f"moved to {action.tier_to}"
+    elif action.kind == "delete":
+        delete_copy(rt, action.backup_id, action.tier_from)
+        done = f"deleted from {action.tier_from}"
+    else:
+        return "kept"
+    rt.catalog.audit(actor="drkit-retention", action=f"retention.{action.kind}", database=action.database,
+                     subject=action.backup_id, detail={"from": action.tier_from, "to": action.tier_to,
+                                                       "reason": action.reason})
+    write_descriptor(rt, rt.catalog.get(action.backup_id))
+    return done
+
+
+# -- catalog rebuild from a store alone -----------------------------------------------------------------
+
+
+def _record_from_descriptor(d: dict[str, Any]) -> BackupRecord:
+    def when(key: str) -> datetime | None:
+        return datetime.fromisoformat(d[key]) if d.get(key) else None
+
+    status = d.get("status") or "completed"
+    return BackupRecord(
+        id=d["id"], database=d["database"], kind=d["kind"], status=status if status != "running" else "failed",
+        base_id=d.get("base_id"), timeline=d.get("timeline"), start_lsn=d.get("start_lsn"),
+        end_lsn=d.get("end_lsn"), start_wal=d.get("start_wal"), end_wal=d.get("end_wal"),
+        started_at=when("started_at") or datetime.fromisoformat(d["end_time"]), finished_at=when("finished_at"),
+        start_time=when("start_time"), end_time=when("end_time"), raw_bytes=int(d.get("raw_bytes") or 0),
+        stored_bytes=int(d.get("stored_bytes") or 0), sha256=d.get("sha256"), format=d.get("format"),
+        key_id=d.get("key_id"), error=None, verified_at=when("verified_at"), meta=d.get("meta") or {})
+
+
+def rebuild_catalog(rt: Runtime, tier: str) -> dict[str, int]:
+    """Re-create the catalog's backups and this tier's copies from the store's ``backup.json`` descriptors.
+
+    Idempotent: backups already in the catalog are left as they are. A descriptor whose data object is
+    missing (a half-deleted copy) is skipped. Fulls are imported before the diffs based on them.
+    """
+    store = rt.store(tier)
+    found = [_record_from_descriptor(d) for d in iter_descriptors(store)]
+    order = {"full": 0, "diff": 1, "log": 2}
+    counts = {"imported": 0, "present": 0, "skipped": 0}
+    for rec in sorted(found, key=lambda r: (order.get(r.kind, 3), r.started_at)):
+        key = object_key(rec, DATA_OBJECT)
+        if not store.exists(key):
+            counts["skipped"] += 1
+            continue
+        size = store.size(key)
+        added = rt.catalog.import_backup(rec, [(tier, key, size, rec.sha256 or "")])
+        counts["imported" if added else "present"] += 1
+        if added:
+            rt.catalog.audit(actor="drkit-rebuild", action="catalog.rebuild", database=rec.database,
+                             subject=rec.id, detail={"tier": tier})
+    return counts
+
+
+def label_copy(rt: Runtime, tier: str, backup: BackupRecord) -> None:
+    """Blob metadata and index tags on a backup's data object, once its LSN range and hash are known."""
+    store = rt.store(tier)
+    if hasattr(store, "set_tags"):
+        meta, tags = blob_labels(backup)
+        key = object_key(backup, DATA_OBJECT)
+        store.set_metadata(key, meta)  # type: ignore[attr-defined]
+        store.set_tags(key, tags)  # type: ignore[attr-defined]

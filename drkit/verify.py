@@ -32,6 +32,7 @@ from drkit.errors import DrkitError, IntegrityError, RestorePlanError
 from drkit.pipeline import verify_stored
 from drkit.restore import restore
 from drkit.runtime import Runtime
+from drkit.tiers import write_descriptor
 
 BUILTIN_CHECKS = ("amcheck", "visibility")
 
@@ -231,7 +232,7 @@ def _record(rt: Runtime, db: str, report: VerifyReport, targets: list[BackupReco
               else (report.error or "verification failed")[:500])
     for b in targets:
         if rt.catalog.get(b.id).status != status:
-            rt.catalog.set_status(b.id, status, actor=actor, reason=reason)
+            write_descriptor(rt, rt.catalog.set_status(b.id, status, actor=actor, reason=reason))
 
 
 def verify_backup(rt: Runtime, db: str, backup_id: str | None = None, *, actor: str = "drkit-verify") -> VerifyReport:

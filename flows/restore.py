@@ -10,6 +10,7 @@ from drkit.config import load_policy
 from drkit.errors import VerificationError
 from flows.common import stop_cluster
 from tasks.restore import execute_restore, plan_restore, publish_restore_report, restore_sqlserver
+from tasks.tiers import rearchive, start_rehydration, wait_rehydrated
 from tasks.verify import validate_restored
 
 
@@ -31,7 +32,12 @@ def restore_point_in_time(
     if load_policy(config).database(db).engine == "sqlserver":
         return restore_sqlserver(db, into, target, config)
     plan = plan_restore(db, target, config, target_lsn)
+    archived = start_rehydration(plan, config)
+    if archived:
+        wait_rehydrated(archived, config)
     result = execute_restore(db, plan, into, port, True, config)
+    if archived:
+        rearchive(archived, config)
     checks = validate_restored(db, result.port, config) if validate else []
     publish_restore_report(result, checks)
     if not keep_running:

@@ -748,3 +748,35 @@ class Catalog:
             backup = self._backup(session, backup_id)
             rows = session.scalars(select(Hold).where(Hold.backup_id == backup_id).order_by(Hold.id))
             return [_hold_record(row, backup.database) for row in rows]
+
+    # -- rebuild ------------------------------------------------------------------------------------
+
+    def import_backup(self, record: BackupRecord, copies: Sequence[tuple[str, str, int, str]] = ()) -> bool:
+        """Insert a backup exactly as described (catalog rebuild from a store); False if it already exists.
+
+        ``copies`` are ``(tier, store_key, stored_bytes, sha256)``, recorded ``complete``. Its base (a
+        diff's full) must be imported first.
+        """
+        _one_of("backup kind", record.kind, BACKUP_KINDS)
+        with self._session() as session:
+            if session.get(Backup, record.id) is not None:
+                return False
+            if record.base_id is not None:
+                self._backup(session, record.base_id)
+            session.add(Backup(
+                id=record.id, database=record.database, kind=record.kind, status=record.status,
+                base_id=record.base_id, timeline=record.timeline, start_lsn=record.start_lsn,
+                end_lsn=record.end_lsn, start_wal=record.start_wal, end_wal=record.end_wal,
+                started_at=_aware("started_at", record.started_at),
+                finished_at=_aware("finished_at", record.finished_at),
+                start_time=_aware("start_time", record.start_time), end_time=_aware("end_time", record.end_time),
+                raw_bytes=record.raw_bytes, stored_bytes=record.stored_bytes, sha256=record.sha256,
+                format=record.format, key_id=record.key_id, error=record.error,
+                verified_at=_aware("verified_at", record.verified_at), meta=dict(record.meta)))
+            self._flush(session, f"cannot import backup {record.id}")
+            now = _now()
+            for tier, store_key, copy_bytes, copy_sha256 in copies:
+                session.add(Copy(backup_id=record.id, tier=tier, store_key=store_key, status="complete",
+                                 stored_bytes=copy_bytes, sha256=copy_sha256, created_at=now, updated_at=now))
+            self._flush(session, f"cannot record the copies of {record.id}")
+            return True

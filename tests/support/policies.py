@@ -14,7 +14,8 @@ def policy_variant(sandbox: Sandbox, directory: Path, db_changes: dict[str, Any]
                    **top: Any) -> Path:
     data = yaml.safe_load(sandbox.policy_path.read_text())
     data["catalog"] = f"sqlite:///{sandbox.root}/catalog.db"
-    data["tiers"]["local"]["path"] = str(sandbox.root / "backups" / "local")
+    if "tiers" not in top:
+        data["tiers"]["local"]["path"] = str(sandbox.root / "backups" / "local")
     data["scratch_dir"] = str(sandbox.root / "scratch")
     data["databases"][sandbox.db].update(db_changes or {})
     data.update(top)

@@ -18,7 +18,8 @@ def test_each_database_gets_its_three_schedules() -> None:
         }}, base_dir=Path("/etc/drkit"))
     deps = {d.name: d for d in build_deployments(policy, "/etc/drkit/drkit.yaml")}
     assert set(deps) == {"orders-full", "orders-diff", "orders-log", "orders-verify-chain",
-                         "crm-full", "crm-log", "crm-verify-chain"}
+                         "crm-full", "crm-log", "crm-verify-chain", "retention-sweep"}
+    assert deps["retention-sweep"].parameters == {"config": "/etc/drkit/drkit.yaml"}
     crons = {n: (d.schedules[0].schedule.cron, d.schedules[0].schedule.timezone) for n, d in deps.items()}
     assert crons["orders-full"] == ("0 2 * * *", "Europe/Berlin")
     assert crons["orders-diff"] == ("0 */6 * * *", "Europe/Berlin")
