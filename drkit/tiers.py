@@ -282,4 +282,4 @@ def label_copy(rt: Runtime, tier: str, backup: BackupRecord) -> None:
         meta, tags = blob_labels(backup)
         key = object_key(backup, DATA_OBJECT)
         store.set_metadata(key, meta)  # type: ignore[attr-defined]
-        store.set_tags(key, tags)  # type: ignore[attr-defined]
+        store.set_tags(key, tags)
