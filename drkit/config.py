@@ -88,6 +88,7 @@ class TierConfig(_Model):
     sas_token_env: str | None = None
     prefix: str = ""
     access_tier: Literal["Hot", "Cool", "Cold", "Archive"] | None = None
+    request_retries: int = Field(default=4, ge=0, le=20)  # Azure SDK retries per request (tasks retry too)
     only_verified: bool | None = None  # default: every tier but the one backups are written to
     takes_over: bool | None = None  # default: true for an Archive-tier tier (moves, not copies)
     rehydrate_priority: Literal["Standard", "High"] = "Standard"

@@ -49,10 +49,12 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, NamedTuple, Protocol
+from itertools import accumulate
+from typing import Any, Literal, NamedTuple, Protocol
 
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord, HoldRecord
-from drkit.chain import _fmt, _seg_size, _start_segno
+from drkit.chain import _fmt, _start_segno
+from drkit.lsn import DEFAULT_SEGMENT_SIZE
 
 ActionKind = Literal["copy", "move", "delete", "keep"]
 ACTION_KINDS: tuple[ActionKind, ...] = ("copy", "move", "delete", "keep")
@@ -117,67 +119,59 @@ class Need(NamedTuple):
 # -- restore chains, indexed once per database ---------------------------------------------------------
 
 
-class _Span(NamedTuple):
-    first: int
-    last: int
-    end: datetime
-    order: int
-    log: BackupRecord
+# A log backup's segment range: (first segment, last segment, end time, catalog order, record). Plain
+# tuples: millions of them are built and compared per sweep.
+_Span = tuple[int, int, datetime, int, BackupRecord]
+_SEGMENT_CHARS = frozenset("0123456789ABCDEF")
 
 
-def _log_span(b: BackupRecord, order: int) -> _Span | None:
-    """The segment range of a log backup, as :func:`drkit.chain._segs` reads it (None if malformed)."""
-    start, end = b.start_wal, b.end_wal
-    if not start or not end or len(start) != 24 or len(end) != 24 or b.end_time is None:
-        return None
-    per = 0x100000000 // _seg_size(b)
-    try:
-        first = int(start[8:16], 16) * per + int(start[16:24], 16)
-        last = int(end[8:16], 16) * per + int(end[16:24], 16)
-    except ValueError:
-        return None
-    return None if last < first else _Span(first, last, b.end_time, order, b)
+def _segno(name: str, per: int) -> int:
+    """chain._segs' reading of a WAL segment name (``TTTTTTTTXXXXXXXXYYYYYYYY``), without a regex."""
+    if len(name) != 24 or not _SEGMENT_CHARS.issuperset(name):
+        raise ValueError(f"not a WAL segment name: {name!r}")
+    x = int(name[8:], 16)
+    return (x >> 32) * per + (x & 0xFFFFFFFF)
 
 
-def _best(found: Sequence[_Span]) -> _Span:
-    # chain._log_chain: max by (last segment, end time); the first such in catalog order
+def _best(found: Sequence[tuple[int, _Span]]) -> tuple[int, _Span]:
+    """chain._log_chain's choice: max by (last segment, end time); the first such in catalog order."""
     best = found[0]
-    for sp in found[1:]:
-        if (sp.last, sp.end) > (best.last, best.end) or (
-                (sp.last, sp.end) == (best.last, best.end) and sp.order < best.order):
-            best = sp
+    for cand in found[1:]:
+        a, b = cand[1], best[1]
+        if (a[1], a[2]) > (b[1], b[2]) or ((a[1], a[2]) == (b[1], b[2]) and a[3] < b[3]):
+            best = cand
     return best
 
 
 class _Logs:
-    """The usable log backups of one database and timeline, indexed by segment for chain walks."""
+    """The usable log backups of one database and timeline, sorted by first segment for chain walks."""
 
     def __init__(self) -> None:
         self.spans: list[_Span] = []
-        self._by_start: dict[int, list[_Span]] = {}
-        self._sorted: list[_Span] = []
-        self._firsts: list[int] = []
-        self._reach: list[int] = []  # running max of ``last`` over _sorted
 
     def index(self) -> None:
-        for sp in self.spans:
-            self._by_start.setdefault(sp.first, []).append(sp)
-        self._sorted = sorted(self.spans, key=lambda sp: (sp.first, sp.order))
-        self._firsts = [sp.first for sp in self._sorted]
-        top = -1
-        for sp in self._sorted:
-            top = max(top, sp.last)
-            self._reach.append(top)
+        self.spans.sort()  # by first segment (then last, end, catalog order: all distinct by order)
+        self._firsts = [sp[0] for sp in self.spans]
+        self._reach = list(accumulate((sp[1] for sp in self.spans), max))  # running max of last segments
+        n = len(self._firsts)
+        self._pos = dict(zip(reversed(self._firsts), range(n - 1, -1, -1), strict=True))  # first index per segment
 
-    def _covering(self, segno: int) -> list[_Span]:
-        exact = self._by_start.get(segno)  # the usual case: the next log starts where the last one ended
-        if exact:
-            return exact
-        found: list[_Span] = []
-        i = bisect_right(self._firsts, segno) - 1
+    def _covering(self, segno: int, hint: int) -> list[tuple[int, _Span]]:
+        """The logs ``chain._log_chain`` may pick for ``segno``: those starting there, else those holding it."""
+        spans, firsts = self.spans, self._firsts
+        i = hint if hint < len(firsts) and firsts[hint] == segno else self._pos.get(segno, -1)
+        if i >= 0:  # the usual case: the next log starts where the last one ended
+            found = [(i, spans[i])]
+            i += 1
+            while i < len(firsts) and firsts[i] == segno:
+                found.append((i, spans[i]))
+                i += 1
+            return found
+        found = []
+        i = bisect_right(firsts, segno) - 1
         while i >= 0 and self._reach[i] >= segno:
-            if self._sorted[i].last >= segno:
-                found.append(self._sorted[i])
+            if spans[i][1] >= segno:
+                found.append((i, spans[i]))
             i -= 1
         return found
 
@@ -185,15 +179,19 @@ class _Logs:
         """What :func:`drkit.chain._log_chain` returns for ``base`` and ``until``, without rescanning the logs."""
         need = _start_segno(base)
         chain: list[BackupRecord] = []
+        hint = -1
+        end: datetime | None = None
         while True:
-            if until is not None and chain and chain[-1].end_time is not None and chain[-1].end_time >= until:
+            if until is not None and end is not None and end >= until:
                 return chain
-            found = self._covering(need)
+            found = self._covering(need, hint)
             if not found:
                 return chain
-            nxt = _best(found)
-            chain.append(nxt.log)
-            need = nxt.last + 1
+            i, nxt = found[0] if len(found) == 1 else _best(found)
+            chain.append(nxt[4])
+            end = nxt[2]
+            need = nxt[1] + 1
+            hint = i + 1
 
 
 class _Stretch(NamedTuple):
@@ -211,12 +209,25 @@ class _Chains:
         self.logs: dict[int | None, _Logs] = {}
         fulls: list[BackupRecord] = []
         diffs: dict[str, list[tuple[datetime, int, BackupRecord]]] = {}
+        per_size: dict[Any, int] = {}
         for order, b in enumerate(usable):
-            if b.kind == "log":
-                sp = _log_span(b, order)
-                if sp is not None:
-                    self.logs.setdefault(b.timeline, _Logs()).spans.append(sp)
-            elif b.kind == "full":
+            kind = b.kind
+            if kind == "log":
+                size = b.meta.get("segment_size", DEFAULT_SEGMENT_SIZE)
+                per = per_size.get(size)
+                if per is None:
+                    per = per_size[size] = 0x100000000 // int(size)
+                assert b.start_wal and b.end_wal and b.end_time
+                try:
+                    lo, hi = _segno(b.start_wal, per), _segno(b.end_wal, per)
+                except ValueError:
+                    continue  # plan_restore would stop on it; here the log is simply not part of any chain
+                if hi >= lo:
+                    logs = self.logs.get(b.timeline)
+                    if logs is None:
+                        logs = self.logs[b.timeline] = _Logs()
+                    logs.spans.append((lo, hi, b.end_time, order, b))
+            elif kind == "full":
                 fulls.append(b)
             elif b.kind == "diff" and b.base_id is not None:
                 assert b.end_time is not None
@@ -270,9 +281,10 @@ class _Chains:
             chain = self.walk(base, hi)
             reach = base.end_time
             for lg in chain:
-                assert lg.end_time is not None
-                reach = max(reach, lg.end_time)
-            reach = min(hi, reach)
+                if lg.end_time is not None and lg.end_time > reach:
+                    reach = lg.end_time
+            if reach > hi:
+                reach = hi
             if reach < s.start or reach < since:
                 continue  # no target of this stretch inside the window is reachable
             need = Need(reach, base)
@@ -383,14 +395,14 @@ class _Rules:
         self.gated: list[bool] = []
         for i, t in enumerate(self.names):
             self.gated.append(t in verified_only_to or (self.move[i] and i > 0 and self.gated[i - 1]))
+        self.n = len(self.names)
+        # per set of tiers (a bit mask): the latest of their cutoffs; a copy older is past some tier's window
+        self.latest_cutoff = [max((self.cutoff[i] for i in range(self.n) if mask >> i & 1), default=now)
+                              for mask in range(1 << self.n)]
         self.readable = sum(1 << i for i in range(len(self.names)) if not self.move[i])
         self.oldest = min(self.cutoff) if self.cutoff else now
         # tiers by window width, narrowest first: to say which window a restore point falls in
         self.by_width = sorted(range(len(self.names)), key=lambda i: (self.keep[i], i))
-
-    def cutoff_low(self, mask: int) -> datetime:
-        """The latest cutoff among the tiers in ``mask``: a copy older than it is past some tier's window."""
-        return max(self.cutoff[i] for i in range(len(self.names)) if mask >> i & 1)
 
     def window_of(self, t: datetime) -> int:
         """The narrowest tier whose window contains ``t`` (``t`` must be inside some window)."""
@@ -401,10 +413,9 @@ class _Rules:
 
 
 class _Planner:
-    def __init__(self, rules: _Rules, now: datetime, holds: Mapping[str, str], routine_keeps: bool) -> None:
+    def __init__(self, rules: _Rules, now: datetime, routine_keeps: bool) -> None:
         self.r = rules
         self.now = now
-        self.holds = holds
         self.routine = routine_keeps
         self.out: dict[ActionKind, list[Action]] = {k: [] for k in ACTION_KINDS}
 
@@ -414,46 +425,57 @@ class _Planner:
                                      None if tier_to is None else names[tier_to], reason))
 
     def database(self, backups: Sequence[BackupRecord], held_by: Mapping[str, int],
-                 pending_by: Mapping[str, int]) -> None:
+                 pending_by: Mapping[str, int], holds: Mapping[str, str]) -> None:
         r = self.r
-        usable = [b for b in backups if held_by.get(b.id) and _usable(b)]
+        held_get = held_by.get
+        usable: list[BackupRecord] = []
+        newest: BackupRecord | None = None  # (b): the newest verified full that still has a copy
+        newest_end: datetime | None = None
+        for b in backups:
+            end = b.end_time
+            if end is None or b.status not in _RESTORABLE or not held_get(b.id):
+                continue
+            kind = b.kind
+            if kind == "full" and b.status == "verified" and (newest_end is None or end > newest_end):
+                newest, newest_end = b, end
+            if b.start_lsn is not None and (kind != "log" or (b.start_wal and b.end_wal)):
+                usable.append(b)  # chain._candidates' test
         chains = _Chains(usable)
         needs = chains.needs(self.now, r.oldest)
         # (c): a held backup protects its own restore chain
         protect: dict[str, str] = {}
-        by_id = {b.id: b for b in backups}
+        if holds:
+            by_id = {b.id: b for b in backups}
+            for backup_id, why in holds.items():
+                held_backup = by_id.get(backup_id)
+                if held_backup is None:
+                    continue
+                protect.setdefault(backup_id, f"kept: legal hold {why}")
+                if held_backup.kind == "diff" or held_backup.status in _RESTORABLE:
+                    for piece in chains.chain_of(held_backup, by_id):
+                        protect.setdefault(piece.id, f"kept: restoring {backup_id} needs it, and that backup is "
+                                                     f"under legal hold {why}")
+        needs_get, pending_get, protect_get = needs.get, pending_by.get, protect.get
+        one = self.backup
         for b in backups:
-            why = self.holds.get(b.id)
-            if why is None:
-                continue
-            protect.setdefault(b.id, f"kept: legal hold {why}")
-            if b.kind == "diff" or b.status in _RESTORABLE:
-                for piece in chains.chain_of(b, by_id):
-                    protect.setdefault(piece.id, f"kept: restoring {b.id} needs it, and that backup is under "
-                                                 f"legal hold {why}")
-        # (b): the newest verified full that still has a copy
-        newest: BackupRecord | None = None
-        for b in backups:
-            if (b.kind == "full" and b.status == "verified" and b.end_time is not None and held_by.get(b.id)
-                    and (newest is None or (newest.end_time is not None and b.end_time > newest.end_time))):
-                newest = b
-        for b in backups:
-            held = held_by.get(b.id, 0)
+            held = held_get(b.id)
             if held and b.status != "running":
-                self.backup(b, held, pending_by.get(b.id, 0), needs.get(b.id), protect.get(b.id), b is newest)
+                one(b, held, pending_get(b.id, 0), needs_get(b.id), protect_get(b.id), b is newest)
 
     # -- one backup --------------------------------------------------------------------------------------
 
     def backup(self, b: BackupRecord, held: int, pending: int, need: Need | None, protected: str | None,
                newest: bool) -> None:
         r = self.r
-        n = len(r.names)
+        n = r.n
+        cutoff = r.cutoff
         ref = b.end_time or b.finished_at or b.started_at
+        until = need.until if need is not None else None
         eligible = b.status in _RESTORABLE and b.end_time is not None
         verified = b.status == "verified"
         want = 0
         for i in range(n):
-            if not (ref > r.cutoff[i] or (need is not None and need.until >= r.cutoff[i])):
+            if ref <= cutoff[i] and (until is None or until < cutoff[i]):
                 continue
             bit = 1 << i
             if held & bit:
@@ -462,11 +484,11 @@ class _Planner:
                 continue
             elif not r.move[i] or not want >> (i - 1) & 1:
                 want |= bit
-        acquire, release = want & ~held, held & ~want
-        if not acquire and not release:
-            if protected is not None or self.routine or (need is not None and ref <= r.cutoff_low(held)):
+        if want == held:
+            if protected is not None or self.routine or (until is not None and ref <= r.latest_cutoff[held]):
                 self._keeps(b, held, need, protected, ref)
             return
+        acquire, release = want & ~held, held & ~want
         # Acquisitions, each from a copy in an earlier tier (never back from a later one). The lowest one
         # moves from the nearest earlier tier that lets the backup go; later ones copy (the flow runs copies
         # before moves; if one fails, the next sweep copies it from the moved copy, which is earlier).
@@ -630,22 +652,26 @@ def plan(
     held_by: dict[str, int] = {}
     pending_by: dict[str, int] = {}
     index = rules.index
+    held_get = held_by.get
     for c in copies:
         i = index.get(c.tier)
         if i is None:
             continue
         if c.status == "complete":
-            held_by[c.backup_id] = held_by.get(c.backup_id, 0) | 1 << i
+            held_by[c.backup_id] = held_get(c.backup_id, 0) | 1 << i
         elif c.status == "pending":
             pending_by[c.backup_id] = pending_by.get(c.backup_id, 0) | 1 << i
-    hold_why: dict[str, str] = {}
+    hold_why: dict[str, dict[str, str]] = {}  # database -> backup id -> "by alice: INC-42"
     for h in holds:
         if h.active:
-            hold_why.setdefault(h.backup_id, f"by {h.created_by}: {h.reason}")
+            hold_why.setdefault(h.database, {}).setdefault(h.backup_id, f"by {h.created_by}: {h.reason}")
     by_db: dict[str, list[BackupRecord]] = {}
     for b in backups:
-        by_db.setdefault(b.database, []).append(b)
-    planner = _Planner(rules, now, hold_why, routine_keeps)
-    for group in by_db.values():
-        planner.database(group, held_by, pending_by)
+        group = by_db.get(b.database)
+        if group is None:
+            group = by_db[b.database] = []
+        group.append(b)
+    planner = _Planner(rules, now, routine_keeps)
+    for database, group in by_db.items():
+        planner.database(group, held_by, pending_by, hold_why.get(database, {}))
     return [a for kind in ACTION_KINDS for a in planner.out[kind]]

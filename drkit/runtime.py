@@ -45,9 +45,10 @@ class Runtime:
         if tier not in self._stores:
             cfg = self.policy.tiers[tier]
             if cfg.store == "azure":
-                from drkit.storage.azure import open_azure_store  # the Azure SDK only when a tier uses it
+                from drkit.storage.azure import ClientOptions, open_azure_store  # the SDK only when needed
 
-                self._stores[tier] = open_azure_store(tier, cfg, self.environ)
+                options = ClientOptions(retry_total=cfg.request_retries)
+                self._stores[tier] = open_azure_store(tier, cfg, self.environ, options=options)
             else:
                 self._stores[tier] = FilesystemStore(self.policy.tier_path(tier), name=tier)
         return self._stores[tier]

@@ -80,8 +80,15 @@ def _copy_row(rt: Runtime, backup: BackupRecord, tier: str) -> CopyRecord | None
     return next((c for c in rt.catalog.copies(backup.id) if c.tier == tier), None)
 
 
+def location(store: Store) -> str:
+    """Where a store keeps its objects, whatever tier it serves (two tiers of one container: one place)."""
+    if hasattr(store, "container"):
+        return f"azure:{getattr(store, '_endpoint', '')}/{store.container}/{getattr(store, 'prefix', '')}"
+    return f"fs:{getattr(store, 'root', store.describe())}"
+
+
 def _same_location(a: Store, b: Store) -> bool:
-    return hasattr(a, "set_tier") and a.describe() == b.describe()
+    return hasattr(a, "set_tier") and location(a) == location(b)
 
 
 def copy_backup(rt: Runtime, backup_id: str, from_tier: str, to_tier: str) -> CopyRecord:

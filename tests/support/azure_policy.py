@@ -26,5 +26,5 @@ def azure_policy(sandbox: Sandbox, directory: Path, container: str, *, backup_ti
         import yaml
         data = yaml.safe_load(path.read_text())
         data["catalog"] = catalog
-        path.write_text(yaml.safe_dump(data))
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -20,5 +20,5 @@ def policy_variant(sandbox: Sandbox, directory: Path, db_changes: dict[str, Any]
     data["databases"][sandbox.db].update(db_changes or {})
     data.update(top)
     path = directory / "drkit.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
