@@ -86,6 +86,7 @@ class TierConfig(_Model):
     connection_string_env: str | None = None
     account_url: str | None = None
     sas_token_env: str | None = None
+    secret_block: str | None = None  # a Prefect Secret block holding the connection string (flows only)
     prefix: str = ""
     access_tier: Literal["Hot", "Cool", "Cold", "Archive"] | None = None
     request_retries: int = Field(default=4, ge=0, le=20)  # Azure SDK retries per request (tasks retry too)

@@ -9,6 +9,7 @@ the whole step is safe; a half-finished engine step is never resumed.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,7 +46,24 @@ _PERMANENT: tuple[type[BaseException], ...] = (
 
 
 def runtime(config: str | None) -> Runtime:
-    return Runtime(load_policy(config))
+    """The runtime for a task: the policy, with secrets from Prefect Secret blocks added to its environment.
+
+    A tier's ``secret_block`` fills its ``connection_string_env`` variable when the environment lacks
+    it, so workers need no secret in their environment. Values never reach a log or a result.
+    """
+    policy = load_policy(config)
+    environ = dict(os.environ)
+    for name, tier in policy.tiers.items():
+        if tier.secret_block and tier.connection_string_env and not environ.get(tier.connection_string_env):
+            from prefect.blocks.system import Secret
+
+            try:
+                block = Secret.load(tier.secret_block)
+                environ[tier.connection_string_env] = str(block.get())  # type: ignore[union-attr]
+            except ValueError:
+                raise ConfigError(f"tiers.{name}.secret_block: no Prefect Secret block named "
+                                  f"{tier.secret_block!r}") from None
+    return Runtime(policy, environ)
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
