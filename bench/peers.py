@@ -67,12 +67,9 @@ TARGET_PEER_RATIO = 0.8  # drkit <= 0.8x the best peer, for the full backup and 
 DRKIT = "drkit"
 PGBR = "pgBackRest"
 BARMAN = "barman-cloud"
-TOOLS = (DRKIT, PGBR, BARMAN)
+CONTAINERS = {"drkit": "drkit-bench", "pgBackRest": "pgbackrest", "barman-cloud": "barman"}
 
 STANZA = "bench"  # pgBackRest stanza and barman-cloud server name
-DRKIT_CONTAINER = "drkit-bench"
-PGBR_CONTAINER = "pgbackrest"
-BARMAN_CONTAINER = "barman"
 CONN_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 POLL_S = 0.05  # how often the peers' restores poll pg_is_in_recovery(): as often as drkit's recover() does
 TREE_POLL_S = 0.05
@@ -144,9 +141,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@dataclass(frozen=True)
+class Contender:
+    """One tool at one setting (peers may run at several, and the best of them is the reference)."""
+
+    tool: str  # DRKIT, PGBR or BARMAN
+    compress: str = ""  # pgBackRest compress-type / barman-cloud compression
+
+    @property
+    def name(self) -> str:
+        return self.tool if self.tool == DRKIT else f"{self.tool} {self.compress}"
+
+    @property
+    def slug(self) -> str:
+        return self.tool.split("-")[0].lower() + (f"-{self.compress}" if self.compress else "")
+
+    @property
+    def is_peer(self) -> bool:
+        return self.tool != DRKIT
+
+
 @dataclass
 class Result:
-    tool: str
+    tool: str  # Contender.name
     op: str  # "backup" or "restore"
     wall_s: float  # judged figure: drkit = the call in the child; peers = the tool's process
     process_s: float  # whole process(es), spawn to exit (to promoted, for restores)
@@ -233,7 +250,7 @@ class PeersBench(Bench):
         self.drkit_archive_command = ""
         self.restored: list[Path] = []
         self.service: Any = None
-        self.pgbr_info: dict[str, Any] = {}
+        self.backup_ids: dict[str, str] = {}  # contender name -> its newest backup (label / id)
 
     # -- prerequisites
 
@@ -286,7 +303,7 @@ class PeersBench(Bench):
         from azure.storage.blob import BlobServiceClient
 
         self.service = BlobServiceClient.from_connection_string(conn, connection_verify=str(self.cert))
-        for name in (DRKIT_CONTAINER, PGBR_CONTAINER, BARMAN_CONTAINER):  # untimed, for all three alike
+        for name in CONTAINERS.values():  # untimed, for all three alike
             self.service.create_container(name)
         self.write_drkit_policy()
         self.setup_pgbackrest()
@@ -297,7 +314,7 @@ class PeersBench(Bench):
 
         path = self.sb.policy_path
         policy = yaml.safe_load(path.read_text())
-        policy["tiers"]["blob"] = {"store": "azure", "container": DRKIT_CONTAINER, "connection_string_env": CONN_ENV,
+        policy["tiers"]["blob"] = {"store": "azure", "container": CONTAINERS[DRKIT], "connection_string_env": CONN_ENV,
                                    "access_tier": "Cool", "keep_days": 30}
         policy["backup_tier"] = "blob"
         path.write_text(yaml.safe_dump(policy, sort_keys=False))
@@ -317,11 +334,10 @@ class PeersBench(Bench):
             "log-level-console=warn\nstart-fast=y\n"
             "repo1-type=azure\nrepo1-path=/repo\n"
             f"repo1-azure-account={ACCOUNT}\nrepo1-azure-key={ACCOUNT_KEY}\n"
-            f"repo1-azure-container={PGBR_CONTAINER}\nrepo1-azure-uri-style=path\n"
+            f"repo1-azure-container={CONTAINERS[PGBR]}\nrepo1-azure-uri-style=path\n"
             f"repo1-storage-host=localhost\nrepo1-storage-port={self.azurite.port}\n"
             f"repo1-storage-ca-file={self.cert}\nrepo1-storage-verify-tls=y\n"
-            "repo1-retention-full=99\n"
-            f"compress-type={self.args.pgbackrest_compress}\nprocess-max={self.args.pgbackrest_process_max}\n"
+            f"repo1-retention-full=99\nprocess-max={self.args.pgbackrest_process_max}\n"
             f"[{STANZA}]\npg1-path={data_dir}\npg1-port={self.port}\npg1-socket-path={data_dir}\n")
         os.chown(self.pgbr_conf, *_pg_ids())
         os.chmod(self.pgbr_conf, 0o600)
@@ -337,7 +353,7 @@ class PeersBench(Bench):
             f"export REQUESTS_CA_BUNDLE='{self.cert}'\nexec \"$@\"\n")
         os.chown(self.barman_env, *_pg_ids())
         os.chmod(self.barman_env, 0o750)
-        self.barman_url = f"{self.azurite.blob_endpoint}/{BARMAN_CONTAINER}"
+        self.barman_url = f"{self.azurite.blob_endpoint}/{CONTAINERS[BARMAN]}"
 
     def as_postgres(self, cmd: list[str]) -> str:
         proc = subprocess.run(["runuser", "-u", "postgres", "--", *cmd], capture_output=True, text=True,
@@ -349,19 +365,21 @@ class PeersBench(Bench):
     def barman_bin(self, name: str) -> str:
         return str(self.barman_venv / "bin" / name)
 
-    def barman_compress_flag(self) -> list[str]:
-        c = self.args.barman_compress
-        return [] if c == "none" else [{"gz": "--gzip", "bz2": "--bzip2", "snappy": "--snappy", "lz4": "--lz4"}[c]]
+    @staticmethod
+    def barman_compress_flag(c: Contender) -> list[str]:
+        flags = {"none": [], "gz": ["--gzip"], "bz2": ["--bzip2"], "snappy": ["--snappy"], "lz4": ["--lz4"]}
+        return flags[c.compress]
 
-    def archive_command(self, who: str) -> str:
-        if who == DRKIT:
+    def archive_command(self, c: Contender) -> str:
+        if c.tool == DRKIT:
             return self.drkit_archive_command
-        if who == PGBR:
-            return f"pgbackrest --config={self.pgbr_conf} --stanza={STANZA} archive-push %p"
+        if c.tool == PGBR:
+            return (f"pgbackrest --config={self.pgbr_conf} --stanza={STANZA} --compress-type={c.compress} "
+                    "archive-push %p")
         return (f"{self.barman_env} {self.barman_bin('barman-cloud-wal-archive')} --cloud-provider azure-blob-storage "
-                f"{' '.join(self.barman_compress_flag())} {self.barman_url} {STANZA} %p")
+                f"{' '.join(self.barman_compress_flag(c))} {self.barman_url} {STANZA} %p")
 
-    def use_archiver(self, who: str) -> None:
+    def use_archiver(self, who: Contender) -> None:
         """Each tool's backup needs its WAL archived by its own archiver; switch, after the backlog is empty."""
         self.wait_archiver()
         from psycopg import sql
@@ -386,15 +404,16 @@ class PeersBench(Bench):
 
     # -- backups
 
-    def run_backup(self, who: str) -> Result:
+    def run_backup(self, c: Contender) -> Result:
         os.sync()  # not timed: no run pays for the previous one's dirty pages
-        self.use_archiver(who)
-        container = {DRKIT: DRKIT_CONTAINER, PGBR: PGBR_CONTAINER, BARMAN: BARMAN_CONTAINER}[who]
-        before = self.usage(container)
+        self.use_archiver(c)
+        before = self.usage(CONTAINERS[c.tool])
         az0 = cpu_seconds(self.azurite.pid)
-        r = self.drkit_backup() if who == DRKIT else self.peer_backup(who)
+        r = self.drkit_backup() if c.tool == DRKIT else self.peer_backup(c)
         r.azurite_cpu_s = cpu_seconds(self.azurite.pid) - az0
-        after = self.usage(container)
+        if c.is_peer:
+            self.backup_ids[c.name] = self.newest_backup(c)  # not timed
+        after = self.usage(CONTAINERS[c.tool])
         r.stored_bytes = (after[0] - before[0]) + (after[1] - before[1])
         r.wal_bytes = after[1] - before[1]
         r.detail["blobs"] = after[2] - before[2]
@@ -424,16 +443,17 @@ class PeersBench(Bench):
             raise SystemExit(f"drkit child {tag} failed (rc={rc}):\n{err_path.read_text(errors='replace')[-3000:]}")
         return json.loads(out.decode().strip().splitlines()[-1]), wall, m, rss, cpu
 
-    def peer_backup(self, who: str) -> Result:
-        if who == PGBR:
-            cmd = ["pgbackrest", f"--config={self.pgbr_conf}", f"--stanza={STANZA}", "--type=full", "backup"]
+    def peer_backup(self, c: Contender) -> Result:
+        if c.tool == PGBR:
+            cmd = ["pgbackrest", f"--config={self.pgbr_conf}", f"--stanza={STANZA}", "--type=full",
+                   f"--compress-type={c.compress}", "backup"]
         else:
             cmd = [str(self.barman_env), self.barman_bin("barman-cloud-backup"), "--cloud-provider",
                    "azure-blob-storage", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
-                   "--immediate-checkpoint", "-J", str(self.args.barman_jobs), *self.barman_compress_flag(),
+                   "--immediate-checkpoint", "-J", str(self.args.barman_jobs), *self.barman_compress_flag(c),
                    self.barman_url, STANZA]
-        wall, m, rss, cpu, out = self.run_measured(["runuser", "-u", "postgres", "--", *cmd], f"{who} backup")
-        return Result(who, "backup", wall, wall, rss, m.tree_peak_kib, m.tree_procs, cpu, 0.0,
+        wall, m, rss, cpu, out = self.run_measured(["runuser", "-u", "postgres", "--", *cmd], f"{c.name} backup")
+        return Result(c.name, "backup", wall, wall, rss, m.tree_peak_kib, m.tree_procs, cpu, 0.0,
                       detail={"output": out[-500:]})
 
     def run_measured(self, cmd: list[str], what: str) -> tuple[float, TreeMeasured, int, float, str]:
@@ -448,33 +468,32 @@ class PeersBench(Bench):
             raise SystemExit(f"{what} failed (rc={rc}):\n{out[-3000:]}")
         return wall, m, rss, cpu, out
 
-    def peer_backup_ids(self) -> dict[str, str]:
-        pgbr = json.loads(self.as_postgres(["pgbackrest", f"--config={self.pgbr_conf}", f"--stanza={STANZA}",
-                                            "--output=json", "info"]))
-        pgbr_label = pgbr[0]["backup"][-1]["label"]
-        self.pgbr_info = pgbr[0]["backup"][-1]["info"]
+    def newest_backup(self, c: Contender) -> str:
+        """The label / id of the backup just taken (the newest in the repository)."""
+        if c.tool == PGBR:
+            info = json.loads(self.as_postgres(["pgbackrest", f"--config={self.pgbr_conf}", f"--stanza={STANZA}",
+                                                "--output=json", "info"]))
+            return str(max(info[0]["backup"], key=lambda b: b["timestamp"]["stop"])["label"])
         out = self.as_postgres([str(self.barman_env), self.barman_bin("barman-cloud-backup-list"), "--cloud-provider",
                                 "azure-blob-storage", "--format", "json", self.barman_url, STANZA])
-        barman = json.loads(out)["backups_list"]
-        barman_id = max(barman, key=lambda b: b.get("end_time") or b["backup_id"])["backup_id"]
-        return {PGBR: pgbr_label, BARMAN: barman_id}
+        return str(max(json.loads(out)["backups_list"], key=lambda b: b["backup_id"])["backup_id"])
 
     # -- restores
 
-    def run_restore(self, who: str, i: int, backup_id: str, stored: int) -> Result:
+    def run_restore(self, c: Contender, i: int, stored: int) -> Result:
         from drkit.engines.pgctl import free_port
 
-        target = self.root / f"restore-{who.split('-')[0].lower()}-{i}"
+        target = self.root / f"restore-{c.slug}-{i}"
         log_path = self.root / f"{target.name}.log"
         shutil.rmtree(target, ignore_errors=True)
         log_path.unlink(missing_ok=True)
         os.sync()  # not timed
         az0 = cpu_seconds(self.azurite.pid)
         self.restored.append(target)
-        if who == DRKIT:
+        if c.tool == DRKIT:
             r = self.drkit_restore(target)
         else:
-            r = self.peer_restore(who, target, log_path, free_port(), backup_id)
+            r = self.peer_restore(c, target, log_path, free_port(), self.backup_ids[c.name])
         r.azurite_cpu_s = cpu_seconds(self.azurite.pid) - az0
         r.stored_bytes = stored
         r.detail["redo"] = redo_info(log_path)
@@ -493,21 +512,21 @@ class PeersBench(Bench):
                       detail={"lay_down_s": lay, "port": res["port"], "recovery": res["recovery"],
                               "import_s": res["import_s"], "steps": res["steps"]})
 
-    def peer_restore(self, who: str, target: Path, log_path: Path, port: int, backup_id: str) -> Result:
+    def peer_restore(self, c: Contender, target: Path, log_path: Path, port: int, backup_id: str) -> Result:
         from drkit.engines.pgctl import LocalCluster, make_owned_dir
 
         t0 = time.perf_counter()
         make_owned_dir(target, "postgres", 0o700)
-        if who == PGBR:
+        if c.tool == PGBR:
             cmd = ["pgbackrest", f"--config={self.pgbr_conf}", f"--stanza={STANZA}", f"--pg1-path={target}",
                    f"--set={backup_id}", "--type=immediate", "--target-action=promote", "restore"]
         else:
             cmd = [str(self.barman_env), self.barman_bin("barman-cloud-restore"), "--cloud-provider",
                    "azure-blob-storage", self.barman_url, STANZA, backup_id, str(target)]
-        tool_s, m, rss, cpu, _ = self.run_measured(["runuser", "-u", "postgres", "--", *cmd], f"{who} restore")
+        tool_s, m, rss, cpu, _ = self.run_measured(["runuser", "-u", "postgres", "--", *cmd], f"{c.name} restore")
         settings = {"port": str(port), "listen_addresses": "127.0.0.1", "unix_socket_directories": str(target),
                     "archive_mode": "off"}
-        if who == BARMAN:
+        if c.tool == BARMAN:
             settings |= {"restore_command": f"{self.barman_env} {self.barman_bin('barman-cloud-wal-restore')} "
                                             f"--cloud-provider azure-blob-storage {self.barman_url} {STANZA} %f %p",
                          "recovery_target": "immediate", "recovery_target_action": "promote"}
@@ -524,7 +543,7 @@ class PeersBench(Bench):
         started_s = time.perf_counter() - t0
         self.wait_promoted(port, log_path)
         wall = time.perf_counter() - t0
-        return Result(who, "restore", wall, wall, rss, m.tree_peak_kib, m.tree_procs, cpu, 0.0,
+        return Result(c.name, "restore", wall, wall, rss, m.tree_peak_kib, m.tree_procs, cpu, 0.0,
                       detail={"lay_down_s": config_s, "tool_s": tool_s, "started_s": started_s, "port": port,
                               "restore_command": self.restore_command(target)})
 
@@ -604,39 +623,37 @@ def report(b: PeersBench, info: dict[str, Any]) -> None:
     console = Console(width=200)
     args = b.args
     v = info["versions"]
+    contenders: list[Contender] = info["contenders"]
+    names = [c.name for c in contenders]
+    peers = [c.name for c in contenders if c.is_peer]
     console.print(
         f"\nPostgreSQL 15, pgbench scale {args.scale}: database {mib(info['db_bytes'])}, {os.cpu_count()} CPUs; "
-        f"load average before {info['load_before']}, after {info['load_after']}. One Azurite over TLS (in memory, "
-        f"self-signed certificate, verified by every client) for all three tools; best of {args.runs} runs, "
-        f"order rotated each run; median beside it.\n{v['postgres']}; {v['azurite']}; {v['pgbackrest']}; "
-        f"{v['barman']}; drkit {info['drkit_setting']}.")
+        f"load average (1/5/15 min) before {info['load_before']}, after {info['load_after']}. One Azurite over TLS "
+        f"(in memory, self-signed certificate, verified by every client) for all three tools; best of {args.runs} "
+        f"runs, order rotated each run; median beside it.\n{v['postgres']}; {v['azurite']}; {v['pgbackrest']}; "
+        f"{v['barman']}. Settings: drkit {info['drkit_setting']}; pgBackRest compress-type as named, "
+        f"process-max={args.pgbackrest_process_max}, start-fast; barman-cloud --<compression> as named, "
+        f"-J {args.barman_jobs}, --immediate-checkpoint (WAL archived with the same compression).")
 
-    settings = {
-        DRKIT: info["drkit_setting"],
-        PGBR: f"compress-type={args.pgbackrest_compress}, process-max={args.pgbackrest_process_max}",
-        BARMAN: f"{'--' + args.barman_compress if args.barman_compress != 'none' else 'no compression'}, "
-                f"-J {args.barman_jobs}",
-    }
-
-    for name in TOOLS:
-        console.print(f"  {name}: {settings[name]}")
     for op in ("backup", "restore"):
         runs: list[Result] = info[op]
-        by = {t: [r for r in runs if r.tool == t] for t in TOOLS}
-        best = {t: min(v, key=lambda r: r.wall_s) for t, v in by.items()}
-        med = {t: statistics.median(r.wall_s for r in v) for t, v in by.items()}
-        peer_best = min(best[PGBR].wall_s, best[BARMAN].wall_s)
-        info[f"{op}_best"], info[f"{op}_med"], info[f"{op}_peer_best"] = best, med, peer_best
-
+        by = {n: [r for r in runs if r.tool == n] for n in names}
+        best = {n: min(v, key=lambda r: r.wall_s) for n, v in by.items()}
+        med = {n: statistics.median(r.wall_s for r in v) for n, v in by.items()}
+        peer = min(peers, key=lambda n: best[n].wall_s)
+        peer_best = best[peer].wall_s
+        info[op + "_sum"] = {"best": best, "med": med, "peer": peer,
+                             "peer_med": min(med[n] for n in peers)}
         if op == "backup":
-            t = make_table(f"Full backup to Azurite (wall s = best of {args.runs}; ratio = to the best peer's best)",
-                           ["tool", "wall s", "ratio", "median s", "process s", "stored bytes", "of which WAL",
+            t = make_table(f"Full backup to Azurite (wall s = best of {args.runs}; ratio = to the best peer's best, "
+                           f"{peer})",
+                           ["contender", "wall s", "ratio", "median s", "process s", "stored bytes", "of which WAL",
                             "blobs", "peak RSS MiB: largest / tree (procs)", "CPU s", "Azurite CPU s"])
-            for name in TOOLS:
-                r = best[name]
-                t.add_row(name, f"{r.wall_s:.2f}", _fmt_ratio(r.wall_s, peer_best), f"{med[name]:.2f}",
-                          f"{min(x.process_s for x in by[name]):.2f}", f"{r.stored_bytes:,}", f"{r.wal_bytes:,}",
-                          str(r.detail.get("blobs", "")), _rss(by[name]), f"{r.cpu_s:.2f}", f"{r.azurite_cpu_s:.2f}")
+            for n in names:
+                r = best[n]
+                t.add_row(n, f"{r.wall_s:.2f}", _fmt_ratio(r.wall_s, peer_best), f"{med[n]:.2f}",
+                          f"{min(x.process_s for x in by[n]):.2f}", f"{r.stored_bytes:,}", f"{r.wal_bytes:,}",
+                          str(r.detail.get("blobs", "")), _rss(by[n]), f"{r.cpu_s:.2f}", f"{r.azurite_cpu_s:.2f}")
             console.print(t)
             console.print(
                 "wall s: drkit = the take_base_backup call in the child process (drkit runs inside a long-lived "
@@ -649,22 +666,22 @@ def report(b: PeersBench, info: dict[str, Any]) -> None:
                 "(50 ms poll; shared pages counted per process), the most over the runs. CPU s: the tool's "
                 "user + sys (children included), Azurite's: its process's, both of the best run.")
         else:
+            lay_best = {n: min(r.detail["lay_down_s"] for r in by[n]) for n in names}
+            lay_peer = min(peers, key=lambda n: lay_best[n])
+            info["lay"] = {"best": lay_best, "peer": lay_peer}
             t = make_table(f"Restore from Azurite to a consistent, promoted server (best of {args.runs}; ratio = to "
-                           "the best peer's best)",
-                           ["tool", "end-to-end s", "ratio", "median s", "lay-down s", "ratio (lay-down)",
+                           f"the best peer's best, {peer}; lay-down ratio to {lay_peer}'s)",
+                           ["contender", "end-to-end s", "ratio", "median s", "lay-down s", "ratio (lay-down)",
                             "start → promoted s", "process s", "peak RSS MiB: largest / tree (procs)", "CPU s",
                             "Azurite CPU s", "rows OK"])
-            lay_best = {n: min(r.detail["lay_down_s"] for r in by[n]) for n in TOOLS}
-            lay_peer = min(lay_best[PGBR], lay_best[BARMAN])
-            info["lay_best"], info["lay_peer"] = lay_best, lay_peer
             expect = args.scale * 100_000
-            for name in TOOLS:
-                r = best[name]
+            for n in names:
+                r = best[n]
                 d = r.detail
-                rows_ok = all(x.detail["rows"] == expect for x in by[name])
-                t.add_row(name, f"{r.wall_s:.2f}", _fmt_ratio(r.wall_s, peer_best), f"{med[name]:.2f}",
-                          f"{d['lay_down_s']:.2f}", _fmt_ratio(lay_best[name], lay_peer),
-                          f"{r.wall_s - d['lay_down_s']:.2f}", f"{r.process_s:.2f}", _rss(by[name]), f"{r.cpu_s:.2f}",
+                rows_ok = all(x.detail["rows"] == expect for x in by[n])
+                t.add_row(n, f"{r.wall_s:.2f}", _fmt_ratio(r.wall_s, peer_best), f"{med[n]:.2f}",
+                          f"{d['lay_down_s']:.2f}", _fmt_ratio(lay_best[n], lay_best[lay_peer]),
+                          f"{r.wall_s - d['lay_down_s']:.2f}", f"{r.process_s:.2f}", _rss(by[n]), f"{r.cpu_s:.2f}",
                           f"{r.azurite_cpu_s:.2f}", "yes" if rows_ok else "NO")
             console.print(t)
             console.print(
@@ -672,23 +689,23 @@ def report(b: PeersBench, info: dict[str, Any]) -> None:
                 "restore_command = barman-cloud-wal-restore, recovery_target='immediate', promote) → pg_ctl start "
                 f"-w → pg_is_in_recovery() false (polled every {POLL_S} s); drkit = the restore() call in the "
                 "child (the same steps; its recover() polls every 0.05 s; process s adds interpreter start and "
-                "imports). lay-down = everything before the server starts (ratio of best lay-downs). The server's "
-                "WAL fetches (pgBackRest archive-get, barman-cloud-wal-restore: processes the server starts) are "
-                "in end-to-end but not in RSS/CPU; drkit's WAL is inside its full. rows OK = count(*) of "
-                f"pgbench_accounts = {expect:,} on every restore.")
+                "imports). lay-down = everything before the server starts. The server's WAL fetches (pgBackRest "
+                "archive-get, barman-cloud-wal-restore: processes the server starts) are in end-to-end but not in "
+                "RSS/CPU; drkit's WAL is inside its full. rows OK = count(*) of pgbench_accounts = "
+                f"{expect:,} on every restore.")
 
-    t = make_table("Every run (in order)", ["#", "op", "tool", "wall s", "process s", "detail", "peak RSS MiB",
+    t = make_table("Every run (in order)", ["#", "op", "contender", "wall s", "process s", "detail", "peak RSS MiB",
                                             "tree RSS MiB", "CPU s", "Azurite CPU s", "stored bytes"])
     for i, r in enumerate(info["backup"] + info["restore"], 1):
         d = r.detail
         if r.op == "restore":
             redo = d["redo"]
             redo_s = f"{redo['redo_elapsed_s']:.2f} s" if "redo_elapsed_s" in redo else "?"
+            redo_kib = f"{redo['redo_bytes'] / 1024:,.0f} KiB" if "redo_bytes" in redo else "?"
             extra = (f"lay-down {d['lay_down_s']:.2f}"
                      + (f" (tool {d['tool_s']:.2f})" if "tool_s" in d else f" (import {d['import_s']:.2f})")
-                     + f"; server start→ready {redo.get('server_s', float('nan')):.2f}, "
-                       f"redo {mib(redo['redo_bytes']) if 'redo_bytes' in redo else '?'} in {redo_s}, "
-                       f"{redo.get('restored_segments', 0)} WAL files via restore_command")
+                     + f"; server start→ready {redo.get('server_s', float('nan')):.2f}, redo {redo_kib} in "
+                       f"{redo_s}, {redo.get('restored_segments', 0)} WAL files via restore_command")
         else:
             extra = f"import {d['import_s']:.2f} s, raw {d['raw_bytes']:,} B" if r.tool == DRKIT else ""
         t.add_row(str(i), r.op, r.tool, f"{r.wall_s:.2f}", f"{r.process_s:.2f}", extra, f"{r.rss_kib / 1024:.1f}",
@@ -697,26 +714,24 @@ def report(b: PeersBench, info: dict[str, Any]) -> None:
     if info.get("pgbr_restore_command"):
         console.print(f"pgBackRest's restore wrote: {info['pgbr_restore_command']}")
 
-    bb, bpb = info["backup_best"], info["backup_peer_best"]
-    rb, rpb = info["restore_best"], info["restore_peer_best"]
-    best_backup_peer = PGBR if bb[PGBR].wall_s <= bb[BARMAN].wall_s else BARMAN
-    best_restore_peer = PGBR if rb[PGBR].wall_s <= rb[BARMAN].wall_s else BARMAN
-    b_ratio = bb[DRKIT].wall_s / bpb
-    b_proc = min(r.process_s for r in info["backup"] if r.tool == DRKIT) / bpb
-    b_med = info["backup_med"][DRKIT] / min(info["backup_med"][PGBR], info["backup_med"][BARMAN])
-    r_ratio = rb[DRKIT].wall_s / rpb
-    r_proc = min(r.process_s for r in info["restore"] if r.tool == DRKIT) / rpb
-    r_med = info["restore_med"][DRKIT] / min(info["restore_med"][PGBR], info["restore_med"][BARMAN])
-    lay_ratio = info["lay_best"][DRKIT] / info["lay_peer"]
+    bk, rs, lay = info["backup_sum"], info["restore_sum"], info["lay"]
+    b_best, r_best = bk["best"][DRKIT].wall_s, rs["best"][DRKIT].wall_s
+    b_peer, r_peer = bk["best"][bk["peer"]].wall_s, rs["best"][rs["peer"]].wall_s
+    b_ratio, r_ratio = b_best / b_peer, r_best / r_peer
+    b_proc = min(r.process_s for r in info["backup"] if r.tool == DRKIT) / b_peer
+    r_proc = min(r.process_s for r in info["restore"] if r.tool == DRKIT) / r_peer
+    lay_ratio = lay["best"][DRKIT] / lay["best"][lay["peer"]]
     t = make_table("Targets", ["target", "measured", "result"])
     t.add_row(f"drkit full backup <= {TARGET_PEER_RATIO}x the best peer's time (best vs best)",
-              f"{b_ratio:.2f}x ({bb[DRKIT].wall_s:.2f} s vs {best_backup_peer} {bpb:.2f} s); median {b_med:.2f}x; "
-              f"whole process {b_proc:.2f}x", verdict(b_ratio <= TARGET_PEER_RATIO))
+              f"{b_ratio:.2f}x ({b_best:.2f} s vs {bk['peer']} {b_peer:.2f} s); median "
+              f"{bk['med'][DRKIT] / bk['peer_med']:.2f}x; whole process {b_proc:.2f}x",
+              verdict(b_ratio <= TARGET_PEER_RATIO))
     t.add_row(f"drkit restore <= {TARGET_PEER_RATIO}x the best peer's restore time (end-to-end, best vs best)",
-              f"{r_ratio:.2f}x ({rb[DRKIT].wall_s:.2f} s vs {best_restore_peer} {rpb:.2f} s); median {r_med:.2f}x; "
-              f"whole process {r_proc:.2f}x", verdict(r_ratio <= TARGET_PEER_RATIO))
+              f"{r_ratio:.2f}x ({r_best:.2f} s vs {rs['peer']} {r_peer:.2f} s); median "
+              f"{rs['med'][DRKIT] / rs['peer_med']:.2f}x; whole process {r_proc:.2f}x",
+              verdict(r_ratio <= TARGET_PEER_RATIO))
     t.add_row(f"(also) drkit restore lay-down <= {TARGET_PEER_RATIO}x the best peer's",
-              f"{lay_ratio:.2f}x ({info['lay_best'][DRKIT]:.2f} s vs {info['lay_peer']:.2f} s)",
+              f"{lay_ratio:.2f}x ({lay['best'][DRKIT]:.2f} s vs {lay['peer']} {lay['best'][lay['peer']]:.2f} s)",
               verdict(lay_ratio <= TARGET_PEER_RATIO))
     console.print(t)
     if info.get("profile_backup"):
@@ -751,40 +766,42 @@ def bench_main(args: argparse.Namespace) -> int:
         info["db_bytes"] = b.db_bytes()
         log(f"loaded {mib(info['db_bytes'])} in {info['load']['init_s']:.1f} s")
 
+        contenders = [Contender(DRKIT)]
+        contenders += [Contender(PGBR, c) for c in args.pgbackrest_compress.split(",") if c]
+        contenders += [Contender(BARMAN, c) for c in args.barman_compress.split(",") if c]
+        info["contenders"] = contenders
+        k = len(contenders)
         info["backup"] = []
         for i in range(args.runs):
-            order = TOOLS[i % 3:] + TOOLS[:i % 3]
-            for who in order:
-                r = b.run_backup(who)
+            for c in contenders[i % k:] + contenders[:i % k]:
+                r = b.run_backup(c)
                 info["backup"].append(r)
-                log(f"backup {who} #{i + 1}: {r.wall_s:.2f} s (process {r.process_s:.2f} s), {r.stored_bytes:,} B "
+                log(f"backup {c.name} #{i + 1}: {r.wall_s:.2f} s (process {r.process_s:.2f} s), {r.stored_bytes:,} B "
                     f"(WAL {r.wal_bytes:,}), RSS {r.rss_kib / 1024:.1f} MiB (tree {r.tree_kib / 1024:.1f}), "
                     f"Azurite CPU {r.azurite_cpu_s:.2f} s")
         if args.profile:
             prof = b.root / "backup.pstats"
             log("profiling one more drkit full under cProfile (not timed)")
-            b.use_archiver(DRKIT)
+            b.use_archiver(contenders[0])
             b.drkit_backup(profile_out=prof)
             info["profile_backup"] = prof
-        b.use_archiver(DRKIT)  # leave the sandbox as it was made
-        ids = b.peer_backup_ids()
-        stored = {who: next(r for r in reversed(info["backup"]) if r.tool == who).stored_bytes for who in TOOLS}
-        log(f"restoring pgBackRest {ids[PGBR]}, barman-cloud {ids[BARMAN]}, drkit's newest full; stopping the primary")
+        b.use_archiver(contenders[0])  # leave the sandbox as it was made
+        stored = {c.name: next(r for r in reversed(info["backup"]) if r.tool == c.name).stored_bytes
+                  for c in contenders}
+        log(f"restoring {', '.join(f'{n} {i}' for n, i in b.backup_ids.items())} and drkit's newest full; "
+            "stopping the primary")
         b.sb.stop()
 
         info["restore"] = []
         for i in range(args.runs):
-            order = TOOLS[(i + 1) % 3:] + TOOLS[:(i + 1) % 3]
-            for who in order:
-                r = b.run_restore(who, i, ids.get(who, ""), stored[who])
+            for c in contenders[(i + 1) % k:] + contenders[:(i + 1) % k]:
+                r = b.run_restore(c, i, stored[c.name])
                 info["restore"].append(r)
-                if who == PGBR:
+                if c.tool == PGBR:
                     info["pgbr_restore_command"] = r.detail["restore_command"]
-                redo = r.detail["redo"]
-                log(f"restore {who} #{i + 1}: {r.wall_s:.2f} s end-to-end (lay-down {r.detail['lay_down_s']:.2f} s, "
-                    f"process {r.process_s:.2f} s), RSS {r.rss_kib / 1024:.1f} MiB (tree {r.tree_kib / 1024:.1f}), "
-                    f"Azurite CPU {r.azurite_cpu_s:.2f} s, redo {mib(redo.get('redo_bytes', 0))}, "
-                    f"rows {r.detail['rows']:,}")
+                log(f"restore {c.name} #{i + 1}: {r.wall_s:.2f} s end-to-end (lay-down {r.detail['lay_down_s']:.2f} "
+                    f"s, process {r.process_s:.2f} s), RSS {r.rss_kib / 1024:.1f} MiB (tree "
+                    f"{r.tree_kib / 1024:.1f}), Azurite CPU {r.azurite_cpu_s:.2f} s, rows {r.detail['rows']:,}")
                 b.discard(Path(r.detail["data_dir"]))
         if args.profile:
             prof = b.root / "restore.pstats"
@@ -805,17 +822,30 @@ def bench_main(args: argparse.Namespace) -> int:
     return 130 if interrupted else 0
 
 
+def _choices(*allowed: str) -> Any:
+    def parse(text: str) -> str:
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        bad = [x for x in items if x not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"use a comma-separated list of {', '.join(allowed)}")
+        return ",".join(dict.fromkeys(items))
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.peers", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--scale", type=int, default=60, help="pgbench scale (60 is about 900 MiB)")
     p.add_argument("--runs", type=int, default=2, help="runs of each backup and restore, order rotated (best shown)")
     p.add_argument("--keep", action="store_true", help="keep /tmp/drkit-bench-<pid> (every server is stopped)")
     p.add_argument("--profile", action="store_true", help="also run one drkit full and restore under cProfile")
-    p.add_argument("--pgbackrest-compress", default="lz4", choices=["none", "gz", "bz2", "lz4", "zst"],
-                   help="pgBackRest compress-type (default lz4: its fastest against Azurite, notes/azure.md)")
+    p.add_argument("--pgbackrest-compress", default="zst,lz4", type=_choices("none", "gz", "bz2", "lz4", "zst"),
+                   help="pgBackRest compress-type(s), comma-separated: each is a contender (default zst,lz4, its "
+                        "two fastest here)")
     p.add_argument("--pgbackrest-process-max", type=int, default=2, help="pgBackRest process-max (2 cores)")
-    p.add_argument("--barman-compress", default="lz4", choices=["none", "gz", "bz2", "snappy", "lz4"],
-                   help="barman-cloud compression (default lz4: its fastest, notes/azure.md)")
+    p.add_argument("--barman-compress", default="lz4", type=_choices("none", "gz", "bz2", "snappy", "lz4"),
+                   help="barman-cloud compression(s), comma-separated: each is a contender (default lz4, its fastest: "
+                        "gzip takes ~10x longer to back up, none is Azurite-bound, notes/azure.md)")
     p.add_argument("--barman-jobs", type=int, default=2, help="barman-cloud-backup -J (default 2)")
     p.add_argument("--barman-venv", default=str(DEFAULT_BARMAN_VENV), help="venv holding barman-cloud")
     args = p.parse_args(argv)

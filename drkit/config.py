@@ -126,6 +126,59 @@ class VerifyConfig(_Model):
         return ["amcheck", "visibility"] if engine == "postgres" else []
 
 
+class ReplicaConfig(_Model):
+    """The DR replica: a streaming standby of the primary."""
+
+    dsn: SecretStr | None = None
+    dsn_env: str | None = None
+    data_dir: Path | None = None  # when drkit manages it on this host (rewind, rebuild, restart)
+    slot: str = "drkit_dr"
+    max_lag_seconds: float = 5.0
+
+    @model_validator(mode="after")
+    def _needs(self) -> ReplicaConfig:
+        if (self.dsn is None) == (self.dsn_env is None):
+            raise ValueError("set exactly one of 'dsn_env' or 'dsn' for the replica")
+        return self
+
+
+class TrafficConfig(_Model):
+    """How clients reach the database and the application: the router, and its server names."""
+
+    router: Literal["haproxy", "azure_tm", "endpoint"] = "endpoint"
+    socket: Path | None = None  # haproxy: the runtime API socket (stats socket ... level admin)
+    state_file: Path | None = None  # haproxy: server-state file, so a reload keeps the weights
+    app_backend: str = "app"
+    db_backend: str = "db"
+    primary: str = "primary"  # server / endpoint names
+    dr: str = "dr"
+    azure: dict[str, Any] | None = None  # azure_tm: subscription, resource_group, profile, endpoints
+
+    @model_validator(mode="after")
+    def _needs(self) -> TrafficConfig:
+        if self.router == "haproxy" and self.socket is None:
+            raise ValueError("a haproxy router needs 'socket' (its runtime API socket)")
+        return self
+
+
+class HealthConfig(_Model):
+    """Probes: the application's health URLs per region, and how often/how many times to try."""
+
+    primary_url: str | None = None
+    dr_url: str | None = None
+    interval: Duration = timedelta(seconds=30)
+    retries: int = Field(default=3, ge=0, le=100)
+    timeout: Duration = timedelta(seconds=2)
+
+
+class FailbackConfig(_Model):
+    hold: Duration = timedelta(minutes=10)
+    steps: list[int] = Field(default_factory=lambda: [10, 50, 100])
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    max_latency_ms: float = Field(default=500, gt=0)
+    probe_interval: Duration = timedelta(seconds=5)
+
+
 class DatabaseConfig(_Model):
     engine: Literal["postgres", "sqlserver"]
     dsn: SecretStr | None = None
@@ -137,8 +190,10 @@ class DatabaseConfig(_Model):
     schedules: Schedules = Field(default_factory=Schedules)
     timezone: str = "UTC"
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
-    replica: dict[str, Any] | None = None
-    traffic: dict[str, Any] | None = None
+    replica: ReplicaConfig | None = None
+    traffic: TrafficConfig = Field(default_factory=TrafficConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    failback: FailbackConfig = Field(default_factory=FailbackConfig)
     sqlserver: dict[str, Any] | None = None
 
     @field_validator("timezone")
@@ -238,6 +293,21 @@ class Policy(_Model):
     def wal_spool(self, db: str) -> Path:
         cfg = self.database(db)
         return self.resolve(cfg.wal_spool or Path("var/drkit/spool") / db)
+
+
+def resolve_replica_dsn(db_name: str, cfg: DatabaseConfig, environ: Mapping[str, str] | None = None) -> str:
+    """The DR replica's connection string; errors name the key or variable, never the value."""
+    if cfg.replica is None:
+        raise ConfigError(f"databases.{db_name}.replica: not configured; the DR runbooks need a replica")
+    env = os.environ if environ is None else environ
+    if cfg.replica.dsn is not None:
+        return cfg.replica.dsn.get_secret_value()
+    assert cfg.replica.dsn_env is not None
+    value = env.get(cfg.replica.dsn_env, "")
+    if not value:
+        raise ConfigError(f"databases.{db_name}.replica.dsn_env: environment variable {cfg.replica.dsn_env} "
+                          "is not set")
+    return value
 
 
 def resolve_dsn(db_name: str, cfg: DatabaseConfig, environ: Mapping[str, str] | None = None) -> str:

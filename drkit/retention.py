@@ -119,61 +119,58 @@ class Need(NamedTuple):
 # -- restore chains, indexed once per database ---------------------------------------------------------
 
 
-# A log backup's segment range: (first segment, last segment, end time, catalog order, record). Plain
-# tuples: millions of them are built and compared per sweep.
-_Span = tuple[int, int, datetime, int, BackupRecord]
-_SEGMENT_CHARS = frozenset("0123456789ABCDEF")
-
-
-def _segno(name: str, per: int) -> int:
-    """chain._segs' reading of a WAL segment name (``TTTTTTTTXXXXXXXXYYYYYYYY``), without a regex."""
-    if len(name) != 24 or not _SEGMENT_CHARS.issuperset(name):
-        raise ValueError(f"not a WAL segment name: {name!r}")
-    x = int(name[8:], 16)
-    return (x >> 32) * per + (x & 0xFFFFFFFF)
-
-
-def _best(found: Sequence[tuple[int, _Span]]) -> tuple[int, _Span]:
-    """chain._log_chain's choice: max by (last segment, end time); the first such in catalog order."""
-    best = found[0]
-    for cand in found[1:]:
-        a, b = cand[1], best[1]
-        if (a[1], a[2]) > (b[1], b[2]) or ((a[1], a[2]) == (b[1], b[2]) and a[3] < b[3]):
-            best = cand
-    return best
-
-
 class _Logs:
-    """The usable log backups of one database and timeline, sorted by first segment for chain walks."""
+    """The usable log backups of one database and timeline, sorted by first segment for chain walks.
+
+    Parallel lists rather than a tuple per log: millions of small tracked objects would wake the cyclic
+    garbage collector over and over during a sweep.
+    """
 
     def __init__(self) -> None:
-        self.spans: list[_Span] = []
+        self.first: list[int] = []
+        self.last: list[int] = []
+        self.end: list[datetime] = []
+        self.rec: list[BackupRecord] = []
 
     def index(self) -> None:
-        self.spans.sort()  # by first segment (then last, end, catalog order: all distinct by order)
-        self._firsts = [sp[0] for sp in self.spans]
-        self._reach = list(accumulate((sp[1] for sp in self.spans), max))  # running max of last segments
-        n = len(self._firsts)
-        self._pos = dict(zip(reversed(self._firsts), range(n - 1, -1, -1), strict=True))  # first index per segment
+        n = len(self.first)
+        order = sorted(range(n), key=self.first.__getitem__)  # stable: catalog order among equal starts
+        if order != list(range(n)):
+            self.first = [self.first[i] for i in order]
+            self.last = [self.last[i] for i in order]
+            self.end = [self.end[i] for i in order]
+            self.rec = [self.rec[i] for i in order]
+        self.order = order  # catalog order, which breaks ties as chain._log_chain's max() does
+        self.reach = list(accumulate(self.last, max))  # running max of last segments
+        self.pos = dict(zip(reversed(self.first), range(n - 1, -1, -1), strict=True))  # first index per start
 
-    def _covering(self, segno: int, hint: int) -> list[tuple[int, _Span]]:
+    def _covering(self, segno: int, hint: int) -> list[int]:
         """The logs ``chain._log_chain`` may pick for ``segno``: those starting there, else those holding it."""
-        spans, firsts = self.spans, self._firsts
-        i = hint if hint < len(firsts) and firsts[hint] == segno else self._pos.get(segno, -1)
+        first = self.first
+        n = len(first)
+        i = hint if hint < n and first[hint] == segno else self.pos.get(segno, -1)
         if i >= 0:  # the usual case: the next log starts where the last one ended
-            found = [(i, spans[i])]
-            i += 1
-            while i < len(firsts) and firsts[i] == segno:
-                found.append((i, spans[i]))
-                i += 1
-            return found
+            j = i + 1
+            while j < n and first[j] == segno:
+                j += 1
+            return list(range(i, j))
         found = []
-        i = bisect_right(firsts, segno) - 1
-        while i >= 0 and self._reach[i] >= segno:
-            if spans[i][1] >= segno:
-                found.append((i, spans[i]))
+        i = bisect_right(first, segno) - 1
+        while i >= 0 and self.reach[i] >= segno:
+            if self.last[i] >= segno:
+                found.append(i)
             i -= 1
         return found
+
+    def _best(self, found: list[int]) -> int:
+        """chain._log_chain's choice: max by (last segment, end time); the first such in catalog order."""
+        last, end, order = self.last, self.end, self.order
+        best = found[0]
+        for i in found[1:]:
+            if (last[i], end[i]) > (last[best], end[best]) or (
+                    (last[i], end[i]) == (last[best], end[best]) and order[i] < order[best]):
+                best = i
+        return best
 
     def walk(self, base: BackupRecord, until: datetime | None) -> list[BackupRecord]:
         """What :func:`drkit.chain._log_chain` returns for ``base`` and ``until``, without rescanning the logs."""
@@ -187,10 +184,10 @@ class _Logs:
             found = self._covering(need, hint)
             if not found:
                 return chain
-            i, nxt = found[0] if len(found) == 1 else _best(found)
-            chain.append(nxt[4])
-            end = nxt[2]
-            need = nxt[1] + 1
+            i = found[0] if len(found) == 1 else self._best(found)
+            chain.append(self.rec[i])
+            end = self.end[i]
+            need = self.last[i] + 1
             hint = i + 1
 
 
@@ -210,6 +207,8 @@ class _Chains:
         fulls: list[BackupRecord] = []
         diffs: dict[str, list[tuple[datetime, int, BackupRecord]]] = {}
         per_size: dict[Any, int] = {}
+        logs: _Logs | None = None
+        timeline: int | None = None
         for order, b in enumerate(usable):
             kind = b.kind
             if kind == "log":
@@ -217,16 +216,25 @@ class _Chains:
                 per = per_size.get(size)
                 if per is None:
                     per = per_size[size] = 0x100000000 // int(size)
-                assert b.start_wal and b.end_wal and b.end_time
-                try:
-                    lo, hi = _segno(b.start_wal, per), _segno(b.end_wal, per)
+                start, stop, end = b.start_wal or "", b.end_wal or "", b.end_time
+                if len(start) != 24 or len(stop) != 24 or end is None:
+                    continue  # not a segment name: plan_restore stops on it; no chain uses it here
+                try:  # chain._segs, without its regex
+                    x, y = int(start[8:], 16), int(stop[8:], 16)
                 except ValueError:
-                    continue  # plan_restore would stop on it; here the log is simply not part of any chain
-                if hi >= lo:
-                    logs = self.logs.get(b.timeline)
+                    continue
+                lo, hi = (x >> 32) * per + (x & 0xFFFFFFFF), (y >> 32) * per + (y & 0xFFFFFFFF)
+                if hi < lo:
+                    continue
+                if logs is None or b.timeline != timeline:
+                    timeline = b.timeline
+                    logs = self.logs.get(timeline)
                     if logs is None:
-                        logs = self.logs[b.timeline] = _Logs()
-                    logs.spans.append((lo, hi, b.end_time, order, b))
+                        logs = self.logs[timeline] = _Logs()
+                logs.first.append(lo)
+                logs.last.append(hi)
+                logs.end.append(end)
+                logs.rec.append(b)
             elif kind == "full":
                 fulls.append(b)
             elif b.kind == "diff" and b.base_id is not None:

@@ -12,6 +12,8 @@ command -v zstd >/dev/null || need+=(zstd)
 [ -x /usr/bin/python3 ] || need+=(python3)
 # pyodbc (the SQL Server engine) loads libodbc.so.2 from unixODBC at import time.
 ldconfig -p 2>/dev/null | grep -q 'libodbc\.so\.2' || need+=(unixodbc)
+# HAProxy (traffic router tests drive a real one through its runtime API); the package's service is not used.
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
