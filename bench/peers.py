@@ -32,6 +32,7 @@ See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -741,7 +742,25 @@ def report(b: PeersBench, info: dict[str, Any]) -> None:
 
 
 def loadavg() -> str:
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+    """Load average, plus any other process that kept a CPU more than 20 % busy over the last second."""
+    import psutil
+
+    procs = list(psutil.process_iter(["pid", "name", "cmdline"]))
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.cpu_percent(None)
+    time.sleep(1.0)
+    busy = []
+    for p in procs:
+        try:
+            pct = p.cpu_percent(None)
+        except psutil.Error:
+            continue
+        if pct > 20 and p.pid != os.getpid():
+            cmd = " ".join(p.info["cmdline"] or [p.info["name"] or "?"])
+            busy.append(f"{pct:.0f}% {cmd[:60]}")
+    load = "/".join(f"{x:.2f}" for x in os.getloadavg())
+    return load + (f" (busy: {'; '.join(busy)})" if busy else " (no other busy process)")
 
 
 # ------------------------------------------------------------------------------------------- main
