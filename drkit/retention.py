@@ -46,7 +46,7 @@ planning again yields what is left to reach the same state.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import accumulate
@@ -176,19 +176,22 @@ class _Logs:
         """What :func:`drkit.chain._log_chain` returns for ``base`` and ``until``, without rescanning the logs."""
         need = _start_segno(base)
         chain: list[BackupRecord] = []
-        hint = -1
-        end: datetime | None = None
+        first, last, ends, rec = self.first, self.last, self.end, self.rec
+        n = len(first)
+        i = -1
         while True:
-            if until is not None and end is not None and end >= until:
+            if until is not None and i >= 0 and ends[i] >= until:
                 return chain
-            found = self._covering(need, hint)
-            if not found:
-                return chain
-            i = found[0] if len(found) == 1 else self._best(found)
-            chain.append(self.rec[i])
-            end = self.end[i]
-            need = self.last[i] + 1
-            hint = i + 1
+            j = i + 1
+            if j < n and first[j] == need and (j + 1 == n or first[j + 1] != need):
+                i = j  # the usual case: exactly one log starts where the last one ended, and it is next
+            else:
+                found = self._covering(need, j)
+                if not found:
+                    return chain
+                i = found[0] if len(found) == 1 else self._best(found)
+            chain.append(rec[i])
+            need = last[i] + 1
 
 
 class _Stretch(NamedTuple):
@@ -202,23 +205,32 @@ class _Stretch(NamedTuple):
 class _Chains:
     """Restore chains of one database over its usable backups, as plan_restore would plan them."""
 
-    def __init__(self, usable: Sequence[BackupRecord]) -> None:
+    def __init__(self, backups: Iterable[BackupRecord], has_copy: Callable[[str], object]) -> None:
+        """Index the usable backups among ``backups``: restorable, with a copy (``has_copy(id)`` true),
+        and what chain._candidates asks of each kind."""
         self.logs: dict[int | None, _Logs] = {}
+        self.newest_verified_full: BackupRecord | None = None
+        newest_end: datetime | None = None
         fulls: list[BackupRecord] = []
         diffs: dict[str, list[tuple[datetime, int, BackupRecord]]] = {}
         per_size: dict[Any, int] = {}
         logs: _Logs | None = None
         timeline: int | None = None
-        for order, b in enumerate(usable):
+        for order, b in enumerate(backups):
+            end = b.end_time
+            if end is None or b.status not in _RESTORABLE or not has_copy(b.id):
+                continue
             kind = b.kind
             if kind == "log":
+                start, stop = b.start_wal, b.end_wal
+                if not start or not stop or b.start_lsn is None:
+                    continue
+                if len(start) != 24 or len(stop) != 24:
+                    continue  # not a segment name: plan_restore stops on it; no chain uses it here
                 size = b.meta.get("segment_size", DEFAULT_SEGMENT_SIZE)
                 per = per_size.get(size)
                 if per is None:
                     per = per_size[size] = 0x100000000 // int(size)
-                start, stop, end = b.start_wal or "", b.end_wal or "", b.end_time
-                if len(start) != 24 or len(stop) != 24 or end is None:
-                    continue  # not a segment name: plan_restore stops on it; no chain uses it here
                 try:  # chain._segs, without its regex
                     x, y = int(start[8:], 16), int(stop[8:], 16)
                 except ValueError:
@@ -236,10 +248,12 @@ class _Chains:
                 logs.end.append(end)
                 logs.rec.append(b)
             elif kind == "full":
-                fulls.append(b)
-            elif b.kind == "diff" and b.base_id is not None:
-                assert b.end_time is not None
-                diffs.setdefault(b.base_id, []).append((b.end_time, order, b))
+                if b.status == "verified" and (newest_end is None or end > newest_end):
+                    self.newest_verified_full, newest_end = b, end  # (b) needs no LSNs, chains do
+                if b.start_lsn is not None:
+                    fulls.append(b)
+            elif kind == "diff" and b.base_id is not None and b.start_lsn is not None:
+                diffs.setdefault(b.base_id, []).append((end, order, b))
         for logs in self.logs.values():
             logs.index()
         first_full: dict[datetime, BackupRecord] = {}
@@ -339,12 +353,6 @@ class _Chains:
         return pieces if b in pieces else [*pieces, b]
 
 
-def _usable(b: BackupRecord) -> bool:
-    """chain._candidates' test (except the copy, checked by the caller)."""
-    return (b.status in _RESTORABLE and b.end_time is not None and b.start_lsn is not None
-            and (b.kind != "log" or bool(b.start_wal and b.end_wal)))
-
-
 def restore_needs(
     backups: Iterable[BackupRecord],
     copies: Iterable[CopyRecord],
@@ -362,11 +370,10 @@ def restore_needs(
     ok = {c.backup_id for c in copies if c.status == "complete" and c.tier in tiers}
     by_db: dict[str, list[BackupRecord]] = {}
     for b in backups:
-        if b.id in ok and _usable(b):
-            by_db.setdefault(b.database, []).append(b)
+        by_db.setdefault(b.database, []).append(b)
     out: dict[str, Need] = {}
-    for usable in by_db.values():
-        out.update(_Chains(usable).needs(now, since))
+    for group in by_db.values():
+        out.update(_Chains(group, ok.__contains__).needs(now, since))
     return out
 
 
@@ -404,6 +411,10 @@ class _Rules:
         for i, t in enumerate(self.names):
             self.gated.append(t in verified_only_to or (self.move[i] and i > 0 and self.gated[i - 1]))
         self.n = len(self.names)
+        # for the per-backup fast path: (bit, cutoff, mode, gated); mode 0: the first tier (takes nothing),
+        # 1: a copy tier, 2: a move tier
+        self.tiers_for_want = [(1 << i, self.cutoff[i], 0 if i == 0 else 2 if self.move[i] else 1, self.gated[i])
+                               for i in range(self.n)]
         # per set of tiers (a bit mask): the latest of their cutoffs; a copy older is past some tier's window
         self.latest_cutoff = [max((self.cutoff[i] for i in range(self.n) if mask >> i & 1), default=now)
                               for mask in range(1 << self.n)]
@@ -436,19 +447,8 @@ class _Planner:
                  pending_by: Mapping[str, int], holds: Mapping[str, str]) -> None:
         r = self.r
         held_get = held_by.get
-        usable: list[BackupRecord] = []
-        newest: BackupRecord | None = None  # (b): the newest verified full that still has a copy
-        newest_end: datetime | None = None
-        for b in backups:
-            end = b.end_time
-            if end is None or b.status not in _RESTORABLE or not held_get(b.id):
-                continue
-            kind = b.kind
-            if kind == "full" and b.status == "verified" and (newest_end is None or end > newest_end):
-                newest, newest_end = b, end
-            if b.start_lsn is not None and (kind != "log" or (b.start_wal and b.end_wal)):
-                usable.append(b)  # chain._candidates' test
-        chains = _Chains(usable)
+        chains = _Chains(backups, held_get)
+        newest = chains.newest_verified_full
         needs = chains.needs(self.now, r.oldest)
         # (c): a held backup protects its own restore chain
         protect: dict[str, str] = {}
@@ -463,39 +463,47 @@ class _Planner:
                     for piece in chains.chain_of(held_backup, by_id):
                         protect.setdefault(piece.id, f"kept: restoring {backup_id} needs it, and that backup is "
                                                      f"under legal hold {why}")
-        needs_get, pending_get, protect_get = needs.get, pending_by.get, protect.get
-        one = self.backup
+        # The fast path, inline: most backups sit where the policy wants them and get no action.
+        needs_get, protect_get = needs.get, protect.get
+        tiers = r.tiers_for_want
+        latest_cutoff = r.latest_cutoff
+        routine = self.routine
         for b in backups:
             held = held_get(b.id)
-            if held and b.status != "running":
-                one(b, held, pending_get(b.id, 0), needs_get(b.id), protect_get(b.id), b is newest)
+            if not held:
+                continue
+            status = b.status
+            if status == "running":
+                continue
+            ref = b.end_time or b.finished_at or b.started_at
+            need = needs_get(b.id)
+            until = None if need is None else need[0]
+            eligible = status in _RESTORABLE and b.end_time is not None
+            verified = status == "verified"
+            want = 0
+            for bit, cut, mode, gated in tiers:
+                if ref > cut or (until is not None and until >= cut):
+                    if held & bit:
+                        want |= bit
+                    elif mode and eligible and (verified or not gated) and (mode == 1 or not want & bit >> 1):
+                        want |= bit  # mode 1: a copy tier takes it; 2: a move tier, once the one before lets go
+            protected = protect_get(b.id) if protect else None
+            if want == held:
+                if protected is not None or routine or (until is not None and ref <= latest_cutoff[held]):
+                    self._keeps(b, held, need, protected, ref)
+                continue
+            self.backup(b, held, want, pending_by.get(b.id, 0), need, protected, b is newest)
 
     # -- one backup --------------------------------------------------------------------------------------
 
-    def backup(self, b: BackupRecord, held: int, pending: int, need: Need | None, protected: str | None,
-               newest: bool) -> None:
+    def backup(self, b: BackupRecord, held: int, want: int, pending: int, need: Need | None,
+               protected: str | None, newest: bool) -> None:
+        """The actions for one backup whose copies (``held``) are not the ones the tiers want (``want``)."""
         r = self.r
         n = r.n
-        cutoff = r.cutoff
         ref = b.end_time or b.finished_at or b.started_at
-        until = need.until if need is not None else None
         eligible = b.status in _RESTORABLE and b.end_time is not None
         verified = b.status == "verified"
-        want = 0
-        for i in range(n):
-            if ref <= cutoff[i] and (until is None or until < cutoff[i]):
-                continue
-            bit = 1 << i
-            if held & bit:
-                want |= bit
-            elif i == 0 or not eligible or (r.gated[i] and not verified):
-                continue
-            elif not r.move[i] or not want >> (i - 1) & 1:
-                want |= bit
-        if want == held:
-            if protected is not None or self.routine or (until is not None and ref <= r.latest_cutoff[held]):
-                self._keeps(b, held, need, protected, ref)
-            return
         acquire, release = want & ~held, held & ~want
         # Acquisitions, each from a copy in an earlier tier (never back from a later one). The lowest one
         # moves from the nearest earlier tier that lets the backup go; later ones copy (the flow runs copies

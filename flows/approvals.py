@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from prefect import get_client, get_run_logger
@@ -41,14 +41,37 @@ class Decision:
     waited_seconds: float
 
 
+class FailoverApproval(RunInput):
+    """Confirm that the primary region has failed and the replica should be promoted."""
+
+    confirm_region_failure: bool = Field(
+        default=False, description="Tick to confirm the primary region is down and to promote the DR replica.")
+    approver: str = Field(description="Your name or e-mail, as on the policy's approvals.approvers list.")
+    reason: str = Field(description="Why (incident number, what you checked): this goes to the audit log.")
+
+
+class FailbackChoice(RunInput):
+    """The primary region is back: move the database and traffic back to it, or stay on DR."""
+
+    decision: Literal["fail back", "stay on DR"] = Field(
+        default="stay on DR", description="'fail back' resynchronises the old primary and moves back gradually.")
+    approver: str = Field(description="Your name or e-mail, as on the policy's approvals.approvers list.")
+    reason: str = Field(description="Why: this goes to the audit log.")
+
+
 def wait_for_approval(
-    description: str, *, approvers: list[str], timeout: timedelta, audit: Any, poll_interval: int = 2
+    description: str, *, approvers: list[str], timeout: timedelta, audit: Any, poll_interval: int = 2,
+    form_class: type[RunInput] = Approval, decide: Any = None, initial: dict[str, Any] | None = None,
 ) -> Decision:
-    """Pause until an approver on the list answers. Raises ApprovalError on timeout (nothing is done)."""
+    """Pause until an approver on the list answers. Raises ApprovalError on timeout (nothing is done).
+
+    ``decide(answer) -> bool`` reads the yes/no from the form (default: its ``approve`` field).
+    """
     log = get_run_logger()
     t0 = time.monotonic()
     deadline = t0 + timeout.total_seconds()
-    form = Approval.with_initial_data(description=description, approve=False)
+    form = form_class.with_initial_data(description=description, **(initial or {"approve": False}))
+    decide = decide or (lambda a: bool(a.approve))
     while True:
         remaining = int(deadline - time.monotonic())
         if remaining <= 0:
@@ -58,11 +81,12 @@ def wait_for_approval(
         except FlowPauseTimeout:
             raise ApprovalError(f"no approval within {timeout}; nothing was switched") from None
         assert answer is not None
-        if answer.approver not in approvers:
-            log.error("approval by %r refused: not on approvals.approvers; still waiting", answer.approver)
-            audit("approval.refused", {"by": answer.approver, "reason": answer.reason})
+        approver, reason = str(getattr(answer, "approver", "")), str(getattr(answer, "reason", ""))
+        if approver not in approvers:
+            log.error("approval by %r refused: not on approvals.approvers; still waiting", approver)
+            audit("approval.refused", {"by": approver, "reason": reason})
             continue
-        return Decision(answer.approve, answer.approver, answer.reason, time.monotonic() - t0)
+        return Decision(decide(answer), approver, reason, time.monotonic() - t0)
 
 
 def paused_runs() -> list[dict[str, Any]]:
@@ -75,4 +99,14 @@ def paused_runs() -> list[dict[str, Any]]:
 
 
 def answer(run_id: str, *, approve: bool, approver: str, reason: str) -> None:
-    resume_flow_run(UUID(run_id), run_input={"approve": approve, "approver": approver, "reason": reason})
+    """Resume a paused run with the form its pause asked for (approval, failover or failback)."""
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(run_id))
+    flow_name = (run.name or "")
+    if flow_name.startswith("failover-"):
+        data: dict[str, Any] = {"confirm_region_failure": approve, "approver": approver, "reason": reason}
+    elif flow_name.startswith("failback-"):
+        data = {"decision": "fail back" if approve else "stay on DR", "approver": approver, "reason": reason}
+    else:
+        data = {"approve": approve, "approver": approver, "reason": reason}
+    resume_flow_run(UUID(run_id), run_input=data)

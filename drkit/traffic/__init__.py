@@ -1,0 +1,94 @@
+"""Traffic routers: move application traffic by weight and the database connection target atomically.
+
+See :mod:`drkit.traffic.base` for the :class:`Router` protocol. Implementations live in their own modules
+(``haproxy``, ``azure_tm``, ``endpoint``); :func:`build_router` makes the one a database's ``traffic`` policy
+section names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from drkit.errors import ConfigError
+from drkit.traffic.base import Router, TrafficError, check_app_weights
+
+if TYPE_CHECKING:
+    import httpx
+
+    from drkit.config import TrafficConfig
+    from drkit.traffic.endpoint import EndpointCatalog
+
+__all__ = ["ARM_SCOPE", "Router", "TrafficError", "build_router", "check_app_weights"]
+
+ARM_SCOPE = "https://management.azure.com/.default"
+
+
+def _default_azure_token() -> Callable[[], str]:
+    from azure.identity import DefaultAzureCredential  # only when a Traffic Manager router is used
+
+    credential = DefaultAzureCredential()  # caches tokens and refreshes them before they expire
+    return lambda: credential.get_token(ARM_SCOPE).token
+
+
+def build_router(
+    database: str,
+    traffic: TrafficConfig,
+    *,
+    catalog: EndpointCatalog | None = None,
+    db_endpoints: Mapping[str, str] | None = None,
+    actor: str = "drkit",
+    credential_token: Callable[[], str] | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> Router:
+    """The router of ``databases.<database>.traffic``.
+
+    * ``haproxy``: :class:`~drkit.traffic.haproxy.HAProxyRouter` on ``socket`` (paths as given: resolve relative
+      ones against the policy file first), ``app_backend`` / ``db_backend``, ``state_file``. Its servers must be
+      named ``traffic.primary`` / ``traffic.dr``.
+    * ``azure_tm``: :class:`~drkit.traffic.azure_tm.AzureTrafficManagerRouter` from ``traffic.azure``:
+      ``subscription``, ``resource_group``, ``profile``, ``endpoints`` (``{primary: "name" or
+      "externalEndpoints/name", dr: ...}`` keyed by ``traffic.primary`` / ``traffic.dr``), optional
+      ``api_version``. The token comes from ``credential_token`` or azure-identity's DefaultAzureCredential.
+    * ``endpoint``: :class:`~drkit.traffic.endpoint.EndpointRecordRouter` over ``catalog`` with ``db_endpoints``
+      (``{traffic.primary: "host:port", traffic.dr: "host:port"}``, e.g. from the primary's and the replica's DSN).
+    """
+    where = f"databases.{database}.traffic"
+    if traffic.router == "haproxy":
+        from drkit.traffic.haproxy import HAProxyRouter
+
+        if traffic.socket is None:
+            raise ConfigError(f"{where}.socket: a haproxy router needs its runtime API socket")
+        return HAProxyRouter(
+            traffic.socket,
+            app_backend=traffic.app_backend,
+            db_backend=traffic.db_backend,
+            state_file=traffic.state_file,
+        )
+    if traffic.router == "azure_tm":
+        from drkit.traffic.azure_tm import AzureTrafficManagerRouter
+
+        azure: dict[str, Any] = dict(traffic.azure or {})
+        missing = [k for k in ("subscription", "resource_group", "profile", "endpoints") if not azure.get(k)]
+        if missing:
+            raise ConfigError(f"{where}.azure: missing {', '.join(missing)}")
+        endpoints = azure["endpoints"]
+        if not isinstance(endpoints, Mapping) or not all(isinstance(v, str) for v in endpoints.values()):
+            raise ConfigError(f"{where}.azure.endpoints: expected a mapping of names to endpoint resource names")
+        absent = [n for n in (traffic.primary, traffic.dr) if n not in endpoints]
+        if absent:
+            raise ConfigError(f"{where}.azure.endpoints: no endpoint for {', '.join(absent)}")
+        return AzureTrafficManagerRouter(
+            str(azure["subscription"]),
+            str(azure["resource_group"]),
+            str(azure["profile"]),
+            endpoints={str(k): v for k, v in endpoints.items()},
+            credential_token=credential_token or _default_azure_token(),
+            transport=transport,
+            api_version=str(azure.get("api_version") or "2022-04-01"),
+        )
+    from drkit.traffic.endpoint import EndpointRecordRouter
+
+    if catalog is None or not db_endpoints:
+        raise TrafficError(f"{where}: the endpoint-record router needs the catalog and the host:port of each side")
+    return EndpointRecordRouter(catalog, database, db_endpoints, actor)

@@ -1,0 +1,121 @@
+"""DR runbook steps: each a task with its own retry policy, each idempotent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.variables import Variable
+
+from drkit import dr, health, replica
+from tasks.common import artifact_key, runtime
+
+
+@task(name="probe-primary", cache_policy=NO_CACHE)
+def probe_primary(db: str, config: str | None, interval: float | None = None) -> dict[str, Any]:
+    """The primary's database (and application URL, if set) probed with the policy's retries."""
+    rt = runtime(config)
+    cfg = rt.policy.database(db)
+    s = dr.sides(rt, db)
+    wait = cfg.health.interval.total_seconds() if interval is None else interval
+    timeout = cfg.health.timeout.total_seconds()
+    series = {"database": health.probe_with_retries(
+        lambda: health.probe_db(s.primary_dsn, timeout=timeout, require_writable=True),
+        retries=cfg.health.retries, interval=wait)}
+    if cfg.health.primary_url:
+        url = cfg.health.primary_url
+        series["application"] = health.probe_with_retries(
+            lambda: health.probe_http(url, timeout=timeout), retries=cfg.health.retries, interval=wait)
+    rt.close()
+    # Only the database failing every attempt justifies a failover; the application probe is evidence.
+    return {"down": series["database"].failed_all,
+            "series": {k: v.as_dict() for k, v in series.items()},
+            "summary": [v.summary() for v in series.values()]}
+
+
+@task(name="replica-state", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+def replica_state(db: str, config: str | None) -> dict[str, Any]:
+    rt = runtime(config)
+    s = dr.sides(rt, db)
+    rt.close()
+    lag = replica.standby_lag(s.replica_dsn)
+    return {"already_primary": lag.state == "primary", "lag": lag.as_dict(), "seconds": lag.seconds,
+            "bytes": lag.bytes}
+
+
+@task(name="fence-old-primary", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+def fence_primary(db: str, config: str | None) -> dict[str, str]:
+    rt = runtime(config)
+    s = dr.sides(rt, db)
+    rt.close()
+    f = replica.fence(s.primary_local if s.primary_local is not None else s.primary_dsn)
+    return {"action": f.action, "detail": f.detail}
+
+
+@task(name="promote-replica", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+def promote_replica(db: str, config: str | None) -> dict[str, Any]:
+    """pg_promote + CHECKPOINT; a replica that is already primary is left alone (never promoted twice)."""
+    rt = runtime(config)
+    s = dr.sides(rt, db)
+    rt.close()
+    return replica.promote(s.replica_dsn).as_dict()
+
+
+@task(name="confirm-writes", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 2, 5])
+def confirm_writes(db: str, side: str, config: str | None) -> str:
+    rt = runtime(config)
+    s = dr.sides(rt, db)
+    rt.close()
+    return replica.confirm_writable(s.replica_dsn if side == "dr" else s.primary_dsn).isoformat()
+
+
+@task(name="point-clients", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
+def point_clients(db: str, side: str, config: str | None, app_weight: int | None = 100) -> dict[str, Any]:
+    """The database frontend to ``side`` (atomic), application weights, the endpoint record and Variable."""
+    rt = runtime(config)
+    try:
+        s = dr.sides(rt, db)
+        active = s.dr_name if side == "dr" else s.primary_name
+        other = s.primary_name if side == "dr" else s.dr_name
+        r = dr.router(rt, db)
+        r.switch_database(active)
+        if app_weight is not None and rt.policy.database(db).traffic.router != "endpoint":
+            r.set_app_weights({active: app_weight, other: 100 - app_weight})
+        dsn = s.replica_dsn if side == "dr" else s.primary_dsn
+        rt.catalog.set_endpoint(db, dsn_hint=dr.host_port(dsn), role=f"primary ({side})", actor="drkit-dr")
+        Variable.set(artifact_key("drkit-endpoint", db).replace("-", "_"),
+                     {"database": db, "active": active, "endpoint": dr.host_port(dsn)}, overwrite=True)
+        return {"active": active, "endpoint": dr.host_port(dsn)}
+    finally:
+        rt.close()
+
+
+@task(name="probe-side", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 2, 5])
+def probe_side(db: str, side: str, config: str | None) -> dict[str, Any]:
+    rt = runtime(config)
+    s = dr.sides(rt, db)
+    cfg = rt.policy.database(db)
+    rt.close()
+    result = health.probe_db(s.replica_dsn if side == "dr" else s.primary_dsn, require_writable=True)
+    if not result.ok:
+        raise RuntimeError(f"{side} side is not healthy after the switch: {result.detail}")
+    out = {"database": result.as_dict()}
+    url = cfg.health.dr_url if side == "dr" else cfg.health.primary_url
+    if url:
+        out["application"] = health.probe_http(url).as_dict()
+    return out
+
+
+@task(name="record", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
+def record(db: str, action: str, actor: str, detail: dict[str, Any], config: str | None) -> None:
+    rt = runtime(config)
+    try:
+        rt.catalog.audit(actor=actor, action=action, database=db, subject=db, detail=detail)
+    finally:
+        rt.close()
+
+
+def now_iso() -> str:
+    return datetime.now().astimezone().isoformat()
