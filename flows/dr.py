@@ -16,9 +16,10 @@ from prefect.artifacts import create_markdown_artifact
 
 from drkit.config import load_policy
 from drkit.errors import ApprovalError
-from flows.approvals import FailoverApproval, wait_for_approval
+from flows.approvals import FailbackChoice, FailoverApproval, wait_for_approval
 from tasks.common import artifact_key
 from tasks.dr import (
+    FAILBACK_SLOT,
     confirm_writes,
     fence_primary,
     point_clients,
@@ -27,6 +28,12 @@ from tasks.dr import (
     promote_replica,
     record,
     replica_state,
+    resync_as_standby,
+    route_back_to_dr,
+    switch_database_back,
+    traffic_step,
+    wait_zero_lag,
+    where_is_primary,
 )
 from tasks.notify import notify
 
@@ -118,3 +125,95 @@ def dr_failover(
         + "\n\n## Timeline\n\n| at | what |\n|---|---|\n" + "\n".join(f"| {a} | {w} |" for a, w in events),
         key=artifact_key(db, "failover-report"), description=f"failover of {db}")
     return {"failed_over": True, **detail, "probe": probe}
+
+
+@flow(name="dr-failback", flow_run_name="failback-{db}")
+def dr_failback(
+    db: str,
+    config: str | None = None,
+    approval_timeout_seconds: int | None = None,
+    hold_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Planned failback: choose, resync the old primary, switch the database, move traffic back gradually."""
+    log = get_run_logger()
+    policy = load_policy(config)
+    cfg = policy.database(db)
+    events: list[tuple[str, str]] = []
+    where = where_is_primary(db, config)
+    _timeline(events, f"the database is written on: {where}")
+    if where not in ("dr", "primary"):
+        raise RuntimeError(f"cannot fail back {db}: writable sides are {where!r}; resolve by hand first")
+    timeout = (timedelta(seconds=approval_timeout_seconds) if approval_timeout_seconds is not None
+               else policy.approvals.failover_timeout)
+    description = (
+        f"## {db}: fail back to the primary region, or stay on DR?\n\n"
+        f"The database is now written on **{where}**. *fail back* resynchronises the old primary as a "
+        f"replica of DR (pg_rewind, or a fresh base backup), waits for zero lag, switches the database back "
+        f"with no data loss (writes pause for a moment), makes DR a replica again, then moves application "
+        f"traffic back {' → '.join(f'{p}%' for p in cfg.failback.steps)}, each step held "
+        f"{cfg.failback.hold} while the error rate stays ≤ {cfg.failback.max_error_rate:.1%} and p95 latency "
+        f"≤ {cfg.failback.max_latency_ms:.0f} ms (a breach routes traffic back to DR and stops). "
+        f"*stay on DR* records the decision and makes the old primary a replica of DR.")
+    try:
+        decision = wait_for_approval(
+            description, approvers=policy.approvals.approvers, timeout=timeout, form_class=FailbackChoice,
+            initial={"decision": "stay on DR"}, decide=lambda a: a.decision == "fail back",
+            audit=lambda action, detail: record(db, f"failback.{action}", str(detail.get("by")), detail, config))
+    except ApprovalError as exc:
+        record(db, "failback.timeout", "drkit", {"outcome": f"{exc}; nothing changed"}, config)
+        raise
+    _timeline(events, f"{decision.approver} chose {'fail back' if decision.approve else 'stay on DR'}: "
+                      f"{decision.reason}")
+    if not decision.approve:
+        outcome = resync_as_standby(db, "primary", config) if where == "dr" else "nothing to do"
+        record(db, "failback.stay", decision.approver, {"reason": decision.reason, "resync": outcome}, config)
+        return {"failed_back": False, "decision": "stay on DR", "resync": outcome, "by": decision.approver}
+    switch: dict[str, Any] = {}
+    if where == "dr":
+        outcome = resync_as_standby(db, "primary", config)
+        _timeline(events, f"old primary resynchronised as a replica of DR ({outcome})")
+        wait_zero_lag(db, "dr", FAILBACK_SLOT, config)
+        _timeline(events, "zero lag")
+        switch = switch_database_back(db, config)
+        point_clients(db, "primary", config, app_weight=None)
+        _timeline(events, f"database switched back; writes paused {switch['write_unavailable_seconds']} s")
+        dr_outcome = resync_as_standby(db, "dr", config)
+        _timeline(events, f"DR is a replica again ({dr_outcome})")
+    steps = []
+    for pct in cfg.failback.steps:
+        step = traffic_step(db, pct, config, hold_seconds)
+        steps.append(step)
+        _timeline(events, f"{pct}% of traffic on the primary region: error rate {step['error_rate']}, "
+                          f"p95 {step['p95_ms']} ms, served {step['served']}")
+        if step["breach"]:
+            weights = route_back_to_dr(db, config)
+            _timeline(events, f"BREACH at {pct}%: traffic routed back to DR ({weights})")
+            record(db, "failback.breach", "drkit", {"step": step, "timeline": events}, config)
+            notify("p1", f"P1: failback of {db} stopped at {pct}%",
+                   f"database: {db}\nerror rate {step['error_rate']}, p95 {step['p95_ms']} ms at {pct}%\n"
+                   "application traffic is back on DR; the database stays on the primary region.", config)
+            _postmortem(db, events, steps, switch, decision.approver, breached=True)
+            raise RuntimeError(f"failback of {db} breached its bounds at {pct}% (error rate "
+                               f"{step['error_rate']}, p95 {step['p95_ms']} ms): traffic routed back to DR")
+    record(db, "failback.completed", decision.approver,
+           {"reason": decision.reason, "switch": switch, "steps": steps, "timeline": events}, config)
+    notify("p1", f"{db} failed back: incident closed",
+           f"database: {db}\nback on the primary region; DR is a replica again.", config)
+    log.info("failback of %s complete", db)
+    _postmortem(db, events, steps, switch, decision.approver, breached=False)
+    return {"failed_back": True, "switch": switch, "steps": steps, "by": decision.approver}
+
+
+def _postmortem(db: str, events: list[tuple[str, str]], steps: list[dict[str, Any]], switch: dict[str, Any],
+                approver: str, *, breached: bool) -> None:
+    lines = [f"# Post-mortem: {db} failover and failback", "",
+             "## Summary", "", "_What happened, impact, detection (fill in)._", "",
+             f"* failback approved by {approver}; outcome: {'stopped on a breach' if breached else 'complete'}",
+             f"* write unavailability at the switch back: {switch.get('write_unavailable_seconds', 'n/a')} s", "",
+             "## Timeline", "", "| at (UTC) | what |", "|---|---|"]
+    lines += [f"| {a} | {w} |" for a, w in events]
+    lines += ["", "## Traffic steps", "", "| % primary | error rate | p95 ms | served |", "|---|---|---|---|"]
+    lines += [f"| {s['percent']} | {s['error_rate']} | {s['p95_ms']} | {s['served']} |" for s in steps]
+    lines += ["", "## Root cause", "", "_(fill in)_", "", "## Action items", "", "- [ ] _(fill in)_"]
+    create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(db, "postmortem"),
+                             description=f"post-mortem skeleton for {db}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
 from drkit import dr, health, replica
+from drkit.lsn import format_lsn
 from tasks.common import artifact_key, runtime
 
 
@@ -119,3 +121,105 @@ def record(db: str, action: str, actor: str, detail: dict[str, Any], config: str
 
 def now_iso() -> str:
     return datetime.now().astimezone().isoformat()
+
+
+FAILBACK_SLOT = "drkit_primary"  # the old primary's slot on DR while it catches up as DR's standby
+
+
+@task(name="where-is-primary", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+def where_is_primary(db: str, config: str | None) -> str:
+    """'primary' when the original primary writes and DR replays, 'dr' when DR writes, else 'split'."""
+    rt = runtime(config)
+    s = dr.sides(rt, db)
+    rt.close()
+    p = health.probe_db(s.primary_dsn, require_writable=True)
+    d = health.probe_db(s.replica_dsn, require_writable=True)
+    if p.ok and not d.ok:
+        return "primary"
+    if d.ok and not p.ok:
+        return "dr"
+    return "split" if p.ok and d.ok else "none"
+
+
+@task(name="resync-as-standby", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=[10])
+def resync_as_standby(db: str, node: str, config: str | None) -> str:
+    """pg_rewind ``node`` ('primary' or 'dr') into a standby of the other side (or rebuild it)."""
+    rt = runtime(config)
+    s = dr.sides(rt, db)
+    rt.close()
+    target = s.primary_local if node == "primary" else s.replica_local
+    if target is None:
+        raise RuntimeError(f"the {node} side's data directory is not managed on this host; resync it there")
+    source = s.replica_dsn if node == "primary" else s.primary_dsn
+    slot = FAILBACK_SLOT if node == "primary" else s.slot
+    return str(replica.rewind_as_standby(target, source, slot=slot, port=target.port, timeout=600))
+
+
+@task(name="wait-zero-lag", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 15])
+def wait_zero_lag(db: str, source: str, slot: str, config: str | None) -> int:
+    rt = runtime(config)
+    s = dr.sides(rt, db)
+    rt.close()
+    return replica.wait_caught_up(s.replica_dsn if source == "dr" else s.primary_dsn, slot, timeout=300)
+
+
+@task(name="switch-database-back", cache_policy=NO_CACHE)
+def switch_database_back(db: str, config: str | None) -> dict[str, Any]:
+    """Stop writes on DR, wait until the primary replayed DR's last record, promote the primary, repoint.
+
+    Not retried blindly: each part checks where it stands (a stopped DR, a promoted primary).
+    """
+    rt = runtime(config)
+    s = dr.sides(rt, db)
+    rt.close()
+    if s.replica_local is None:
+        raise RuntimeError("DR's data directory is not managed on this host; stop it there first")
+    t0 = time.monotonic()
+    lsn = replica.stop_for_switchover(s.replica_local)
+    if replica.standby_lag(s.primary_dsn).state != "primary":
+        replica.wait_replayed(s.primary_dsn, lsn, inclusive=False, timeout=120)
+    promotion = replica.promote(s.primary_dsn)
+    replica.confirm_writable(s.primary_dsn)
+    return {"promotion": promotion.as_dict(), "dr_stop_lsn": format_lsn(lsn),
+            "write_unavailable_seconds": round(time.monotonic() - t0, 3)}
+
+
+@task(name="traffic-step", cache_policy=NO_CACHE)
+def traffic_step(db: str, percent: int, config: str | None, hold_seconds: float | None = None) -> dict[str, Any]:
+    """Send ``percent`` of application traffic to the primary region and hold while probes stay in bounds."""
+    rt = runtime(config)
+    try:
+        cfg = rt.policy.database(db)
+        s = dr.sides(rt, db)
+        r = dr.router(rt, db)
+        r.set_app_weights({s.primary_name: percent, s.dr_name: 100 - percent})
+        stats = getattr(r, "app_stats", None)
+        before = stats() if stats else {}
+        hold = cfg.failback.hold.total_seconds() if hold_seconds is None else hold_seconds
+        url = cfg.health.primary_url
+        results: list[health.ProbeResult] = []
+        deadline = time.monotonic() + hold
+        while time.monotonic() < deadline:
+            if url:
+                results.append(health.probe_http(url, timeout=cfg.health.timeout.total_seconds()))
+            time.sleep(cfg.failback.probe_interval.total_seconds())
+        after = stats() if stats else {}
+        error_rate, p95 = health.error_rate_and_latency(results) if results else (0.0, 0.0)
+        breach = error_rate > cfg.failback.max_error_rate or p95 > cfg.failback.max_latency_ms
+        return {"percent": percent, "weights": r.app_weights(), "probes": len(results),
+                "error_rate": round(error_rate, 4), "p95_ms": round(p95, 1), "breach": breach,
+                "served": {k: after.get(k, 0) - before.get(k, 0) for k in after}}
+    finally:
+        rt.close()
+
+
+@task(name="route-back-to-dr", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 2, 5])
+def route_back_to_dr(db: str, config: str | None) -> dict[str, int]:
+    rt = runtime(config)
+    try:
+        s = dr.sides(rt, db)
+        r = dr.router(rt, db)
+        r.set_app_weights({s.primary_name: 0, s.dr_name: 100})
+        return r.app_weights()
+    finally:
+        rt.close()
