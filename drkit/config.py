@@ -36,11 +36,11 @@ DEFAULT_CONFIG_NAME = "drkit.yaml"
 CONFIG_ENV = "DRKIT_CONFIG"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _CRON_FIELD_RE = re.compile(r"^[0-9*/,\-A-Za-z]+$")
-_DURATION_RE = re.compile(r"^(\d+)\s*(s|m|h|d)$")
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$")
 
 
 def parse_duration(value: Any) -> timedelta:
-    """``'30m'``, ``'10s'``, ``'2h'``, ``'1d'`` or a number of seconds."""
+    """``'30m'``, ``'10s'``, ``'0.5s'``, ``'250ms'``, ``'2h'``, ``'1d'`` or a number of seconds."""
     if isinstance(value, timedelta):
         return value
     try:
@@ -50,8 +50,9 @@ def parse_duration(value: Any) -> timedelta:
         elif isinstance(value, str):
             m = _DURATION_RE.match(value.strip())
             if m:
-                n, unit = int(m.group(1)), m.group(2)
-                return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: n})
+                n, unit = float(m.group(1)), m.group(2)
+                field = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]
+                return timedelta(**{field: n})
     except OverflowError:  # .inf, 99999999999d: a ConfigError naming the key, not a traceback
         pass
     raise ValueError(f"expected a non-negative duration like '30s', '10m', '2h' or '1d', got {value!r}")

@@ -134,13 +134,17 @@ class _Logs:
 
     def index(self) -> None:
         n = len(self.first)
-        order = sorted(range(n), key=self.first.__getitem__)  # stable: catalog order among equal starts
-        if order != list(range(n)):
-            self.first = [self.first[i] for i in order]
-            self.last = [self.last[i] for i in order]
-            self.end = [self.end[i] for i in order]
-            self.rec = [self.rec[i] for i in order]
-        self.order = order  # catalog order, which breaks ties as chain._log_chain's max() does
+        self.order = list(range(n))  # catalog order, which breaks ties as chain._log_chain's max() does
+        if n > 1 and self.first[0] > self.first[-1]:  # the catalog lists newest first
+            for column in (self.first, self.last, self.end, self.rec, self.order):
+                column.reverse()
+        if self.first != sorted(self.first):
+            perm = sorted(range(n), key=self.first.__getitem__)
+            self.first = [self.first[i] for i in perm]
+            self.last = [self.last[i] for i in perm]
+            self.end = [self.end[i] for i in perm]
+            self.rec = [self.rec[i] for i in perm]
+            self.order = [self.order[i] for i in perm]
         self.reach = list(accumulate(self.last, max))  # running max of last segments
         self.pos = dict(zip(reversed(self.first), range(n - 1, -1, -1), strict=True))  # first index per start
 
@@ -172,11 +176,12 @@ class _Logs:
                 best = i
         return best
 
-    def walk(self, base: BackupRecord, until: datetime | None) -> list[BackupRecord]:
-        """What :func:`drkit.chain._log_chain` returns for ``base`` and ``until``, without rescanning the logs."""
+    def steps(self, base: BackupRecord, until: datetime | None) -> list[int]:
+        """What :func:`drkit.chain._log_chain` returns for ``base`` and ``until`` (as indices here),
+        without rescanning the logs."""
         need = _start_segno(base)
-        chain: list[BackupRecord] = []
-        first, last, ends, rec = self.first, self.last, self.end, self.rec
+        chain: list[int] = []
+        first, last, ends = self.first, self.last, self.end
         n = len(first)
         i = -1
         while True:
@@ -190,7 +195,7 @@ class _Logs:
                 if not found:
                     return chain
                 i = found[0] if len(found) == 1 else self._best(found)
-            chain.append(rec[i])
+            chain.append(i)
             need = last[i] + 1
 
 
@@ -213,24 +218,23 @@ class _Chains:
         newest_end: datetime | None = None
         fulls: list[BackupRecord] = []
         diffs: dict[str, list[tuple[datetime, int, BackupRecord]]] = {}
-        per_size: dict[Any, int] = {}
+        size: Any = DEFAULT_SEGMENT_SIZE
+        per = 0x100000000 // DEFAULT_SEGMENT_SIZE
         logs: _Logs | None = None
         timeline: int | None = None
+        restorable = _RESTORABLE
         for order, b in enumerate(backups):
             end = b.end_time
-            if end is None or b.status not in _RESTORABLE or not has_copy(b.id):
+            if end is None or b.status not in restorable or not has_copy(b.id):
                 continue
             kind = b.kind
             if kind == "log":
                 start, stop = b.start_wal, b.end_wal
-                if not start or not stop or b.start_lsn is None:
-                    continue
-                if len(start) != 24 or len(stop) != 24:
+                if not start or not stop or b.start_lsn is None or len(start) != 24 or len(stop) != 24:
                     continue  # not a segment name: plan_restore stops on it; no chain uses it here
-                size = b.meta.get("segment_size", DEFAULT_SEGMENT_SIZE)
-                per = per_size.get(size)
-                if per is None:
-                    per = per_size[size] = 0x100000000 // int(size)
+                seg_size = b.meta.get("segment_size", DEFAULT_SEGMENT_SIZE)
+                if seg_size != size:
+                    size, per = seg_size, 0x100000000 // int(seg_size)
                 try:  # chain._segs, without its regex
                     x, y = int(start[8:], 16), int(stop[8:], 16)
                 except ValueError:
@@ -284,7 +288,7 @@ class _Chains:
 
     def walk(self, base: BackupRecord, until: datetime | None) -> list[BackupRecord]:
         logs = self.logs.get(base.timeline)
-        return logs.walk(base, until) if logs is not None else []
+        return [logs.rec[i] for i in logs.steps(base, until)] if logs is not None else []
 
     def needs(self, now: datetime, since: datetime) -> dict[str, Need]:
         """For every backup a target in ``[since, now]`` (or the latest point) needs: the latest such
@@ -299,12 +303,16 @@ class _Chains:
             if hi < since:
                 continue
             base = s.diff or s.full
-            assert base.end_time is not None
-            chain = self.walk(base, hi)
-            reach = base.end_time
-            for lg in chain:
-                if lg.end_time is not None and lg.end_time > reach:
-                    reach = lg.end_time
+            s_end = reach = base.end_time
+            assert s_end is not None and reach is not None
+            logs = self.logs.get(base.timeline)
+            chain = logs.steps(base, hi) if logs is not None else []
+            if chain:
+                assert logs is not None
+                ends = logs.end
+                for j in chain:
+                    if ends[j] > reach:
+                        reach = ends[j]
             if reach > hi:
                 reach = hi
             if reach < s.start or reach < since:
@@ -313,19 +321,20 @@ class _Chains:
             out[s.full.id] = need
             if s.diff is not None:
                 out[s.diff.id] = need
-            if reach > base.end_time:
-                for lg in chain:
-                    out[lg.id] = need
-                    assert lg.end_time is not None
-                    if lg.end_time >= reach:
+            if reach > s_end:
+                assert logs is not None
+                ends, rec = logs.end, logs.rec
+                for j in chain:
+                    out[rec[j].id] = need
+                    if ends[j] >= reach:
                         break
         if self.stretches:  # the latest point: the newest base and the whole unbroken run after it
             s = self.stretches[-1]
             base = s.diff or s.full
             assert base.end_time is not None
-            chain = self.walk(base, None)
-            reach = max([base.end_time, *(lg.end_time for lg in chain if lg.end_time is not None)])
-            for b in (s.full, s.diff, *chain):
+            latest = self.walk(base, None)
+            reach = max([base.end_time, *(lg.end_time for lg in latest if lg.end_time is not None)])
+            for b in (s.full, s.diff, *latest):
                 if b is not None:
                     was = out.get(b.id)
                     out[b.id] = Need(max(reach, was.until) if was else reach, was.base if was else base, True)

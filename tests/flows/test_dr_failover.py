@@ -36,6 +36,7 @@ class World:
     standby: LocalCluster
     haproxy: HAProxyProcess
     config: str
+    haproxy_apps: dict[str, NamedHttpBackend] = field(default_factory=dict)
     acked: list[tuple[int, datetime]] = field(default_factory=list)
 
 
@@ -61,7 +62,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     cfg = root / "w" / "drkit.yaml"
     cfg.write_text(yaml.safe_dump(policy, sort_keys=False))
     try:
-        yield World(sb, standby, hap, str(cfg))
+        yield World(sb, standby, hap, str(cfg), apps)
     finally:
         hap.stop()
         for a in apps.values():

@@ -1,0 +1,78 @@
+// Approves a paused drkit failover through the Prefect UI's Resume form, in Debian's chromium.
+//
+//   node tests/browser/approve.mjs <ui-base-url> <flow-run-id> <approver> <reason> <screenshot-dir>
+//
+// playwright-core comes from .tools/playwright (scripts/install-browser.sh); no browser is downloaded.
+// Prints one line per step; exits 1 (after a screenshot and the dialog's HTML) when a step fails.
+import { createRequire } from 'node:module';
+import { writeFileSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const toolsDir = process.env.DRKIT_PLAYWRIGHT_DIR || path.join(here, '..', '..', '.tools', 'playwright');
+const require = createRequire(path.join(toolsDir, 'package.json'));
+const { chromium } = require('playwright-core');
+
+const [ui, runId, approver, reason, shots] = process.argv.slice(2);
+if (!ui || !runId || !approver || !reason || !shots) {
+  console.error('usage: approve.mjs <ui-base-url> <flow-run-id> <approver> <reason> <screenshot-dir>');
+  process.exit(2);
+}
+mkdirSync(shots, { recursive: true });
+const step = (what) => console.log(`[${new Date().toISOString()}] ${what}`);
+
+const userDataDir = path.join(shots, 'chromium-profile');
+const context = await chromium.launchPersistentContext(userDataDir, {
+  executablePath: process.env.DRKIT_CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  viewport: { width: 1400, height: 1000 },
+});
+context.setDefaultTimeout(20000);
+const page = context.pages()[0] || (await context.newPage());
+let failed = false;
+try {
+  step(`open ${ui}/runs/flow-run/${runId}`);
+  await page.goto(`${ui}/runs/flow-run/${runId}`, { waitUntil: 'networkidle' });
+  await page.locator('.state-badge, [class*=state-badge]').filter({ hasText: 'Paused' }).first().waitFor();
+  step('the run shows Paused');
+
+  await page.getByRole('button', { name: 'Resume', exact: true }).click();
+  const dlg = page.getByRole('dialog');
+  await dlg.locator('.p-modal__title', { hasText: 'Resume Flow Run' }).waitFor();
+  step('the Resume dialog is open');
+
+  // The form's <label for=...> ids do not point at the inputs: find each property by its label text.
+  const prop = (label) => dlg.locator('.schema-form-property')
+    .filter({ has: page.locator('.schema-form-property__label', { hasText: label }) });
+  const confirm = prop(/confirm.region.failure/i).getByRole('switch');
+  await confirm.click();
+  if ((await confirm.getAttribute('aria-checked')) !== 'true') {
+    throw new Error('the confirm_region_failure switch did not turn on');
+  }
+  await prop(/^\s*approver/i).locator('textarea').fill(approver);
+  await prop(/^\s*reason/i).locator('textarea').fill(reason);
+  await page.screenshot({ path: path.join(shots, 'filled.png'), fullPage: true });
+  step('the form is filled');
+
+  await dlg.getByRole('button', { name: 'Submit', exact: true }).click();
+  await dlg.waitFor({ state: 'detached' });
+  step('submitted; the dialog closed');
+} catch (err) {
+  failed = true;
+  console.error(`FAILED: ${err && err.stack ? err.stack : err}`);
+  try {
+    await page.screenshot({ path: path.join(shots, 'failure.png'), fullPage: true });
+    const html = (await page.getByRole('dialog').count()) ? await page.getByRole('dialog').first().innerHTML()
+      : await page.content();
+    writeFileSync(path.join(shots, 'failure.html'), html);
+    console.error(`screenshot and HTML in ${shots}`);
+  } catch (e) {
+    console.error(`(no screenshot: ${e})`);
+  }
+} finally {
+  await context.close();
+}
+process.exit(failed ? 1 : 0);
