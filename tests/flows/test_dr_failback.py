@@ -29,7 +29,8 @@ def _run(flow_fn: Any, name: str, approve: bool, **kwargs: Any) -> dict[str, Any
 
 
 def test_failback_switches_back_without_loss_steps_traffic_and_rolls_back_on_a_breach(world: World) -> None:  # noqa: F811
-    data = yaml.safe_load(open(world.config).read())
+    with open(world.config) as fh:
+        data = yaml.safe_load(fh)
     data["databases"]["app"]["health"]["primary_url"] = world.haproxy.app_url
     data["databases"]["app"]["failback"] = {"hold": "1s", "probe_interval": "0.05s", "max_latency_ms": 150,
                                             "max_error_rate": 0.2}
