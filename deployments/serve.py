@@ -9,6 +9,7 @@ from prefect.schedules import Cron
 
 from drkit.config import Policy, load_policy
 from flows.backup import BACKUP_FLOWS
+from flows.dr import replica_lag_check
 from flows.retention import retention_sweep
 from flows.verify import verify_latest_chain
 
@@ -30,6 +31,11 @@ def build_deployments(policy: Policy, config_path: str) -> list[Any]:
                 tags=["drkit", f"db:{db}", kind],
                 description=f"{kind} backup of {db} on '{cron}' ({cfg.timezone})",
             ))
+        if cfg.replica is not None:
+            deployments.append(replica_lag_check.to_deployment(
+                name=f"{db}-replica-lag", schedule=Cron("* * * * *", timezone="UTC"),
+                parameters={"db": db, "config": config_path}, tags=["drkit", f"db:{db}", "dr"],
+                description=f"DR replica lag of {db}; alerts past replica.max_lag_seconds"))
         if cfg.schedules.verify is not None:
             deployments.append(verify_latest_chain.to_deployment(
                 name=f"{db}-verify-chain",

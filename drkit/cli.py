@@ -363,6 +363,35 @@ def catalog_rebuild(from_tier: Annotated[str, typer.Option("--from", help="the t
                   f"skipped {counts['skipped']} (descriptor without data)")
 
 
+@app.command()
+def failover(db: str) -> None:
+    """Unplanned failover runbook: probes, P1, approval pause, promote the replica, repoint clients."""
+    def run() -> dict[str, Any]:
+        _runtime().policy.database(db)
+        from flows.dr import dr_failover
+        result: dict[str, Any] = dr_failover(db=db, config=_config_path())
+        return result
+    out = _guard(run)
+    if out.get("failed_over"):
+        rto = out["time_to_recover_seconds_excluding_approval"]
+        console.print(f"{db} failed over to {out['endpoint']} (approved by {out['approver']}); data-loss window "
+                      f"≈ {out['data_loss_window_seconds']} s, recovered in {rto} s")
+    else:
+        console.print(f"no failover: {out.get('why')}")
+
+
+@app.command()
+def failback(db: str) -> None:
+    """Planned failback runbook: choice pause, resync, switch back, traffic 10% → 50% → 100%."""
+    def run() -> dict[str, Any]:
+        _runtime().policy.database(db)
+        from flows.dr import dr_failback
+        result: dict[str, Any] = dr_failback(db=db, config=_config_path())
+        return result
+    out = _guard(run)
+    console.print("failed back" if out.get("failed_back") else f"stayed on DR ({out.get('resync')})")
+
+
 @app.command("import-history")
 def import_history(db: str) -> None:
     """SQL Server: record the backups msdb remembers, so drkit can plan restores from existing history."""
@@ -426,12 +455,14 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         locations = {t: _location(rt, t) for t in rt.tier_order}
         rows = [database_status(db, rt.catalog.list_backups(db), rt.catalog.all_copies(db), now=now,
                                 tier_order=rt.tier_order, locations=locations) for db in rt.policy.databases]
+        from drkit.dr import lag_summary
+        lags = {db: lag_summary(rt, db) for db in rt.policy.databases}
         if as_json:
-            _print_json([r.as_json(now) for r in rows])
+            _print_json([{**r.as_json(now), "replica_lag": lags[r.database]} for r in rows])
             return
         table = Table(title="status")
         for col in ("database", "newest full", "newest diff", "newest log", "restorable until", "RPO now",
-                    "3-2-1"):
+                    "3-2-1", "replica lag"):
             table.add_column(col)
         for r in rows:
             def age(kind: str, r: Any = r) -> str:
@@ -443,9 +474,18 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             table.add_row(r.database, age("full"), age("diff"), age("log"),
                           r.restorable_until.isoformat(timespec="seconds") if r.restorable_until else "—",
                           _age(r.rpo_seconds) if r.rpo_seconds is not None else "no restorable backup",
-                          r.rule_321)
+                          r.rule_321, _lag_text(lags[r.database]))
         console.print(table)
     _guard(run)
+
+
+def _lag_text(lag: dict[str, Any] | None) -> str:
+    if lag is None:
+        return "—"
+    if lag.get("state") == "unknown":
+        return f"unknown ({lag.get('error')})"
+    flag = " TOO FAR" if lag.get("too_far") else ""
+    return f"{lag.get('seconds')} s, {lag.get('bytes')} B ({lag.get('state')}){flag}"
 
 
 def _location(rt: Runtime, tier: str) -> str:

@@ -71,3 +71,22 @@ def router(rt: Runtime, db: str) -> Router:
     return build_router(db, traffic, catalog=rt.catalog,
                         db_endpoints={s.primary_name: host_port(s.primary_dsn), s.dr_name: host_port(s.replica_dsn)},
                         actor="drkit-dr")
+
+
+def lag_summary(rt: Runtime, db: str) -> dict[str, object] | None:
+    """The DR replica's lag for `drkit status` (None when no replica is configured); never raises."""
+    from drkit import replica
+
+    if rt.policy.database(db).replica is None:
+        return None
+    try:
+        s = sides(rt, db)
+        try:
+            lag = replica.replication_lag(s.primary_dsn, s.slot, timeout=3)
+        except Exception:
+            lag = replica.standby_lag(s.replica_dsn, timeout=3)
+    except Exception as exc:  # a status line must not fail because one server is down
+        return {"state": "unknown", "error": str(exc).splitlines()[0][:200]}
+    too_far = lag.seconds is None or lag.seconds > s.max_lag_seconds
+    return {"state": lag.state, "bytes": lag.bytes, "seconds": lag.seconds, "max_lag_seconds": s.max_lag_seconds,
+            "too_far": too_far}

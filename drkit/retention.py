@@ -427,6 +427,8 @@ class _Rules:
         # per set of tiers (a bit mask): the latest of their cutoffs; a copy older is past some tier's window
         self.latest_cutoff = [max((self.cutoff[i] for i in range(self.n) if mask >> i & 1), default=now)
                               for mask in range(1 << self.n)]
+        # per set of tiers: the tiers after the first of them, which could take a copy from it
+        self.later = [0 if not mask else ((1 << self.n) - 1) & ~((mask & -mask) * 2 - 1) for mask in range(1 << self.n)]
         self.readable = sum(1 << i for i in range(len(self.names)) if not self.move[i])
         self.oldest = min(self.cutoff) if self.cutoff else now
         # tiers by window width, narrowest first: to say which window a restore point falls in
@@ -477,6 +479,7 @@ class _Planner:
         tiers = r.tiers_for_want
         latest_cutoff = r.latest_cutoff
         routine = self.routine
+        later = r.later
         for b in backups:
             held = held_get(b.id)
             if not held:
@@ -485,6 +488,8 @@ class _Planner:
             if status == "running":
                 continue
             ref = b.end_time or b.finished_at or b.started_at
+            if not later[held] and ref > latest_cutoff[held] and not routine and not (protect and b.id in protect):
+                continue  # every copy inside its tier's window, and no later tier to take it: the bulk
             need = needs_get(b.id)
             until = None if need is None else need[0]
             eligible = status in _RESTORABLE and b.end_time is not None

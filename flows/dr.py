@@ -27,6 +27,7 @@ from tasks.dr import (
     probe_side,
     promote_replica,
     record,
+    replica_lag,
     replica_state,
     resync_as_standby,
     route_back_to_dr,
@@ -217,3 +218,14 @@ def _postmortem(db: str, events: list[tuple[str, str]], steps: list[dict[str, An
     lines += ["", "## Root cause", "", "_(fill in)_", "", "## Action items", "", "- [ ] _(fill in)_"]
     create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(db, "postmortem"),
                              description=f"post-mortem skeleton for {db}")
+
+
+@flow(name="replica-lag-check", flow_run_name="lag-{db}")
+def replica_lag_check(db: str, config: str | None = None) -> dict[str, Any]:
+    """Measure the DR replica's lag; alert (p1) when it passes ``replica.max_lag_seconds``."""
+    lag = replica_lag(db, config)
+    if lag["too_far"]:
+        notify("p1", f"{db}: DR replica lag {lag['seconds']} s exceeds {lag['max_lag_seconds']} s",
+               f"database: {db}\nreplica state: {lag['state']}, {lag['bytes']} bytes behind\n"
+               "a failover now would lose more than the policy allows", config)
+    return lag

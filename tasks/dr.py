@@ -223,3 +223,19 @@ def route_back_to_dr(db: str, config: str | None) -> dict[str, int]:
         return r.app_weights()
     finally:
         rt.close()
+
+
+@task(name="replica-lag", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+def replica_lag(db: str, config: str | None) -> dict[str, Any]:
+    """Lag of the DR replica: from the primary while it answers, else from the replica itself."""
+    rt = runtime(config)
+    s = dr.sides(rt, db)
+    rt.close()
+    try:
+        lag = replica.replication_lag(s.primary_dsn, s.slot)
+    except replica.ReplicaError:
+        lag = replica.standby_lag(s.replica_dsn)
+    except Exception:
+        lag = replica.standby_lag(s.replica_dsn)
+    return {**lag.as_dict(), "max_lag_seconds": s.max_lag_seconds,
+            "too_far": lag.seconds is None or lag.seconds > s.max_lag_seconds or lag.state in ("absent",)}

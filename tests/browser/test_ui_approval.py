@@ -7,6 +7,7 @@ with its own PREFECT_HOME, not the session's test harness: this directory is not
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -107,6 +108,16 @@ def _wait_paused(name: str, timeout: float = 60) -> str:
     raise AssertionError(f"{name} never paused for approval")
 
 
+def _drain_prefect_workers() -> None:
+    """Send the queued logs and events to this server now: once it is stopped they would be retried at exit."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with contextlib.suppress(RuntimeError):  # never started
+        APILogWorker.instance().drain()
+    EventsWorker.drain_all(timeout=10)
+
+
 def test_failover_approved_through_the_prefect_ui(world: World, prefect_server: str) -> None:  # noqa: F811
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -159,7 +170,8 @@ def test_failover_approved_through_the_prefect_ui(world: World, prefect_server: 
             ok = True
             print(f"UI approval took {browser_seconds:.1f} s in chromium:\n{ui.stdout}")
         finally:
-            if not flow_thread.is_alive() and ok:
+            _drain_prefect_workers()
+            if ok:
                 shutil.rmtree(shots, ignore_errors=True)
-            elif not ok:
+            else:
                 print(f"screenshots kept in {shots}", file=sys.stderr)
