@@ -180,8 +180,10 @@ def dr_failback(
         _timeline(events, f"database switched back; writes paused {switch['write_unavailable_seconds']} s")
         dr_outcome = resync_as_standby(db, "dr", config)
         _timeline(events, f"DR is a replica again ({dr_outcome})")
-    steps = []
-    for pct in cfg.failback.steps:
+    steps: list[dict[str, Any]] = []
+    if cfg.traffic.router == "endpoint":
+        _timeline(events, "no application router configured: the database switch is the whole failback")
+    for pct in cfg.failback.steps if cfg.traffic.router != "endpoint" else []:
         step = traffic_step(db, pct, config, hold_seconds)
         steps.append(step)
         _timeline(events, f"{pct}% of traffic on the primary region: error rate {step['error_rate']}, "

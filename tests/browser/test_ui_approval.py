@@ -123,7 +123,8 @@ def test_failover_approved_through_the_prefect_ui(world: World, prefect_server: 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     api = f"{prefect_server}/api"
-    shots = Path(tempfile.mkdtemp(prefix="drkit-ui-shots-", dir="/tmp"))
+    keep = os.environ.get("DRKIT_UI_SHOTS")  # set it to a directory to keep the screenshots of a passing run
+    shots = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="drkit-ui-shots-", dir="/tmp"))
     world.sb.primary.stop("immediate")  # the primary region dies
     out: dict[str, Any] = {}
 
@@ -171,7 +172,7 @@ def test_failover_approved_through_the_prefect_ui(world: World, prefect_server: 
             print(f"UI approval took {browser_seconds:.1f} s in chromium:\n{ui.stdout}")
         finally:
             _drain_prefect_workers()
-            if ok:
+            if ok and not keep:
                 shutil.rmtree(shots, ignore_errors=True)
             else:
                 print(f"screenshots kept in {shots}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ from drkit import replica
 from drkit.engines.pgctl import LocalCluster, free_port
 from drkit.sandbox import KEY_ENV, Sandbox, create_sandbox
 from flows.approvals import answer, paused_runs
-from flows.dr import dr_failover
+from flows.dr import dr_failover, replica_lag_check
 from tests.support.haproxy import HAProxyProcess, NamedHttpBackend
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -114,6 +115,13 @@ def test_failover_refuses_rejects_times_out_then_promotes_once(world: World) -> 
         while len(world.acked) < 50 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(world.acked) >= 50
+        lag = replica_lag_check(db="app", config=world.config)
+        assert lag["state"] == "streaming" and not lag["too_far"]
+        from typer.testing import CliRunner
+
+        from drkit.cli import app
+        status = CliRunner().invoke(app, ["--config", world.config, "status", "--json"])
+        assert json.loads(status.stdout)[0]["replica_lag"]["state"] == "streaming"
         world.sb.primary.stop("immediate")  # the primary region dies
         killed_at = datetime.now().astimezone()
 
