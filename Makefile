@@ -8,6 +8,7 @@ BIN    := $(VENV)/bin
 install: $(VENV)/.installed
 	@scripts/install-system.sh
 	@scripts/install-azurite.sh
+	@scripts/install-browser.sh
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -401,6 +401,14 @@ def _age(td: timedelta) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _before(now: datetime, days: int) -> datetime:
+    """``now - days``, or the earliest datetime for windows reaching before year 1."""
+    try:
+        return now - timedelta(days=days)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=now.tzinfo)
+
+
 class _Rules:
     """The tiers in order, with the masks the per-backup decisions use."""
 
@@ -414,7 +422,9 @@ class _Rules:
         if self.names and self.names[0] in move_into:
             raise ValueError(f"tier {self.names[0]!r} is first in the policy, so nothing can move into it")
         self.index = {t: i for i, t in enumerate(self.names)}
-        self.cutoff = [now - timedelta(days=k) for k in self.keep]
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValueError(f"now must be a timezone-aware datetime, got naive {now.isoformat()}")
+        self.cutoff = [_before(now, k) for k in self.keep]
         self.move = [t in move_into for t in self.names]
         self.gated: list[bool] = []
         for i, t in enumerate(self.names):

@@ -48,7 +48,7 @@ def ensure_prefect_server(workdir: Path) -> str:
     home = workdir / "prefect-home"
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1", "PREFECT_API_URL": url}
+           "DO_NOT_TRACK": "1", "PREFECT_API_URL": url, "PREFECT_SERVER_UI_API_URL": url}
     log = open(workdir / "prefect-server.log", "ab")  # noqa: SIM115 - handed to the server process
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(PREFECT_PORT)],
@@ -90,6 +90,7 @@ def run_demo(workdir: Path) -> None:
     console.rule("[bold]drkit demo")
     console.print("starting a local Prefect server …")
     api = ensure_prefect_server(workdir)
+    os.environ["PREFECT_API_URL"] = api  # also for the runbooks' threads (settings contexts are per thread)
     from prefect.settings import PREFECT_API_URL, temporary_settings
     with temporary_settings(updates={PREFECT_API_URL: api}):
         _story(world, api)
@@ -161,6 +162,7 @@ def _story(world: Path, api: str) -> None:
         ok = got == list(range(1, k + 1)) and notes == (k,) and total == (310000,) and chain == "PASS"
         backups = rt.catalog.list_backups("shop")
         rt.close()
+        dr_result = _dr_story(sb, cfg, step)
     finally:
         sb.stop()
 
@@ -179,8 +181,76 @@ def _story(world: Path, api: str) -> None:
     console.print(f"verification of the newest chain: {chain} (report: artifact 'shop-verify-report')")
     console.print(f"point-in-time restore to marker {k}: markers {got}, rows {total[0] if total else '?'}, "
                   f"validated with amcheck + visibility checks → {verdict}")
+    fo, fb = dr_result
+    console.print(f"failover: approved by {fo['approver']} after the pause; DR took writes "
+                  f"{fo['time_to_recover_seconds_excluding_approval']} s after the approval "
+                  f"(data-loss window at most {fo["data_loss_window_seconds"]:.1f} s: the age of the last replayed commit)")
+    paused = fb["switch"].get("write_unavailable_seconds")
+    console.print(f"failback: database switched back with writes paused {paused} s; "
+                  "DR is a replica again (report and post-mortem: artifacts 'shop-failover-report', 'shop-postmortem')")
     console.print(f"whole story: {time.monotonic() - t0:.1f} s")
     console.print(f"Prefect UI: [bold]{api.removesuffix('/api')}[/bold] (runs, progress and report artifacts)")
     console.print("stop the Prefect server with: make stop")
     if not ok:
         raise SystemExit(1)
+
+
+def _approve_when_paused(name: str, approver: str, *, delay: float = 2.0) -> None:
+    """What a DBA does in the UI (Resume → fill the form), done by the demo so it runs unattended."""
+    from flows.approvals import answer, paused_runs
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        runs = [r for r in paused_runs() if r["name"] == name]
+        if runs:
+            console.print(f"[yellow]⏸  {name} is paused for approval[/yellow] — in production a DBA resumes it in "
+                          f"the Prefect UI or with `drkit approve {runs[0]['id']} --as NAME --reason TEXT`; "
+                          f"the demo approves as {approver} in {delay:.0f} s")
+            time.sleep(delay)
+            answer(str(runs[0]["id"]), approve=True, approver=approver, reason="drkit demo")
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"{name} never paused for approval")
+
+
+def _dr_story(sb: Any, cfg: str, step: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A streaming replica, an unplanned failover with its approval, then a planned failback."""
+    import threading
+
+    import yaml
+
+    from drkit import replica
+    from drkit.engines.pgctl import free_port
+    from flows.dr import dr_failback, dr_failover
+
+    standby = step("create a streaming DR replica", lambda: replica.create_standby(
+        sb.dsn, data_dir=sb.root / "pg" / "dr", port=free_port(), slot="drkit_dr", bin_dir=sb.primary.bin_dir,
+        os_user=sb.primary.os_user))
+    policy = yaml.safe_load(Path(cfg).read_text())
+    policy["databases"]["shop"].update({
+        "replica": {"dsn": standby.dsn(), "data_dir": str(standby.data_dir), "slot": "drkit_dr"},
+        "traffic": {"router": "endpoint"}, "health": {"interval": "1s", "retries": 2, "timeout": "1s"}})
+    Path(cfg).write_text(yaml.safe_dump(policy, sort_keys=False))
+    approver = policy["approvals"]["approvers"][0]
+    with psycopg.connect(sb.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO marker(id) VALUES (100)")
+    replica.wait_caught_up(sb.dsn, "drkit_dr", timeout=60)
+    console.print("[red]✘ the primary region fails (PostgreSQL killed)[/red]")
+    sb.primary.stop("immediate")
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.update(fo=dr_failover(db="shop", config=cfg)))
+    t.start()
+    _approve_when_paused("failover-shop", approver)
+    t.join()
+    step("failover to DR (approved)", lambda: f"now on {out['fo']['endpoint']}")
+    with psycopg.connect(standby.dsn(), autocommit=True) as conn:
+        conn.execute("INSERT INTO marker(id) VALUES (101)")  # written on DR while the primary is away
+    t = threading.Thread(target=lambda: out.update(fb=dr_failback(db="shop", config=cfg)))
+    t.start()
+    _approve_when_paused("failback-shop", approver)
+    t.join()
+    with psycopg.connect(sb.dsn, autocommit=True) as conn:
+        back = conn.execute("SELECT count(*) FROM marker WHERE id IN (100, 101)").fetchone()
+    step("failback to the primary region", lambda: f"rows written on DR present on the primary: {back == (2,)}")
+    standby.stop()
+    return out["fo"], out["fb"]

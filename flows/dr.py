@@ -76,8 +76,9 @@ def dr_failover(
         description = (
             f"## Fail {db} over to the DR replica?\n\n"
             f"**Evidence.** {'; '.join(probes['summary'])}.\n\n"
-            f"Replica: {lag['state']}, {lag['bytes']} bytes behind its receive position, newest replayed "
-            f"transaction from {lag['last_replay_at']}.\n\n"
+            f"Replica: {lag['state']} (no WAL receiver once the primary is gone), "
+            f"{lag['bytes'] if lag['bytes'] is not None else 'unknown'} bytes received but not yet replayed, "
+            f"newest replayed transaction from {lag['last_replay_at'] or 'before the replica started'}.\n\n"
             f"**Approving** (tick *confirm_region_failure*) fences the old primary where reachable, promotes the "
             f"replica, and points clients at it. Writes not yet replicated are lost. **Rejecting** (leave it "
             f"unticked) changes nothing. Approvers: {', '.join(policy.approvals.approvers) or '(none)'}; "

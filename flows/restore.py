@@ -23,7 +23,7 @@ def restore_point_in_time(
     keep_running: bool = False,
     config: str | None = None,
     target_lsn: str | None = None,
-    validate: bool = True,
+    run_checks: bool = True,
 ) -> dict[str, object]:
     """Restore ``db`` into the new directory ``into`` at ``target`` (None: latest), then validate it.
 
@@ -38,7 +38,7 @@ def restore_point_in_time(
     result = execute_restore(db, plan, into, port, True, config)
     if archived:
         rearchive(archived, config)
-    checks = validate_restored(db, result.port, config) if validate else []
+    checks = validate_restored(db, result.port, config) if run_checks else []
     publish_restore_report(result, checks)
     if not keep_running:
         stop_cluster(db, str(result.data_dir), result.port, config)

@@ -8,7 +8,8 @@ export PREFECT_API_URL=${PREFECT_API_URL:-http://127.0.0.1:4200/api}
 server_pid=""
 if ! curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1; then
   mkdir -p var/prefect
-  PREFECT_HOME=$PWD/var/prefect .venv/bin/prefect server start --host 127.0.0.1 --port "${PREFECT_PORT:-4200}" \
+  PREFECT_HOME=$PWD/var/prefect PREFECT_SERVER_UI_API_URL="$PREFECT_API_URL" \
+    .venv/bin/prefect server start --host 127.0.0.1 --port "${PREFECT_PORT:-4200}" \
     >var/prefect/server.log 2>&1 &
   server_pid=$!
   trap '[ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null' EXIT

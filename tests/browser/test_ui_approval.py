@@ -27,7 +27,7 @@ import pytest
 
 from drkit import replica
 from drkit.engines.pgctl import LocalCluster, free_port
-from flows.approvals import paused_runs
+from flows.approvals import answer, paused_runs
 from flows.dr import dr_failover
 from tests.flows.test_dr_failover import World, world  # noqa: F401  (the fixture: primary + standby + HAProxy)
 
@@ -137,7 +137,7 @@ def test_failover_approved_through_the_prefect_ui(world: World, prefect_server: 
             except BaseException as exc:  # noqa: BLE001 - reported by the main thread
                 out["error"] = exc
 
-    ok = False
+    ok, run_id = False, ""
     with temporary_settings(updates={PREFECT_API_URL: api}):
         flow_thread = threading.Thread(target=run_failover, daemon=True)
         flow_thread.start()
@@ -171,6 +171,10 @@ def test_failover_approved_through_the_prefect_ui(world: World, prefect_server: 
             ok = True
             print(f"UI approval took {browser_seconds:.1f} s in chromium:\n{ui.stdout}")
         finally:
+            if flow_thread.is_alive() and run_id:  # failed while paused: reject through the API so it ends
+                with contextlib.suppress(Exception):
+                    answer(run_id, approve=False, approver=APPROVER, reason="browser test failed")
+                flow_thread.join(30)
             _drain_prefect_workers()
             if ok and not keep:
                 shutil.rmtree(shots, ignore_errors=True)

@@ -371,6 +371,14 @@ def test_routine_keeps_list_every_kept_copy() -> None:
     assert one(loud, "F2", "blob").reason == "blob copy is 1.4 d old, inside its 30-day window"
 
 
+def test_huge_windows_and_naive_now() -> None:
+    c = diff_world()
+    actions = c.plan(d(10), {"local": TierSpec(10**6), "blob": TierSpec(10**9)})
+    assert {a.kind for a in actions} == {"copy"} and len(actions) == len(c.backups)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        c.plan(datetime(2020, 1, 10))
+
+
 def test_tier_validation() -> None:
     with pytest.raises(ValueError, match="first"):
         plan([], [], [], {"archive": TierSpec(7), "local": TierSpec(7)}, d(0))
