@@ -184,7 +184,8 @@ def _story(world: Path, api: str) -> None:
     fo, fb = dr_result
     console.print(f"failover: approved by {fo['approver']} after the pause; DR took writes "
                   f"{fo['time_to_recover_seconds_excluding_approval']} s after the approval "
-                  f"(data-loss window at most {fo["data_loss_window_seconds"]:.1f} s: the age of the last replayed commit)")
+                  f"(data-loss window at most {fo['data_loss_window_seconds']:.1f} s: "
+                  "the age of the last replayed commit)")
     paused = fb["switch"].get("write_unavailable_seconds")
     console.print(f"failback: database switched back with writes paused {paused} s; "
                   "DR is a replica again (report and post-mortem: artifacts 'shop-failover-report', 'shop-postmortem')")
