@@ -9,7 +9,8 @@ The life of a backup (DESIGN.md, "Tiers and retention"), with ages measured from
 
 * it is born in the first tier (``local``) and kept there while younger than ``local.keep_days``;
 * it is copied to each later *copy tier* (``blob``) while younger than that tier's ``keep_days``, but to a
-  tier in ``verified_only_to`` only once its status is ``verified``;
+  tier in ``verified_only_to`` only once its status is ``verified`` (for the kinds in ``verified_kinds``:
+  all, by default);
 * a *move tier* (``move_into``: ``archive``, Azure's Archive access tier) takes it over from the tier before
   it once that tier lets it go, and keeps it while younger than its own ``keep_days``; a move tier inherits
   the verification gate of the tier it takes over from;
@@ -52,7 +53,7 @@ from datetime import datetime, timedelta
 from itertools import accumulate
 from typing import Any, Literal, NamedTuple, Protocol
 
-from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord, HoldRecord
+from drkit.catalog.records import BACKUP_KINDS, RESTORABLE_STATUSES, BackupRecord, CopyRecord, HoldRecord
 from drkit.chain import _fmt, _start_segno
 from drkit.lsn import DEFAULT_SEGMENT_SIZE
 
@@ -413,8 +414,9 @@ class _Rules:
     """The tiers in order, with the masks the per-backup decisions use."""
 
     def __init__(self, tiers: Mapping[str, TierLike], now: datetime, verified_only_to: Collection[str],
-                 move_into: Collection[str]) -> None:
+                 move_into: Collection[str], verified_kinds: Collection[str] = BACKUP_KINDS) -> None:
         self.names = list(tiers)
+        self.verified_kinds = frozenset(verified_kinds)
         self.keep = [int(tiers[t].keep_days) for t in self.names]
         for name, keep in zip(self.names, self.keep, strict=True):
             if keep < 0:
@@ -487,6 +489,7 @@ class _Planner:
         # The fast path, inline: most backups sit where the policy wants them and get no action.
         needs_get, protect_get = needs.get, protect.get
         tiers = r.tiers_for_want
+        gated_kinds = r.verified_kinds
         latest_cutoff = r.latest_cutoff
         routine = self.routine
         later = r.later
@@ -503,7 +506,7 @@ class _Planner:
             need = needs_get(b.id)
             until = None if need is None else need[0]
             eligible = status in _RESTORABLE and b.end_time is not None
-            verified = status == "verified"
+            verified = status == "verified" or b.kind not in gated_kinds
             want = 0
             for bit, cut, mode, gated in tiers:
                 if ref > cut or (until is not None and until >= cut):
@@ -527,20 +530,22 @@ class _Planner:
         n = r.n
         ref = b.end_time or b.finished_at or b.started_at
         eligible = b.status in _RESTORABLE and b.end_time is not None
-        verified = b.status == "verified"
+        verified = b.status == "verified" or b.kind not in r.verified_kinds
         acquire, release = want & ~held, held & ~want
-        # Acquisitions, each from a copy in an earlier tier (never back from a later one). The lowest one
-        # moves from the nearest earlier tier that lets the backup go; later ones copy (the flow runs copies
-        # before moves; if one fails, the next sweep copies it from the moved copy, which is earlier).
+        # Acquisitions, each from a copy in an earlier tier (never back from a later one). Only the lowest
+        # one may move, from the nearest earlier tier that lets the backup go; later ones copy (the flow runs
+        # copies before moves; if a copy fails, the next sweep copies it from the moved copy, which is
+        # earlier). Held backups never move; the newest verified full moves into a move tier only while a
+        # copy outside the move tiers stays or arrives.
+        targets = [i for i in range(n) if acquire >> i & 1 and held & ((1 << i) - 1)]
+        readable_arrivals = sum(1 << i for i in targets) & r.readable
         gone = arrives = 0
-        for i in range(n):
+        for k, i in enumerate(targets):
             below = held & ((1 << i) - 1)
-            if not acquire >> i & 1 or not below:
-                continue
-            leaving = release & below & ~gone
-            src = leaving.bit_length() - 1 if leaving and protected is None else -1
+            leaving = release & below if k == 0 and protected is None else 0
+            src = leaving.bit_length() - 1 if leaving else -1
             if src >= 0 and newest and r.readable >> src & 1 and not r.readable >> i & 1 \
-                    and not held & want & r.readable:
+                    and not held & want & r.readable and not readable_arrivals:
                 src = -1  # (b): the newest verified full stays readable; copy instead
             if src >= 0:
                 gone |= 1 << src
@@ -607,7 +612,7 @@ class _Planner:
 
     def _gate_note(self, b: BackupRecord) -> str:
         r = self.r
-        if b.status == "verified" or b.status not in _RESTORABLE:
+        if b.status == "verified" or b.status not in _RESTORABLE or b.kind not in r.verified_kinds:
             return ""
         gated = [t for i, t in enumerate(r.names) if r.gated[i] and not r.move[i]]
         return f" (not verified, so it cannot go to {' or '.join(gated)})" if gated else ""
@@ -629,7 +634,7 @@ class _Planner:
 
     def _copy_reason(self, b: BackupRecord, i: int, ref: datetime, need: Need | None, pending: int) -> str:
         r = self.r
-        why = "verified; " if r.gated[i] else ""
+        why = "verified; " if r.gated[i] and b.status == "verified" else ""
         if ref > r.cutoff[i]:
             why += f"{r.names[i]} keeps backups for {_days(r.keep[i])} (this one is {_age(self.now - ref)} old)"
         else:
@@ -649,7 +654,7 @@ class _Planner:
         else:
             assert need is not None
             why += f"; {self._needed(b, need, i)}"
-        if r.gated[i] and not r.move[i]:
+        if r.gated[i] and not r.move[i] and b.status == "verified":
             why += " (verified)"
         if pending >> i & 1:
             why += "; a previous copy was left pending"
@@ -676,17 +681,19 @@ def plan(
     *,
     verified_only_to: Collection[str] = frozenset({"blob"}),
     move_into: Collection[str] = frozenset({"archive"}),
+    verified_kinds: Collection[str] = BACKUP_KINDS,
     routine_keeps: bool = False,
 ) -> list[Action]:
     """The retention actions for the catalog at ``now``: copies, then moves, then deletes, then keeps.
 
     ``tiers`` is the policy's ``tiers`` mapping in order (cheapest to read first; the first is where backups
-    are written). ``verified_only_to`` names the tiers that take only ``verified`` backups;
-    ``move_into`` the tiers that take a backup over from the tier before them when that one lets it go
-    (Azure's Archive access tier). ``holds`` may include removed holds; only active ones count.
+    are written). ``verified_only_to`` names the tiers that take only ``verified`` backups, of the kinds in
+    ``verified_kinds`` (other kinds go there once restorable, e.g. ``{"full"}`` when verification only ever
+    marks fulls); ``move_into`` the tiers that take a backup over from the tier before them when that one
+    lets it go (Azure's Archive access tier). ``holds`` may include removed holds; only active ones count.
     See the module docstring for the rules.
     """
-    rules = _Rules(tiers, now, verified_only_to, move_into)
+    rules = _Rules(tiers, now, verified_only_to, move_into, verified_kinds)
     if not rules.names:
         return []
     held_by: dict[str, int] = {}

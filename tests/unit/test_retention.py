@@ -257,6 +257,15 @@ def test_unverified_backup_is_not_copied_to_blob() -> None:
     assert (one(actions, "F2").kind, one(actions, "F2").tier_to) == ("move", "blob")
 
 
+def test_verified_kinds_limits_the_gate() -> None:
+    c = Cat()
+    c.full("F1", seg=2, end=d(0), status="completed")
+    c.log("L1", 2, 3, end=d(0.5), status="completed")
+    actions = c.plan(d(1), verified_kinds={"full"})  # verification only ever marks fulls
+    assert [(a.kind, a.backup_id, a.tier_to) for a in actions] == [("copy", "L1", "blob")]
+    assert actions[0].reason == "copy to blob: blob keeps backups for 30 d (this one is 12.0 h old)"
+
+
 def test_verification_after_the_local_window_moves_the_backup_to_blob() -> None:
     c = Cat()
     c.full("F1", seg=2, end=d(0))
@@ -436,6 +445,8 @@ def policies(draw: st.DrawFn) -> tuple[dict[str, TierSpec], dict[str, Any]]:
     options: dict[str, Any] = {}
     if draw(st.integers(0, 3)):
         options["verified_only_to"] = frozenset(draw(st.lists(st.sampled_from(names[1:] or ["blob"]), max_size=2)))
+    if not draw(st.integers(0, 3)):
+        options["verified_kinds"] = frozenset(draw(st.lists(st.sampled_from(["full", "diff", "log"]), max_size=3)))
     if len(names) > 1 and draw(st.integers(0, 3)):
         options["move_into"] = frozenset(draw(st.lists(st.sampled_from(names[1:]), max_size=2)))
     elif len(names) > 1 and not draw(st.integers(0, 3)):
@@ -592,7 +603,8 @@ def test_actions_are_sound(w: World) -> None:
             assert a.tier_to is not None
             assert w.order.index(a.tier_from) < w.order.index(a.tier_to), f"copies only flow down the tiers: {a}"
             assert by_id[a.backup_id].status in ("completed", "verified"), a
-            if a.tier_to in options["verified_only_to"]:
+            kind = by_id[a.backup_id].kind
+            if a.tier_to in options["verified_only_to"] and kind in w.options.get("verified_kinds", {kind}):
                 assert by_id[a.backup_id].status == "verified", f"unverified backup promoted: {a}"
     assert [a.kind for a in actions] == sorted((a.kind for a in actions), key=["copy", "move", "delete",
                                                                                "keep"].index)
@@ -636,8 +648,9 @@ def test_the_last_copy_of_a_needed_or_promised_backup_is_never_deleted(w: World)
         assert b.id not in needs, f"{b.id} is needed until {needs[b.id].until} and lost its last copy"
         ref = b.end_time or b.finished_at or b.started_at
         for name, tier in w.tiers.items():
+            passes = b.status == "verified" or b.kind not in w.options.get("verified_kinds", {b.kind})
             promised = ref > w.now - timedelta(days=tier.keep_days) and (
-                name in had or (b.status == "verified" or (b.status == "completed" and name not in gated)))
+                name in had or (b.status in ("completed", "verified") and (passes or name not in gated)))
             assert not promised, f"{b.id}: {name} still promises it, yet its last copy went"
 
 
