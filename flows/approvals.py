@@ -60,7 +60,7 @@ class FailbackChoice(RunInput):
 
 
 def wait_for_approval(
-    description: str, *, approvers: list[str], timeout: timedelta, audit: Any, poll_interval: int = 2,
+    description: str, *, approvers: list[str], timeout: timedelta, audit: Any, poll_interval: int = 1,
     form_class: type[RunInput] = Approval, decide: Any = None, initial: dict[str, Any] | None = None,
 ) -> Decision:
     """Pause until an approver on the list answers. Raises ApprovalError on timeout (nothing is done).

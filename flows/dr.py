@@ -26,6 +26,7 @@ from tasks.dr import (
     probe_primary,
     probe_side,
     promote_replica,
+    publish_endpoint,
     record,
     replica_lag,
     replica_state,
@@ -37,6 +38,19 @@ from tasks.dr import (
     where_is_primary,
 )
 from tasks.notify import notify
+
+
+def _loss_window(probes: dict[str, Any], lag: dict[str, Any]) -> float | None:
+    """Upper bound of the data-loss window: from the replica's last replayed commit to the first failed probe.
+
+    Measured before the approval wait (a DBA's thinking time is not data loss). It overstates the loss
+    when the primary was idle before it died: then nothing was committed after that last commit.
+    """
+    first = probes["series"]["database"]["first_failure_at"]
+    last = lag.get("last_replay_at")
+    if not first or not last:
+        return None
+    return max(0.0, round((datetime.fromisoformat(first) - datetime.fromisoformat(last)).total_seconds(), 3))
 
 
 def _timeline(events: list[tuple[str, str]], what: str) -> None:
@@ -68,6 +82,7 @@ def dr_failover(
             log.info("the primary answers; no failover: %s", "; ".join(probes["summary"]))
             return {"failed_over": False, "why": "primary healthy", "probes": probes["summary"]}
         lag = state["lag"]
+        loss_window = _loss_window(probes, lag)
         notify("p1", f"P1: {db} primary is DOWN — failover awaiting approval",
                f"database: {db}\nprobes: {'; '.join(probes['summary'])}\nreplica lag: {lag['bytes']} bytes, "
                f"{lag['seconds']} s (last replayed {lag['last_replay_at']})\n"
@@ -103,18 +118,17 @@ def dr_failover(
         t_approved = time.monotonic()
         fenced = fence_primary(db, config)
         _timeline(events, f"fenced the old primary: {fenced['action']} ({fenced['detail']})")
-        state = replica_state(db, config)
-        loss_window = state["seconds"]
         promotion = promote_replica(db, config)
         _timeline(events, f"promoted the replica: timeline {promotion.get('timeline')} at {promotion.get('lsn')}")
     t_switch = time.monotonic()
     first_write = confirm_writes(db, "dr", config)
     _timeline(events, f"DR accepts writes ({first_write})")
     pointed = point_clients(db, "dr", config)
+    rto = None if resumed else round(time.monotonic() - t_approved, 3)
     _timeline(events, f"clients repointed to {pointed['endpoint']}")
+    publish_endpoint(db, pointed)
     probe = probe_side(db, "dr", config)
     _timeline(events, "DR side probed healthy")
-    rto = None if resumed else round(time.monotonic() - t_approved, 3)
     detail = {"approver": decision_by, "reason": decision_reason, "data_loss_window_seconds": loss_window,
               "time_to_recover_seconds_excluding_approval": rto, "waited_for_approval_seconds": round(waited, 1),
               "promotion": promotion, "endpoint": pointed["endpoint"], "resumed": resumed,
@@ -176,8 +190,10 @@ def dr_failback(
         _timeline(events, f"old primary resynchronised as a replica of DR ({outcome})")
         wait_zero_lag(db, "dr", FAILBACK_SLOT, config)
         _timeline(events, "zero lag")
-        switch = switch_database_back(db, config)
+        # Point new connections at the primary first: until its promotion they fail fast (read-only)
+        # instead of hanging on DR's closing port through HAProxy's retries.
         point_clients(db, "primary", config, app_weight=None)
+        switch = switch_database_back(db, config)
         _timeline(events, f"database switched back; writes paused {switch['write_unavailable_seconds']} s")
         dr_outcome = resync_as_standby(db, "dr", config)
         _timeline(events, f"DR is a replica again ({dr_outcome})")

@@ -87,11 +87,15 @@ def point_clients(db: str, side: str, config: str | None, app_weight: int | None
             r.set_app_weights({active: app_weight, other: 100 - app_weight})
         dsn = s.replica_dsn if side == "dr" else s.primary_dsn
         rt.catalog.set_endpoint(db, dsn_hint=dr.host_port(dsn), role=f"primary ({side})", actor="drkit-dr")
-        Variable.set(artifact_key("drkit-endpoint", db).replace("-", "_"),
-                     {"database": db, "active": active, "endpoint": dr.host_port(dsn)}, overwrite=True)
         return {"active": active, "endpoint": dr.host_port(dsn)}
     finally:
         rt.close()
+
+
+@task(name="publish-endpoint", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
+def publish_endpoint(db: str, pointed: dict[str, Any]) -> None:
+    """A Prefect Variable with the active endpoint, for clients that read it (the catalog has the record)."""
+    Variable.set(artifact_key("drkit-endpoint", db).replace("-", "_"), {"database": db, **pointed}, overwrite=True)
 
 
 @task(name="probe-side", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 2, 5])

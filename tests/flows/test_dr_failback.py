@@ -32,7 +32,7 @@ def test_failback_switches_back_without_loss_steps_traffic_and_rolls_back_on_a_b
     with open(world.config) as fh:
         data = yaml.safe_load(fh)
     data["databases"]["app"]["health"]["primary_url"] = world.haproxy.app_url
-    data["databases"]["app"]["failback"] = {"hold": "1s", "probe_interval": "0.05s", "max_latency_ms": 400,
+    data["databases"]["app"]["failback"] = {"hold": "1s", "probe_interval": "0.05s", "max_latency_ms": 1500,
                                             "max_error_rate": 0.2}
     with open(world.config, "w") as fh:
         fh.write(yaml.safe_dump(data, sort_keys=False))
@@ -54,7 +54,7 @@ def test_failback_switches_back_without_loss_steps_traffic_and_rolls_back_on_a_b
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline and not slow.is_set():
                 if router.app_weights().get("primary") == 50:
-                    world.haproxy_apps["primary"].delay = 1.0  # type: ignore[attr-defined]
+                    world.haproxy_apps["primary"].delay = 3.0  # type: ignore[attr-defined]
                     slow.set()
                 time.sleep(0.02)
 
@@ -71,7 +71,8 @@ def test_failback_switches_back_without_loss_steps_traffic_and_rolls_back_on_a_b
         out = _run(dr_failback, "failback-app", True, db="app", config=world.config)
         result = out["state"].result()
         steps = {s["percent"]: s for s in result["steps"]}
-        assert steps[10]["served"].get("primary", 0) > 0
+        assert steps[10]["weights"] == {"primary": 10, "dr": 90}
+        assert steps[50]["weights"] == {"primary": 50, "dr": 50} and steps[50]["served"].get("primary", 0) > 0
         assert steps[100]["served"].get("dr", 0) == 0 and steps[100]["served"].get("primary", 0) > 0
         assert router.app_weights() == {"primary": 100, "dr": 0}
     finally:
