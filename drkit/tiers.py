@@ -210,12 +210,17 @@ def rearchive(rt: Runtime, tier: str, key: str) -> None:
 # -- retention: plan and apply --------------------------------------------------------------------------
 
 
+VERIFIED_KINDS = frozenset({"full"})
+"""Kinds gated on verification before leaving the first tier. Logs and diffs go offsite at once (RPO): their
+bytes are checksummed, and the daily chain verification replays them."""
+
+
 def plan_retention(rt: Runtime, now: datetime, *, routine_keeps: bool = False) -> list[Action]:
     """The retention actions for every database of the policy at ``now`` (pure planning over the catalog)."""
     backups = [b for b in rt.catalog.list_backups() if b.database in rt.policy.databases]
     return retention.plan(backups, rt.catalog.all_copies(), rt.catalog.active_holds(), rt.policy.tiers, now,
                           verified_only_to=rt.policy.verified_only_tiers(), move_into=rt.policy.move_tiers(),
-                          routine_keeps=routine_keeps)
+                          verified_kinds=VERIFIED_KINDS, routine_keeps=routine_keeps)
 
 
 def apply_action(rt: Runtime, action: Action) -> str:

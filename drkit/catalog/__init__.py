@@ -18,6 +18,7 @@ from drkit.catalog.records import (
     AuditRecord,
     BackupRecord,
     CopyRecord,
+    HoldRecord,
 )
 from drkit.catalog.repository import Catalog
 
@@ -30,4 +31,5 @@ __all__ = [
     "BackupRecord",
     "Catalog",
     "CopyRecord",
+    "HoldRecord",
 ]
