@@ -14,7 +14,6 @@ import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from drkit.catalog.records import BackupRecord
@@ -204,7 +203,3 @@ def take_log_backup(rt: Runtime, db: str) -> BackupRecord | None:
     done = guarded(rt, tier, rec, body)
     prune_spool(engine.spool, batch.end_wal, switch.segment_size)
     return done
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

@@ -54,10 +54,10 @@ from drkit.engines.sqlserver import (
     split_container_url,
 )
 from drkit.engines.tsql import BackupKind, DeviceType
-from drkit.errors import CatalogError, ConfigError, DrkitError, RestoreError, RestorePlanError
+from drkit.errors import CatalogError, ConfigError, DrkitError, RestoreError
 from drkit.pipeline import DecryptingReader, verify_stored
 from drkit.runtime import Runtime
-from drkit.verify import CheckResult, VerifyReport
+from drkit.verify import CheckResult, VerifyReport, verify_target
 
 BlobCleanup = Callable[[Sequence[str]], None]
 """Deletes (breaking leases first) the blobs a failed URL backup left; wired to an Azure store by the caller."""
@@ -583,15 +583,7 @@ def verify_backup_mssql(
     rt.policy.database(db)
     engine = engine or sqlserver_engine(rt, db)
     backups = rt.catalog.list_backups(db)
-    if backup_id is None:
-        fulls = [b for b in backups if b.kind == "full" and b.status in ("completed", "verified", "corrupt")]
-        if not fulls:
-            raise RestorePlanError(f"no full backup of {db!r} to verify; run `drkit backup full {db}` first")
-        target = max(fulls, key=lambda b: b.end_time or b.started_at)
-    else:
-        target = rt.catalog.get(backup_id)
-        if target.database != db:
-            raise RestorePlanError(f"backup {backup_id} belongs to {target.database!r}, not {db!r}")
+    target = verify_target(rt, db, backups, backup_id)
     plan = plan_for_backup_mssql(target, backups, rt.catalog.all_copies(db), tier_order=rt.tier_order)
     report = verify_plan_mssql(rt, db, engine, plan, target.id, now=now)
     rt.catalog.audit(actor=actor, action="backup.verify", database=db, subject=report.subject,

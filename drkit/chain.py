@@ -88,7 +88,9 @@ def _start_segno(b: BackupRecord) -> int:
     return b.start_lsn // _seg_size(b)
 
 
-class _Copies:
+class CopyIndex:
+    """Where each backup is read from: the cheapest tier (first in ``tier_order``) with a complete copy."""
+
     def __init__(self, copies: Sequence[CopyRecord], tier_order: Sequence[str]) -> None:
         rank = {t: i for i, t in enumerate(tier_order)}
         self._best: dict[str, CopyRecord] = {}
@@ -140,7 +142,7 @@ def _log_chain(
 
 
 def _candidates(
-    database: str, backups: Sequence[BackupRecord], where: _Copies, tier_order: Sequence[str]
+    database: str, backups: Sequence[BackupRecord], where: CopyIndex, tier_order: Sequence[str]
 ) -> tuple[list[BackupRecord], list[BackupRecord], list[BackupRecord], list[BackupRecord], list[BackupRecord]]:
     mine = [b for b in backups if b.database == database]
     restorable = [b for b in mine if b.status in RESTORABLE_STATUSES and b.end_time
@@ -170,7 +172,7 @@ def plan_restore(
     tier_order: Sequence[str],
 ) -> RestorePlan:
     """The chain that restores ``database`` to ``target`` (None: the latest point the backups reach)."""
-    where = _Copies(copies, tier_order)
+    where = CopyIndex(copies, tier_order)
     usable, corrupt, fulls, diffs, logs = _candidates(database, backups, where, tier_order)
     fulls.sort(key=lambda b: b.end_time or now, reverse=True)
     if target is not None:
@@ -242,7 +244,7 @@ def plan_restore_to_lsn(
     """The chain that restores ``database`` up to and including the WAL record at ``target_lsn``."""
     from drkit.lsn import format_lsn
 
-    where = _Copies(copies, tier_order)
+    where = CopyIndex(copies, tier_order)
     usable, corrupt, fulls, diffs, logs = _candidates(database, backups, where, tier_order)
     before = [f for f in fulls if (f.end_lsn or 0) <= target_lsn]
     if not before:
@@ -286,7 +288,7 @@ def plan_for_backup(
     ``target`` itself is used whatever its verification status (re-verifying a corrupt backup is
     allowed); what it depends on must be restorable.
     """
-    where = _Copies(copies, tier_order)
+    where = CopyIndex(copies, tier_order)
     if target.status not in (*RESTORABLE_STATUSES, "corrupt") or target.end_time is None:
         raise RestorePlanError(f"backup {target.id} is {target.status}; only completed backups can be verified")
     if not where.has(target):

@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
-from drkit.chain import RestorePiece, RestorePlan
+from drkit.chain import CopyIndex, RestorePiece, RestorePlan
 from drkit.errors import RestorePlanError
 
 NATIVE_TIER = "sqlserver"
@@ -122,18 +122,8 @@ def follows_log(prev: LsnInfo, log: LsnInfo) -> bool:
     return log.first == prev.last and log.last > log.first and fork_continues(prev, log)
 
 
-class _Sources:
+class _Sources(CopyIndex):
     """Where each backup can be read from: the cheapest tier with a complete copy, else natively."""
-
-    def __init__(self, copies: Sequence[CopyRecord], tier_order: Sequence[str]) -> None:
-        rank = {t: i for i, t in enumerate(tier_order)}
-        self._best: dict[str, CopyRecord] = {}
-        for c in copies:
-            if c.status != "complete" or c.tier not in rank:
-                continue
-            cur = self._best.get(c.backup_id)
-            if cur is None or rank[c.tier] < rank[cur.tier]:
-                self._best[c.backup_id] = c
 
     @staticmethod
     def _native(b: BackupRecord) -> bool:
@@ -141,13 +131,11 @@ class _Sources:
         return b.format in NATIVE_FORMATS and isinstance(devices, list) and bool(devices)
 
     def has(self, b: BackupRecord) -> bool:
-        return b.id in self._best or self._native(b)
+        return super().has(b) or self._native(b)
 
     def piece(self, b: BackupRecord) -> RestorePiece:
-        c = self._best.get(b.id)
-        if c is not None:
-            return RestorePiece(backup=b, tier=c.tier, store_key=c.store_key, stored_bytes=c.stored_bytes,
-                                sha256=c.sha256 or b.sha256)
+        if super().has(b):
+            return super().piece(b)
         devices = b.meta.get("devices") or [{}]
         first = devices[0].get("device", "") if isinstance(devices[0], Mapping) else str(devices[0])
         return RestorePiece(backup=b, tier=NATIVE_TIER, store_key=str(first), stored_bytes=b.stored_bytes,

@@ -452,7 +452,8 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     def run() -> None:
         rt = _runtime()
         now = datetime.now(UTC)
-        locations = {t: _location(rt, t) for t in rt.tier_order}
+        from drkit.tiers import tier_location
+        locations = {t: tier_location(rt.policy, t) for t in rt.tier_order}
         rows = [database_status(db, rt.catalog.list_backups(db), rt.catalog.all_copies(db), now=now,
                                 tier_order=rt.tier_order, locations=locations) for db in rt.policy.databases]
         from drkit.dr import lag_summary
@@ -486,14 +487,6 @@ def _lag_text(lag: dict[str, Any] | None) -> str:
         return f"unknown ({lag.get('error')})"
     flag = " TOO FAR" if lag.get("too_far") else ""
     return f"{lag.get('seconds')} s, {lag.get('bytes')} B ({lag.get('state')}){flag}"
-
-
-def _location(rt: Runtime, tier: str) -> str:
-    """Where a tier's store lives, without opening it (two tiers in one container are one store)."""
-    cfg = rt.policy.tiers[tier]
-    if cfg.store == "filesystem":
-        return f"fs:{rt.policy.tier_path(tier)}"
-    return f"azure:{cfg.account_url or cfg.connection_string_env}/{cfg.container}"
 
 
 def _age(seconds: float) -> str:

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from drkit import retention
 from drkit.catalog.records import BackupRecord, CopyRecord
+from drkit.config import Policy
 from drkit.errors import DrkitError, IntegrityError, StoreError
 from drkit.lsn import format_lsn
 from drkit.retention import Action
@@ -80,15 +81,18 @@ def _copy_row(rt: Runtime, backup: BackupRecord, tier: str) -> CopyRecord | None
     return next((c for c in rt.catalog.copies(backup.id) if c.tier == tier), None)
 
 
-def location(store: Store) -> str:
-    """Where a store keeps its objects, whatever tier it serves (two tiers of one container: one place)."""
-    if hasattr(store, "container"):
-        return f"azure:{getattr(store, '_endpoint', '')}/{store.container}/{getattr(store, 'prefix', '')}"
-    return f"fs:{getattr(store, 'root', store.describe())}"
+def tier_location(policy: Policy, tier: str) -> str:
+    """Where a tier keeps its objects, from the policy alone (two tiers of one container are one place)."""
+    cfg = policy.tiers[tier]
+    if cfg.store == "filesystem":
+        return f"fs:{policy.tier_path(tier)}"
+    account = cfg.account_url or cfg.connection_string_env or cfg.secret_block
+    return f"azure:{account}/{cfg.container}/{cfg.prefix}"
 
 
-def _same_location(a: Store, b: Store) -> bool:
-    return hasattr(a, "set_tier") and location(a) == location(b)
+def _same_location(rt: Runtime, a: str, b: str) -> bool:
+    """Tiers ``a`` and ``b`` share their objects (Azure: one container, two access tiers)."""
+    return rt.policy.tiers[a].store == "azure" and tier_location(rt.policy, a) == tier_location(rt.policy, b)
 
 
 def copy_backup(rt: Runtime, backup_id: str, from_tier: str, to_tier: str) -> CopyRecord:
@@ -103,7 +107,7 @@ def copy_backup(rt: Runtime, backup_id: str, from_tier: str, to_tier: str) -> Co
         rt.catalog.add_copy(backup.id, to_tier, data_key, status="pending")
     elif existing.status == "deleted":
         rt.catalog.set_copy_status(backup.id, to_tier, "pending")
-    if _same_location(src, dst):
+    if _same_location(rt, from_tier, to_tier):
         # One container, two access tiers: the object is already there; set the tier.
         tier = rt.policy.tiers[to_tier].access_tier
         if tier:
@@ -124,7 +128,7 @@ def delete_copy(rt: Runtime, backup_id: str, tier: str) -> CopyRecord | None:
         return row
     store = rt.store(tier)
     others = [c for c in rt.catalog.copies(backup.id) if c.tier != tier and c.status == "complete"]
-    shared = [c for c in others if _same_location(store, rt.store(c.tier))]
+    shared = [c for c in others if _same_location(rt, tier, c.tier)]
     row = rt.catalog.set_copy_status(backup.id, tier, "deleted")
     if not shared:  # the same objects may serve another tier of the same container (blob → archive)
         for name in OBJECTS:

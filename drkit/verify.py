@@ -235,19 +235,24 @@ def _record(rt: Runtime, db: str, report: VerifyReport, targets: list[BackupReco
             write_descriptor(rt, rt.catalog.set_status(b.id, status, actor=actor, reason=reason))
 
 
-def verify_backup(rt: Runtime, db: str, backup_id: str | None = None, *, actor: str = "drkit-verify") -> VerifyReport:
-    """Verify one backup (default: the newest full) and record verified/corrupt."""
-    rt.policy.database(db)
-    backups = rt.catalog.list_backups(db)
+def verify_target(rt: Runtime, db: str, backups: list[BackupRecord], backup_id: str | None) -> BackupRecord:
+    """The backup ``drkit verify`` checks: the one named, else the newest full (corrupt ones included)."""
     if backup_id is None:
         fulls = [b for b in backups if b.kind == "full" and b.status in ("completed", "verified", "corrupt")]
         if not fulls:
             raise RestorePlanError(f"no full backup of {db!r} to verify; run `drkit backup full {db}` first")
-        target = max(fulls, key=lambda b: b.end_time or b.started_at)
-    else:
-        target = rt.catalog.get(backup_id)
-        if target.database != db:
-            raise RestorePlanError(f"backup {backup_id} belongs to {target.database!r}, not {db!r}")
+        return max(fulls, key=lambda b: b.end_time or b.started_at)
+    target = rt.catalog.get(backup_id)
+    if target.database != db:
+        raise RestorePlanError(f"backup {backup_id} belongs to {target.database!r}, not {db!r}")
+    return target
+
+
+def verify_backup(rt: Runtime, db: str, backup_id: str | None = None, *, actor: str = "drkit-verify") -> VerifyReport:
+    """Verify one backup (default: the newest full) and record verified/corrupt."""
+    rt.policy.database(db)
+    backups = rt.catalog.list_backups(db)
+    target = verify_target(rt, db, backups, backup_id)
     plan = plan_for_backup(target, backups, rt.catalog.all_copies(db), tier_order=rt.tier_order)
     report = verify_plan(rt, db, plan, target.id)
     _record(rt, db, report, [target], actor)

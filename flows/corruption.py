@@ -11,35 +11,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from drkit.config import load_policy
 from drkit.errors import ApprovalError, VerificationError
 from flows.approvals import wait_for_approval
-from flows.common import stop_cluster
-from tasks.common import artifact_key, runtime
-from tasks.restore import execute_restore, plan_restore, publish_restore_report
+from tasks.common import artifact_key, record
+from tasks.restore import execute_restore, plan_restore, publish_restore_report, stop_cluster, switch_endpoint
 from tasks.verify import validate_restored
-
-
-@task(name="audit", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
-def audit(db: str, action: str, actor: str, detail: dict[str, object], config: str | None) -> None:
-    rt = runtime(config)
-    try:
-        rt.catalog.audit(actor=actor, action=action, database=db, subject=db, detail=detail)
-    finally:
-        rt.close()
-
-
-@task(name="switch-endpoint", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
-def switch_endpoint(db: str, port: int, role: str, actor: str, config: str | None) -> None:
-    rt = runtime(config)
-    try:
-        rt.catalog.set_endpoint(db, dsn_hint=f"127.0.0.1:{port}", role=role, actor=actor)
-    finally:
-        rt.close()
 
 
 @flow(name="recover-from-corruption", flow_run_name="recover-{db}")
@@ -79,10 +59,10 @@ def recover_from_corruption(
     try:
         decision = wait_for_approval(
             description, approvers=policy.approvals.approvers, timeout=timeout,
-            audit=lambda action, detail: audit(db, f"corruption.{action}", str(detail.get("by")), detail, config))
+            audit=lambda action, detail: record(db, f"corruption.{action}", str(detail.get("by")), detail, config))
     except ApprovalError as exc:
         stop_cluster(db, into, result.port, config)
-        audit(db, "corruption.timeout", "drkit", {"before": before.isoformat(), "data_dir": into,
+        record(db, "corruption.timeout", "drkit", {"before": before.isoformat(), "data_dir": into,
                                                   "outcome": f"{exc}; the restored standby is stopped"}, config)
         log.error("%s; the restored standby is stopped, its data left in %s", exc, into)
         raise
@@ -91,11 +71,11 @@ def recover_from_corruption(
               "waited_seconds": round(decision.waited_seconds, 1)}
     if not decision.approve:
         stop_cluster(db, into, result.port, config)
-        audit(db, "corruption.rejected", decision.approver, detail, config)
+        record(db, "corruption.rejected", decision.approver, detail, config)
         log.warning("switch rejected by %s: %s; nothing was switched", decision.approver, decision.reason)
         return {"switched": False, **detail}
     switch_endpoint(db, result.port, f"primary (restored to {before.isoformat()})", decision.approver, config)
-    audit(db, "corruption.switched", decision.approver, detail, config)
+    record(db, "corruption.switched", decision.approver, detail, config)
     create_markdown_artifact(
         markdown=f"# {db} switched to the restored standby\n\n" + "\n".join(f"* {k}: {v}" for k, v in detail.items()),
         key=artifact_key(db, "corruption-switch"), description="corruption recovery switch")

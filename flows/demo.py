@@ -71,14 +71,12 @@ def stop_prefect_server(workdir: Path) -> None:
 
 
 def _reset_world(world: Path) -> None:
-    old = world / "pg" / "primary"
-    if (old / "postmaster.pid").exists():
-        from drkit.config import default_bin_dir
-        LocalCluster(old, 0, default_bin_dir()).stop("immediate")
-    for restored in world.glob("restored*"):
-        if (restored / "postmaster.pid").exists():
-            from drkit.config import default_bin_dir
-            LocalCluster(restored, 0, default_bin_dir()).stop("immediate")
+    """Stop what an earlier demo left running (primary, replica, restored clusters), then start afresh."""
+    from drkit.config import default_bin_dir
+
+    for data_dir in [world / "pg" / "primary", world / "pg" / "dr", *world.glob("restored*")]:
+        if (data_dir / "postmaster.pid").exists():
+            LocalCluster(data_dir, 0, default_bin_dir()).stop("immediate")
     shutil.rmtree(world, ignore_errors=True)
 
 

@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from drkit.config import load_policy
 from drkit.errors import ApprovalError
 from flows.approvals import FailbackChoice, FailoverApproval, wait_for_approval
-from tasks.common import artifact_key
+from tasks.common import artifact_key, record
 from tasks.dr import (
     FAILBACK_SLOT,
     confirm_writes,
@@ -27,7 +27,6 @@ from tasks.dr import (
     probe_side,
     promote_replica,
     publish_endpoint,
-    record,
     replica_lag,
     replica_state,
     resync_as_standby,

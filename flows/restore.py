@@ -8,8 +8,7 @@ from prefect import flow
 
 from drkit.config import load_policy
 from drkit.errors import VerificationError
-from flows.common import stop_cluster
-from tasks.restore import execute_restore, plan_restore, publish_restore_report, restore_sqlserver
+from tasks.restore import execute_restore, plan_restore, publish_restore_report, restore_sqlserver, stop_cluster
 from tasks.tiers import rearchive, start_rehydration, wait_rehydrated
 from tasks.verify import validate_restored
 

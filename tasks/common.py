@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
-from prefect import get_client
+from prefect import get_client, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
@@ -137,3 +138,13 @@ def artifact_key(*parts: str) -> str:
     """Prefect artifact keys: lowercase letters, digits and dashes."""
     raw = "-".join(parts).lower()
     return "".join(c if c.isalnum() else "-" for c in raw).strip("-")[:100]
+
+
+@task(name="record", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
+def record(db: str, action: str, actor: str, detail: dict[str, Any], config: str | None) -> None:
+    """An audit event for a runbook step (who decided what, when, and what happened)."""
+    rt = runtime(config)
+    try:
+        rt.catalog.audit(actor=actor, action=action, database=db, subject=db, detail=detail)
+    finally:
+        rt.close()

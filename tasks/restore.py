@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from drkit import backup_mssql
 from drkit import restore as core
 from drkit.chain import RestorePlan
+from drkit.engines.pgctl import LocalCluster
 from drkit.lsn import parse_lsn
 from drkit.restore import RestoreResult
 from drkit.verify import CheckResult
@@ -81,3 +82,19 @@ def restore_sqlserver(db: str, into: str, target: datetime | None, config: str |
         key=artifact_key(db, "restore-report"), description=f"restore of {db}")
     return {"database": result.database, "reaches": result.plan.reaches.isoformat(),
             "pieces": [p.backup.id for p in result.plan.pieces], "seconds": round(result.seconds, 2)}
+
+
+@task(name="stop-cluster", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+def stop_cluster(db: str, data_dir: str, port: int, config: str | None) -> None:
+    rt = runtime(config)
+    LocalCluster(Path(data_dir), port, rt.bin_dir(db), rt.os_user(db)).stop()
+
+
+@task(name="switch-endpoint", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
+def switch_endpoint(db: str, port: int, role: str, actor: str, config: str | None) -> None:
+    """Record a restored cluster on this host as the database's active endpoint (audited by the catalog)."""
+    rt = runtime(config)
+    try:
+        rt.catalog.set_endpoint(db, dsn_hint=f"127.0.0.1:{port}", role=role, actor=actor)
+    finally:
+        rt.close()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -392,7 +392,3 @@ def _label_timeline(label: str) -> int:
     if not m:
         raise EngineError("pg_backup_stop returned a backup_label without START TIMELINE")
     return int(m.group(1))
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import http.client
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from drkit.engines.pgctl import free_port as _free_port
 
 REPO = Path(__file__).resolve().parents[2]
 AZURITE_BIN_ENV = "DRKIT_AZURITE_BIN"
@@ -43,17 +43,9 @@ def connection_string(host: str, port: int) -> str:
     )
 
 
-def free_port(low: int = 20000, high: int = 32767) -> int:
+def free_port(low: int = 20000, high: int = 32000) -> int:
     """A port in [low, high] that nothing listens on right now (below Linux's ephemeral range)."""
-    for _ in range(200):
-        port = random.randint(low, high)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free TCP port in {low}..{high}")
+    return _free_port(low, high)
 
 
 def azurite_binary() -> Path:
