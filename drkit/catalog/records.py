@@ -25,8 +25,9 @@ BACKUP_STATUSES: tuple[str, ...] = ("running", "completed", "failed", "verified"
 RESTORABLE_STATUSES: tuple[str, ...] = ("completed", "verified")
 """Statuses a restore plan may build on."""
 
-COPY_STATUSES: tuple[str, ...] = ("pending", "complete", "deleted")
-"""Lifecycle of one stored copy of a backup in one storage tier."""
+COPY_STATUSES: tuple[str, ...] = ("pending", "complete", "deleted", "missing", "corrupt")
+"""Lifecycle of one stored copy of a backup in one storage tier: pending -> complete -> deleted, or
+complete -> missing | corrupt when a restore or ``catalog check`` finds its objects gone or damaged."""
 
 
 @dataclass(frozen=True)
