@@ -23,9 +23,12 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
+# ruff includes the S (bandit) security rules (pyproject.toml says why each exception is one);
+# pip-audit checks requirements.lock against PyPI's vulnerability data (AUDIT_STRICT=1: fail if unreachable).
 lint: install
-	$(BIN)/ruff check drkit tasks flows deployments tests bench
+	$(BIN)/ruff check drkit tasks flows deployments tests bench scripts
 	$(BIN)/mypy drkit tasks flows deployments
+	$(BIN)/python scripts/audit_deps.py requirements.lock
 
 demo: install
 	$(BIN)/drkit demo

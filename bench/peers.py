@@ -498,7 +498,7 @@ class PeersBench(Bench):
         r.azurite_cpu_s = cpu_seconds(self.azurite.pid) - az0
         r.stored_bytes = stored
         r.detail["redo"] = redo_info(log_path)
-        r.detail["rows"] = self.count_rows(r.detail["port"])
+        r.detail["rows"] = self.count_rows(r.detail["port"], target if c.tool == DRKIT else None)
         r.detail["data_dir"] = str(target)
         return r
 
@@ -573,10 +573,12 @@ class PeersBench(Bench):
                 raise SystemExit(f"restored server did not promote: {log_path}")
             time.sleep(POLL_S)
 
-    def count_rows(self, port: int) -> int:
+    def count_rows(self, port: int, socket_dir: Path | None = None) -> int:
+        """Rows restored; drkit's restores listen on the Unix socket in their data directory only."""
         import psycopg
 
-        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as conn:
+        host = str(socket_dir) if socket_dir else "127.0.0.1"
+        with psycopg.connect(f"host={host} port={port} user=postgres dbname=postgres", autocommit=True) as conn:
             row = conn.execute("SELECT count(*) FROM pgbench_accounts").fetchone()
         return int(row[0]) if row else -1
 

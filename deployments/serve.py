@@ -9,6 +9,7 @@ from prefect.schedules import Cron
 
 from drkit.config import Policy, load_policy
 from flows.backup import BACKUP_FLOWS
+from flows.catalog_check import catalog_check
 from flows.dr import replica_lag_check
 from flows.retention import retention_sweep
 from flows.verify import verify_latest_chain
@@ -49,6 +50,11 @@ def build_deployments(policy: Policy, config_path: str) -> list[Any]:
             name="retention-sweep", schedule=Cron(policy.retention_schedule, timezone="UTC"),
             parameters={"config": config_path}, tags=["drkit", "retention"],
             description="copy, move and expire backups across tiers, never breaking a restore chain"))
+    if policy.catalog_check_schedule is not None:
+        deployments.append(catalog_check.to_deployment(
+            name="catalog-check", schedule=Cron(policy.catalog_check_schedule, timezone="UTC"),
+            parameters={"config": config_path, "deep": False, "repair": True}, tags=["drkit", "catalog"],
+            description="every copy the catalog counts on exists with its size; stale runs and debris cleared"))
     return deployments
 
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from drkit.backup import DATA_OBJECT, finish_backup, guarded, object_key, write_encrypted
+from drkit.backup import DATA_OBJECT, begin, finish_backup, guarded, object_key, write_encrypted
+from drkit.binding import require_key, stream_context
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord
 from drkit.chain import RestorePiece, RestorePlan
 from drkit.chain_mssql import NATIVE_TIER, plan_for_backup_mssql, plan_restore_mssql
@@ -145,7 +146,7 @@ def _backup_to_url(
     progress: Progress | None, cleanup: BlobCleanup | None,
 ) -> BackupRecord:
     s = engine.settings
-    rec = rt.catalog.begin_backup(db, kind, base_id=base_id, meta={"engine": "sqlserver", "target": "url"})
+    rec = begin(rt, db, kind, base_id=base_id, meta={"engine": "sqlserver", "target": "url"})
     devices: list[str] = []
     try:
         with engine.session() as session:
@@ -163,13 +164,16 @@ def _backup_to_url(
         _fail(rt, rec, exc, engine.secrets, "" if isinstance(exc, DrkitError) else note)
         raise
     meta = {**info.meta(), "target": "url", "stripes": len(devices)}
+    key = _url_tier_key(s, devices[0])
+    copies = ([(str(s.url_tier), key, info.compressed_backup_size, None)]
+              if key is not None and s.url_tier in rt.policy.tiers else [])
+    # BACKUP returned, so every stripe is written: record the backup and its copy in one transaction, so
+    # the catalog never holds a completed backup without its copy.
     done = rt.catalog.complete_backup(
         rec.id, timeline=None, start_lsn=None, end_lsn=None, start_wal=None, end_wal=None,
         start_time=info.start_time, end_time=info.end_time, raw_bytes=info.backup_size,
-        stored_bytes=info.compressed_backup_size, sha256=None, format=FORMAT_URL, key_id=None, meta=meta)
-    key = _url_tier_key(s, devices[0])
-    if key is not None and s.url_tier in rt.policy.tiers:
-        rt.catalog.add_copy(rec.id, s.url_tier, key, status="complete", stored_bytes=info.compressed_backup_size)
+        stored_bytes=info.compressed_backup_size, sha256=None, format=FORMAT_URL, key_id=None, meta=meta,
+        copies=copies)
     if info.is_damaged:
         done = rt.catalog.set_status(rec.id, "corrupt", actor="drkit-backup", reason="msdb marks it damaged")
     return done
@@ -193,7 +197,7 @@ def _backup_through_pipeline(
     progress: Progress | None,
 ) -> BackupRecord:
     tier = rt.policy.backup_tier
-    rec = rt.catalog.begin_backup(db, kind, base_id=base_id, meta={"engine": "sqlserver", "target": "disk"})
+    rec = begin(rt, db, kind, base_id=base_id, meta={"engine": "sqlserver", "target": "disk"})
 
     def body() -> BackupRecord:
         info, data = write_encrypted(rt, tier, object_key(rec, DATA_OBJECT),
@@ -360,7 +364,8 @@ def _stage(rt: Runtime, engine: SqlServerEngine, pieces: Sequence[RestorePiece],
         local = local_dir / name
         staged.files.append(local)
         with rt.store(piece.tier).reader(piece.store_key) as src, open(local, "wb") as out:
-            reader = DecryptingReader(src, rt.key, expected_sha256=piece.sha256)
+            reader = DecryptingReader(src, rt.key, expected_sha256=piece.sha256,
+                                      expected_context=stream_context(b, DATA_OBJECT))
             while chunk := reader.read(4 << 20):
                 out.write(chunk)
                 staged.bytes += len(chunk)
@@ -417,8 +422,10 @@ class MssqlRestoreResult:
 
 def make_plan_mssql(rt: Runtime, db: str, target: datetime | None, now: datetime | None = None) -> RestorePlan:
     rt.policy.database(db)
-    return plan_restore_mssql(db, rt.catalog.list_backups(db), rt.catalog.all_copies(db), target=target,
+    plan = plan_restore_mssql(db, rt.catalog.list_backups(db), rt.catalog.all_copies(db), target=target,
                               now=now or datetime.now(UTC), tier_order=rt.tier_order)
+    require_key(rt, [p.backup for p in plan.pieces])  # native (URL) pieces record no key id and pass
+    return plan
 
 
 def restore_to_point(
@@ -480,6 +487,7 @@ def verify_plan_mssql(
     Changes nothing in the catalog. ``corrupt_pieces`` names pieces whose bytes or backup sets are
     proven bad; any other failure (access, timeouts) fails the report without blaming a piece.
     """
+    require_key(rt, [p.backup for p in plan.pieces])  # a wrong key is refused, never reported as corruption
     t0 = time.monotonic()
     report = VerifyReport(database=db, subject=subject, pieces=[p.backup.id for p in plan.pieces],
                           reaches=plan.reaches, stored_bytes=plan.total_bytes)
@@ -491,7 +499,7 @@ def verify_plan_mssql(
             if not piece.sha256:
                 raise RestoreError(f"{piece.backup.id} has no recorded SHA-256")
             with rt.store(piece.tier).reader(piece.store_key) as src:
-                n = verify_stored(src, piece.sha256)
+                n = verify_stored(src, piece.sha256, expected_context=stream_context(piece.backup, DATA_OBJECT))
             report.checks.append(CheckResult(f"sha256 {piece.backup.id}", True, f"{n} bytes match in tier "
                                              f"{piece.tier}", time.monotonic() - started))
         except DrkitError as exc:

@@ -3,39 +3,175 @@
 Commands that change something run as Prefect flows, so they show in the UI
 with their artifacts; read-only commands (backups, restore-plan, status,
 check) read the catalog and the server directly. ``--json`` output is stable:
-see README "JSON output". Errors are one line on stderr and exit status 2
-(bad input) or 1 (the operation failed).
+see README "JSON output".
+
+Output contract (README "Exit status"): the result on stdout; an error is one
+line ``error: ...`` on stderr with exit status 2 (bad input) or 1 (the
+operation failed), never a traceback (``--verbose`` adds it). Prefect's own
+console log lines are off unless ``--verbose``: flow runs still log to the
+Prefect API, so the UI shows them. Nothing typed by the user or carried by
+an error is read as rich markup: both consoles have markup and emoji codes off.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from uuid import UUID
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from drkit.config import load_policy
-from drkit.errors import ConfigError, DrkitError, VerificationError
+from drkit.errors import ConfigError, DrkitError, EncryptionKeyError, VerificationError
 from drkit.runtime import Runtime
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Database backup and disaster recovery.")
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
+if TYPE_CHECKING:
+    from drkit.catalog_check import CheckReport
+
+
+class _Commands(TyperGroup):
+    """The top-level group: the last-resort guard around every command (and its subcommands).
+
+    Any exception a command lets through becomes one ``error:`` line and an exit status, as in `_guard`.
+    """
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):  # exits, Ctrl-C and usage errors: typer's own
+            raise
+        except Exception as exc:
+            raise typer.Exit(_report(exc)) from None
+
+
+app = typer.Typer(cls=_Commands, no_args_is_help=True, add_completion=False,
+                  help="Database backup and disaster recovery.")
+console = Console(markup=False, emoji=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
 T = TypeVar("T")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="policy file (default $DRKIT_CONFIG, ./drkit.yaml)")]
-_state: dict[str, Any] = {"config": None}
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v",
+                                          help="also show Prefect's log lines and tracebacks on stderr")]
+_state: dict[str, Any] = {"config": None, "verbose": False}
 
 
 @app.callback()
-def main(config: ConfigOpt = None) -> None:
+def main(ctx: typer.Context, config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
     _state["config"] = str(config) if config else None
+    _state["verbose"] = verbose
+    # `serve` is a service, its log is its output; `demo` shows the runs as they go and starts a Prefect
+    # server that must not inherit the quiet setting (its log file is kept).
+    if not verbose and ctx.invoked_subcommand not in ("serve", "demo"):
+        ctx.call_on_close(_quiet_prefect_console())
+
+
+# -- output and errors ---------------------------------------------------------------------------------
+
+# Prefect's stderr handlers (logging.yml: `console` on the root logger, `debug` on prefect._internal), raised
+# above everything they would print. Set in the environment before Prefect is first imported (a fresh
+# `drkit` process); the `api` handler that sends run logs to the server is not touched.
+_QUIET_PREFECT_ENV = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
+                      "PREFECT_LOGGING_HANDLERS_DEBUG_LEVEL": "CRITICAL"}
+
+
+def _quiet_prefect_console() -> Callable[[], None]:
+    """Turn Prefect's console logging off for this command; returns the undo (the environment and, when
+    Prefect was already imported and configured in this process, its stream handlers' levels)."""
+    saved_env = {k: os.environ.get(k) for k in _QUIET_PREFECT_ENV}
+    for k, v in _QUIET_PREFECT_ENV.items():
+        os.environ.setdefault(k, v)
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    handlers = {h for lg in loggers for h in lg.handlers
+                if isinstance(h, logging.StreamHandler) and type(h).__module__.startswith("prefect.")}
+    saved_levels = [(h, h.level) for h in handlers]
+    for h in handlers:
+        h.setLevel(logging.CRITICAL + 1)
+
+    def undo() -> None:
+        for h, level in saved_levels:
+            h.setLevel(level)
+        for k, old in saved_env.items():
+            if old is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = old
+    return undo
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _error(message: str) -> None:
+    """One ``error: ...`` line on stderr; the message is plain text, never markup."""
+    err.print(Text.assemble(("error:", "red"), " ", _one_line(message)))
+
+
+def _key_unusable() -> bool:
+    """True when the configured backup key is missing or malformed (bad input, exit 2), as opposed to a
+    well-formed key that is not the one a backup was written with (a failed operation, exit 1)."""
+    from drkit.pipeline import EncryptionKey
+    try:
+        EncryptionKey.from_env(load_policy(_state["config"]).encryption.key_env)
+    except DrkitError:
+        return True
+    return False
+
+
+def _prefect_unreachable(exc: BaseException) -> str | None:
+    """The one-line message for a connection to the Prefect API that failed (``exc`` or what it was raised
+    from, as in Prefect's "Failed to reach API"), else None."""
+    if "httpx" not in sys.modules or "prefect" not in sys.modules:  # no API was called
+        return None
+    import httpx
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, httpx.TransportError):
+        cause = cause.__cause__
+    if not isinstance(cause, httpx.TransportError):
+        return None
+    try:
+        url = cause.request.url
+    except RuntimeError:  # no request attached
+        return None
+    from prefect.settings import get_current_settings
+    api = str(get_current_settings().api.url or "")
+    where = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
+    if not api or not api.startswith(where):
+        return None
+    return (f"cannot reach the Prefect API at {where}: {type(cause).__name__}: {str(cause) or 'no answer'}; "
+            "start the Prefect server, or point PREFECT_API_URL at a running one")
+
+
+def _report(exc: Exception) -> int:
+    """Print ``exc`` as one error line (and its traceback with --verbose); return the exit status."""
+    if _state.get("verbose"):
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, ConfigError):
+        code, message = 2, str(exc)
+    elif isinstance(exc, EncryptionKeyError):
+        code, message = (2 if _key_unusable() else 1), str(exc)
+    elif isinstance(exc, DrkitError):
+        code, message = 1, str(exc)
+    elif (unreachable := _prefect_unreachable(exc)) is not None:
+        code, message = 1, unreachable
+    else:
+        code, message = 1, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    _error(message)
+    return code
 
 
 def _config_path() -> str:
@@ -44,25 +180,24 @@ def _config_path() -> str:
 
 
 def _guard(fn: Callable[[], T]) -> T:
+    """Run a command's body: any error becomes one ``error:`` line and exit status 2 (bad input) or 1."""
     try:
         return fn()
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
-    except DrkitError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        raise typer.Exit(1) from None
+    except (typer.Exit, typer.Abort, TyperException):
+        raise
+    except Exception as exc:
+        raise typer.Exit(_report(exc)) from None
 
 
 def _runtime() -> Runtime:
     return Runtime(load_policy(_state["config"]))
 
 
-def parse_time(value: str) -> datetime:
+def parse_time(value: str, option: str = "--to") -> datetime:
     try:
         t = datetime.fromisoformat(value)
     except ValueError:
-        raise ConfigError(f"--to {value!r} is not a timestamp; use ISO 8601, e.g. 2026-11-28T10:00:03Z") from None
+        raise ConfigError(f"{option} {value!r} is not a timestamp; use ISO 8601, e.g. 2026-11-28T10:00:03Z") from None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
@@ -109,9 +244,9 @@ def setup(db: str) -> None:
         if not res.applied:
             console.print("nothing to change")
         if res.restart_needed:
-            console.print(f"[yellow]restart PostgreSQL for {db} to finish (a setting is pending restart)[/yellow]")
+            console.print(Text(f"restart PostgreSQL for {db} to finish (a setting is pending restart)", "yellow"))
         for i in res.remaining:
-            console.print(f"[red]still missing:[/red] {i.name}: {i.fix}")
+            console.print(Text.assemble(("still missing:", "red"), f" {i.name}: {i.fix}"))
     _guard(run)
 
 
@@ -122,7 +257,7 @@ def setup(db: str) -> None:
 def backup(kind: Annotated[str, typer.Argument(help="full, diff or log")], db: str) -> None:
     """Run the backup flow for DB and print the backup id."""
     if kind not in ("full", "diff", "log"):
-        err.print(f"error: backup kind must be full, diff or log, not {kind!r}")
+        _error(f"backup kind must be full, diff or log, not {kind!r}")
         raise typer.Exit(2)
 
     def run() -> str | None:
@@ -139,8 +274,8 @@ def backup(kind: Annotated[str, typer.Argument(help="full, diff or log")], db: s
     console.print(bid)
     status = _guard(lambda: _runtime().catalog.get(bid).status)
     if status == "corrupt":
-        err.print(f"error: backup {bid} failed its verification restore and is marked corrupt; "
-                  "see the verify report in the Prefect UI")
+        _error(f"backup {bid} failed its verification restore and is marked corrupt; "
+               "see the verify report in the Prefect UI")
         raise typer.Exit(1)
 
 
@@ -230,7 +365,7 @@ def restore(
 ) -> None:
     """Restore DB (full + diff + logs) into DIR, to TIME or the latest point; runs the restore flow."""
     if sum(map(bool, (to, lsn, latest))) != 1:
-        err.print("error: give exactly one of --to TIME, --lsn LSN or --latest")
+        _error("give exactly one of --to TIME, --lsn LSN or --latest")
         raise typer.Exit(2)
 
     def run() -> dict[str, Any]:
@@ -243,7 +378,11 @@ def restore(
             keep_running=keep_running, config=_config_path())
         return result
     out = _guard(run)
-    where = f"running on 127.0.0.1:{out['port']}" if out["running"] else "stopped"
+    for line in out.get("warnings") or []:  # a copy found missing or corrupt: read from the next tier
+        err.print(f"warning: {line}")
+    from drkit.restore import connect_hint
+    where = (f"running, on its Unix socket only; as root or the database's OS user: "
+             f"{connect_hint(out['data_dir'], out['port'])}" if out["running"] else "stopped")
     console.print(f"restored {db} to {out['reaches']} in {out['seconds']} s into {out['data_dir']} ({where})")
 
 
@@ -283,7 +422,7 @@ def recover(
     """Corruption recovery: restore to BEFORE on a standby, validate, wait for approval, switch."""
     def run() -> dict[str, Any]:
         from drkit.restore import make_plan
-        target = parse_time(before)
+        target = parse_time(before, "--before")
         make_plan(_runtime(), db, target)
         from flows.corruption import recover_from_corruption
         result: dict[str, Any] = recover_from_corruption(
@@ -309,7 +448,8 @@ def retention_plan(now: Annotated[str | None, typer.Option("--now", help="rehear
     from drkit.tiers import plan_retention
 
     def run() -> list[Any]:
-        return plan_retention(_runtime(), parse_time(now) if now else datetime.now(UTC), routine_keeps=all_keeps)
+        return plan_retention(_runtime(), parse_time(now, "--now") if now else datetime.now(UTC),
+                              routine_keeps=all_keeps)
     actions = _guard(run)
     if as_json:
         _print_json([{"action": a.kind, "backup": a.backup_id, "database": a.database, "from": a.tier_from,
@@ -328,7 +468,8 @@ def retention_apply(now: Annotated[str | None, typer.Option("--now", help="rehea
     """Run the retention sweep flow (copies, moves, deletes)."""
     def run() -> list[dict[str, str]]:
         from flows.retention import retention_sweep
-        rows: list[dict[str, str]] = retention_sweep(config=_config_path(), now=parse_time(now) if now else None)
+        rows: list[dict[str, str]] = retention_sweep(config=_config_path(),
+                                                          now=parse_time(now, "--now") if now else None)
         return rows
     rows = _guard(run)
     for r in rows:
@@ -354,13 +495,52 @@ def hold_remove(backup_id: str, reason: Annotated[str, typer.Option("--reason")]
 
 @catalog_app.command("rebuild")
 def catalog_rebuild(from_tier: Annotated[str, typer.Option("--from", help="the tier to read")]) -> None:
-    """Rebuild the catalog (the policy's `catalog:` URL) from one store's backup descriptors alone."""
+    """Rebuild the catalog (the policy's `catalog:` URL) from one store's backup descriptors alone.
+
+    Descriptors that fail authentication are refused, one line each on stderr, and the exit status is 1.
+    """
     def run() -> dict[str, int]:
         from drkit.tiers import rebuild_catalog
-        return rebuild_catalog(_runtime(), from_tier)
+        return rebuild_catalog(_runtime(), from_tier, report=lambda line: sys.stderr.write(f"refused: {line}\n"))
     counts = _guard(run)
     console.print(f"imported {counts['imported']}, already present {counts['present']}, "
-                  f"skipped {counts['skipped']} (descriptor without data)")
+                  f"skipped {counts['skipped']} (descriptor without data), refused {counts['refused']}")
+    if counts["refused"]:
+        raise typer.Exit(1)
+
+
+@catalog_app.command("check")
+def catalog_check(
+    deep: Annotated[bool, typer.Option("--deep", help="also hash every readable copy (reads all of them)")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="mark, fail and remove what the findings say")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Does every copy the catalog counts on exist? Stale runs, orphans, lost restore points. Exit 1 on findings."""
+    def run() -> CheckReport:
+        from drkit.catalog_check import run_check
+        return run_check(_runtime(), deep=deep, repair=repair)
+    report = _guard(run)
+    _print_check(report, as_json)
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+def _print_check(report: CheckReport, as_json: bool) -> None:
+    if as_json:
+        _print_json(report.as_json())
+        return
+    if report.outcomes:
+        table = Table(title="catalog check")
+        for col in ("finding", "database", "subject", "tier", "detail", "repair"):
+            table.add_column(col)
+        for o in report.outcomes:
+            f = o.finding
+            fix = f.repair.describe() if f.repair else "needs a person"
+            if report.repair and f.repair:
+                fix = ("done: " if o.repaired else "not done: ") + o.note
+            table.add_row(*(Text(str(c)) for c in (f.kind, f.database or "", f.subject, f.tier or "", f.detail, fix)))
+        console.print(table)
+    console.print(Text(report.summary()))
 
 
 @app.command()
@@ -432,11 +612,25 @@ def approve(
 ) -> None:
     """Answer a paused run (the same form as the Prefect UI's Resume)."""
     def run() -> None:
+        try:
+            UUID(run_id)
+        except ValueError:
+            raise ConfigError(f"run id {run_id!r} is not a flow run id (a UUID); `drkit approvals` lists the "
+                              "runs waiting for an answer") from None
         approvers = load_policy(_state["config"]).approvals.approvers
         if as_name not in approvers:
             raise ConfigError(f"{as_name!r} is not on approvals.approvers ({', '.join(approvers) or 'none'})")
+        from prefect.exceptions import NotPausedError, ObjectNotFound
+
         from flows.approvals import answer
-        answer(run_id, approve=not reject, approver=as_name, reason=reason)
+        try:
+            answer(run_id, approve=not reject, approver=as_name, reason=reason)
+        except ObjectNotFound:
+            raise ConfigError(f"no flow run {run_id} in the Prefect API; `drkit approvals` lists the runs "
+                              "waiting for an answer") from None
+        except NotPausedError:
+            raise DrkitError(f"run {run_id} is not paused (answered already, timed out or finished); "
+                             "nothing was changed") from None
     _guard(run)
     console.print(f"{'rejected' if reject else 'approved'} run {run_id} as {as_name}")
 
@@ -446,8 +640,8 @@ def approve(
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Per database: newest backup of each kind, its age, and the worst-case data-loss window now."""
-    from drkit.status import database_status
+    """Per database: newest backup of each kind, its age, the worst-case data-loss window now, last catalog check."""
+    from drkit.status import check_status, database_status
 
     def run() -> None:
         rt = _runtime()
@@ -458,12 +652,14 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
                                 tier_order=rt.tier_order, locations=locations) for db in rt.policy.databases]
         from drkit.dr import lag_summary
         lags = {db: lag_summary(rt, db) for db in rt.policy.databases}
+        checked = rt.catalog.latest_audit("catalog.check")
         if as_json:
-            _print_json([{**r.as_json(now), "replica_lag": lags[r.database]} for r in rows])
+            _print_json([{**r.as_json(now), "replica_lag": lags[r.database],
+                          "catalog_check": check_status(checked, r.database).as_json()} for r in rows])
             return
         table = Table(title="status")
         for col in ("database", "newest full", "newest diff", "newest log", "restorable until", "RPO now",
-                    "3-2-1", "replica lag"):
+                    "3-2-1", "replica lag", "catalog check"):
             table.add_column(col)
         for r in rows:
             def age(kind: str, r: Any = r) -> str:
@@ -475,7 +671,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             table.add_row(r.database, age("full"), age("diff"), age("log"),
                           r.restorable_until.isoformat(timespec="seconds") if r.restorable_until else "—",
                           _age(r.rpo_seconds) if r.rpo_seconds is not None else "no restorable backup",
-                          r.rule_321, _lag_text(lags[r.database]))
+                          r.rule_321, _lag_text(lags[r.database]), check_status(checked, r.database).text(now, _age))
         console.print(table)
     _guard(run)
 

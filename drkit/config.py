@@ -232,6 +232,7 @@ class Policy(_Model):
     tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers)
     backup_tier: str = "local"
     retention_schedule: Cron | None = "0 4 * * *"  # the daily retention sweep (UTC)
+    catalog_check_schedule: Cron | None = "0 6 * * *"  # the daily `drkit catalog check --repair` (UTC)
     databases: dict[str, DatabaseConfig] = Field(default_factory=dict)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     notifications: dict[str, list[str]] = Field(default_factory=dict)
@@ -342,16 +343,17 @@ def default_bin_dir() -> Path:
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid policy file"]
+    """One line (the CLI prints errors as one line): every problem as ``key.path: what``, joined by '; '."""
+    problems = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see README 'Policy file')"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+        problems.append(f"{loc}: {' '.join(msg.split())}")
+    return f"{source}: invalid policy file: " + "; ".join(problems)
 
 
 def parse_policy(data: Any, *, base_dir: Path, source: str = "policy") -> Policy:
@@ -377,11 +379,17 @@ def find_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 def load_policy(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Policy:
     chosen = find_config(path, environ)
     try:
-        data = yaml.safe_load(chosen.read_text())
+        data = yaml.safe_load(chosen.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{chosen}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "save the policy file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{chosen}: cannot read the policy file: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        raise ConfigError(f"{chosen}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"{chosen}: not valid YAML{where}: {problem}") from None
     return parse_policy(data, base_dir=chosen.resolve().parent, source=str(chosen))

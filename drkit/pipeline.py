@@ -18,7 +18,7 @@ Reading (:class:`DecryptingReader`) is the reverse: frames are authenticated and
 decrypted one at a time, and the zstd decompressor pulls from them. Compression
 always happens before encryption (ciphertext does not compress).
 
-Wire format, version 1
+Wire format, version 2
 ======================
 
 All integers are unsigned big-endian. A stream is one header followed by one or
@@ -27,13 +27,15 @@ more frames::
     header:
       offset  size  field
       0       4     magic            b"DRKT"
-      4       1     version          1
+      4       1     version          2
       5       1     compression id   1 = zstd (one zstd frame, RFC 8878, with content checksum)
       6       1     cipher id        1 = AES-256-GCM
       7       1     key_id_len       L, 1..64
       8       L     key_id           ASCII; sha256(b"drkit-key-id:" + key).hexdigest()[:16]
       8+L     4     chunk_size       maximum plaintext bytes per frame, 1..64 MiB
       12+L    8     salt             random per stream
+      20+L    2     context_len      C, 1..1024
+      22+L    C     context          UTF-8; what the stream is: "<database>/<backup id>/<object name>"
 
     frame i (i = 0, 1, 2, ...):
       4     ciphertext length N      16 <= N <= chunk_size + 16
@@ -53,10 +55,21 @@ Per frame i:
   last frame of the stream. The last frame is always flagged final, even if it
   carries 0 plaintext bytes.
 
+The context binds a stream to the one object it was written as: the writer is
+given it (``context=``), every reader must say which object it expects
+(``expected_context=``), and a stream whose context differs is refused before
+anything is decrypted. Because the context is part of the header, and so of every
+frame's AAD, it cannot be edited to match without failing authentication: one
+backup's data copied over another's, or a manifest put where data belongs, is
+refused by name. Version 1 streams (no context) are refused: they were never
+released, and an unbound stream is exactly what version 2 exists to rule out.
+
 Consequences, all detected as :class:`~drkit.errors.IntegrityError`:
 
 * any changed header byte changes every frame's AAD (or makes the header
   unparseable); a changed key id is reported as :class:`EncryptionKeyError`;
+* a stream stored under another object's name fails the context check (and an
+  edited context fails authentication);
 * reordered frames fail because the index is in the nonce and AAD;
 * frames spliced from another stream fail because salt and header differ;
 * a stream cut at a frame boundary fails because its last frame is not flagged
@@ -68,7 +81,8 @@ Consequences, all detected as :class:`~drkit.errors.IntegrityError`:
   the reader follows the zstd block headers as the data passes).
 
 The SHA-256 reported in :class:`StreamStats` covers the stored bytes (header and
-frames), so stored copies can be checked with :func:`verify_stored` without the key.
+frames), so stored copies can be checked with :func:`verify_stored` without the key
+(which also reads the context from the header, to name a swapped object).
 """
 
 from __future__ import annotations
@@ -104,13 +118,15 @@ __all__ = [
     "StreamStats",
     "Readable",
     "Writable",
+    "context_mismatch",
     "copy_stream",
+    "describe_context",
     "read_header",
     "sha256_of_stream",
     "verify_stored",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 MIN_CHUNK_SIZE = 1
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
@@ -120,6 +136,7 @@ KEY_BYTES = 32
 TAG_BYTES = 16
 SALT_BYTES = 8
 MAX_KEY_ID_LEN = 64
+MAX_CONTEXT_LEN = 1024
 # At most this many frames per stream: the frame index is a u32 in the nonce.
 # Module-level (read at run time) so tests can lower it.
 MAX_FRAMES = 2**32 - 1
@@ -130,7 +147,7 @@ _KEY_ID_PREFIX = b"drkit-key-id:"
 _KEYGEN_HINT = "python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'"
 
 _FIXED_HEAD = struct.Struct(">4sBBBB")  # magic, version, compression, cipher, key_id_len
-_HEAD_TAIL = struct.Struct(">I8s")  # chunk_size, salt
+_HEAD_TAIL = struct.Struct(">I8sH")  # chunk_size, salt, context_len
 _FRAME_LEN = struct.Struct(">I")
 _AAD_TAIL = struct.Struct(">QB")  # frame index, final flag
 
@@ -222,6 +239,7 @@ class StreamHeader:
     key_id: str
     chunk_size: int
     salt: bytes
+    context: str  # the object this stream was written as: "<database>/<backup id>/<name>"
 
     def to_bytes(self) -> bytes:
         comp = _id_for(_COMPRESSION_IDS, self.compression)
@@ -231,11 +249,41 @@ class StreamHeader:
             raise ValueError(f"key_id must be 1..{MAX_KEY_ID_LEN} ASCII characters")
         if len(self.salt) != SALT_BYTES:
             raise ValueError(f"salt must be {SALT_BYTES} bytes")
+        ctx = _encode_context(self.context)
         return (
             _FIXED_HEAD.pack(MAGIC, self.version, comp, ciph, len(kid))
             + kid
-            + _HEAD_TAIL.pack(self.chunk_size, self.salt)
+            + _HEAD_TAIL.pack(self.chunk_size, self.salt, len(ctx))
+            + ctx
         )
+
+
+def _encode_context(context: str) -> bytes:
+    if not isinstance(context, str):
+        raise TypeError(f"a stream context must be a str, not {type(context).__name__}")
+    raw = context.encode("utf-8")
+    if not 1 <= len(raw) <= MAX_CONTEXT_LEN:
+        raise ValueError(f"a stream context must be 1..{MAX_CONTEXT_LEN} bytes of UTF-8, got {len(raw)}")
+    return raw
+
+
+def describe_context(context: str) -> str:
+    """``"app/app-full-1/data.drk"`` → ``"backup app-full-1's data.drk"`` (other contexts are quoted)."""
+    parts = context.rsplit("/", 2)
+    if len(parts) == 3 and all(parts):
+        return f"backup {parts[1]}'s {parts[2]}"
+    return repr(context)
+
+
+def context_mismatch(found: str, expected: str) -> IntegrityError:
+    """The error for a stream that is another object than the one asked for; names both."""
+    got, want = describe_context(found), describe_context(expected)
+    db_found, db_expected = found.rsplit("/", 2)[0], expected.rsplit("/", 2)[0]
+    if db_found != db_expected and "/" in found and "/" in expected:
+        got, want = f"{got} (database {db_found!r})", f"{want} (database {db_expected!r})"
+    return IntegrityError(
+        f"object is {got}, expected {want}: a stored object was swapped or copied to the wrong place"
+    )
 
 
 @dataclass(frozen=True)
@@ -302,6 +350,11 @@ def _read_header_bytes(source: Readable) -> tuple[StreamHeader, bytes]:
     magic, version, comp, ciph, kid_len = _FIXED_HEAD.unpack(fixed)
     if magic != MAGIC:
         raise IntegrityError("not a drkit stream: bad magic bytes")
+    if version == 1:
+        raise IntegrityError(
+            "stream format version 1 (not bound to its backup) is not read by this drkit, which reads "
+            f"version {FORMAT_VERSION}; take a new backup with this drkit"
+        )
     if version != FORMAT_VERSION:
         raise IntegrityError(
             f"unsupported stream format version {version}; this drkit reads version {FORMAT_VERSION}"
@@ -320,9 +373,20 @@ def _read_header_bytes(source: Readable) -> tuple[StreamHeader, bytes]:
         key_id = rest[:kid_len].decode("ascii")
     except UnicodeDecodeError:
         raise IntegrityError("corrupt stream header: key id is not ASCII") from None
-    chunk_size, salt = _HEAD_TAIL.unpack(rest[kid_len:])
+    chunk_size, salt, ctx_len = _HEAD_TAIL.unpack(rest[kid_len:])
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         raise IntegrityError(f"corrupt stream header: chunk size {chunk_size} is out of range")
+    if not 1 <= ctx_len <= MAX_CONTEXT_LEN:
+        raise IntegrityError(f"corrupt stream header: context length {ctx_len}")
+    ctx = _read_exact(source, ctx_len)
+    if len(ctx) < ctx_len:
+        raise IntegrityError(
+            f"truncated stream: header ends after {len(fixed) + len(rest) + len(ctx)} bytes"
+        )
+    try:
+        context = ctx.decode("utf-8")
+    except UnicodeDecodeError:
+        raise IntegrityError("corrupt stream header: context is not UTF-8") from None
     header = StreamHeader(
         version=version,
         compression=_COMPRESSION_IDS[comp],
@@ -330,14 +394,16 @@ def _read_header_bytes(source: Readable) -> tuple[StreamHeader, bytes]:
         key_id=key_id,
         chunk_size=chunk_size,
         salt=salt,
+        context=context,
     )
-    return header, fixed + rest
+    return header, fixed + rest + ctx
 
 
 def read_header(source: Readable) -> StreamHeader:
     """Parse the stream header at the current position (no key needed).
 
     Bad magic, unknown version/algorithm ids or a truncated header raise IntegrityError.
+    The context it returns is not authenticated yet (frames are): use it to name, not to trust.
     """
     return _read_header_bytes(source)[0]
 
@@ -372,6 +438,9 @@ class _CompressedSink:
 class EncryptingWriter:
     """Writable file-like: compresses, encrypts and hashes everything written, into ``sink``.
 
+    ``context`` names the object the stream is written as (``"<database>/<backup id>/<name>"``);
+    it is stored in the header and authenticated with every frame, and a reader must expect it.
+
     Use as a context manager. A clean exit writes the final frame; an exception
     inside the block abandons the stream without a final frame, so readers
     report it as truncated. ``close()`` does not close ``sink``.
@@ -389,6 +458,7 @@ class EncryptingWriter:
         sink: Writable,
         key: EncryptionKey,
         *,
+        context: str,
         level: int = 3,
         threads: int = -1,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -405,6 +475,7 @@ class EncryptingWriter:
             key_id=key.key_id,
             chunk_size=chunk_size,
             salt=os.urandom(SALT_BYTES),
+            context=context,
         )
         self._header_bytes = self.header.to_bytes()
         self._hash = hashlib.sha256()
@@ -753,20 +824,28 @@ class _FrameSource:
 class DecryptingReader(io.RawIOBase):
     """Readable file-like returning the original bytes of a stream written by EncryptingWriter.
 
-    The header is read (and the key id checked) on construction. Each frame is
-    authenticated before any of its bytes are decompressed. Reaching EOF proves
-    the stream was complete; with ``expected_sha256`` it also proves the stored
-    bytes match the catalog. ``close()`` does not close ``source``.
+    The header is read, and its key id and context checked, on construction:
+    ``expected_context`` is the object the caller means to read (see
+    :class:`EncryptingWriter`), and a stream written as any other object is
+    refused with an IntegrityError naming both. Each frame is authenticated
+    (context included) before any of its bytes are decompressed. Reaching EOF
+    proves the stream was complete; with ``expected_sha256`` it also proves the
+    stored bytes match the catalog. ``close()`` does not close ``source``.
     """
 
-    def __init__(self, source: Readable, key: EncryptionKey, *, expected_sha256: str | None = None) -> None:
+    def __init__(self, source: Readable, key: EncryptionKey, *, expected_context: str,
+                 expected_sha256: str | None = None) -> None:
         super().__init__()
+        _encode_context(expected_context)
         self._hash = hashlib.sha256()
         header, header_bytes = _read_header_bytes(source)
         if header.key_id != key.key_id:
             raise EncryptionKeyError(
-                f"backup was written with key id {header.key_id}; the configured key has id {key.key_id}"
+                f"{describe_context(expected_context)} was written with key id {header.key_id}; "
+                f"the configured key has id {key.key_id}"
             )
+        if header.context != expected_context:
+            raise context_mismatch(header.context, expected_context)
         self._hash.update(header_bytes)
         self.header = header
         self._expected = expected_sha256.strip().lower() if expected_sha256 is not None else None
@@ -883,7 +962,41 @@ def _read_some(src: Readable, buf: memoryview) -> int:
 
 def sha256_of_stream(source: Readable, bufsize: int = 1 << 20) -> tuple[str, int]:
     """Hex SHA-256 and length of everything left in ``source`` (no key needed)."""
+    return _hash_rest(source, hashlib.sha256(), bufsize)
+
+
+def verify_stored(source: Readable, expected_sha256: str, *, expected_context: str | None = None) -> int:
+    """Check stored bytes against the catalog's SHA-256, without the key; returns their length.
+
+    Raises IntegrityError naming both hashes on mismatch. With ``expected_context``
+    the header is read on the way too, and a stream written as another object is
+    refused naming both objects (the usual cause of a mismatch after a swap).
+    """
     hasher = hashlib.sha256()
+    head = _read_exact(source, _HEAD_PEEK)
+    hasher.update(head)
+    found: str | None = None
+    if expected_context is not None:
+        try:
+            found = read_header(io.BytesIO(head)).context
+        except IntegrityError:
+            found = None  # not a readable header: the SHA-256 comparison below reports it
+    tail_digest, tail_size = _hash_rest(source, hasher)
+    digest, size = tail_digest, len(head) + tail_size
+    expected = expected_sha256.strip().lower()
+    if found is not None and expected_context is not None and found != expected_context:
+        raise context_mismatch(found, expected_context)
+    if digest != expected:
+        raise IntegrityError(
+            f"stored object sha256 is {digest} ({size} bytes) but the expected sha256 is {expected}"
+        )
+    return size
+
+
+_HEAD_PEEK = _FIXED_HEAD.size + MAX_KEY_ID_LEN + _HEAD_TAIL.size + MAX_CONTEXT_LEN
+
+
+def _hash_rest(source: Readable, hasher: hashlib._Hash, bufsize: int = 1 << 20) -> tuple[str, int]:
     buf = memoryview(bytearray(bufsize))
     total = 0
     while True:
@@ -892,17 +1005,3 @@ def sha256_of_stream(source: Readable, bufsize: int = 1 << 20) -> tuple[str, int
             return hasher.hexdigest(), total
         hasher.update(buf[:n])
         total += n
-
-
-def verify_stored(source: Readable, expected_sha256: str) -> int:
-    """Check stored bytes against the catalog's SHA-256; returns their length.
-
-    Raises IntegrityError naming both hashes on mismatch.
-    """
-    digest, size = sha256_of_stream(source)
-    expected = expected_sha256.strip().lower()
-    if digest != expected:
-        raise IntegrityError(
-            f"stored object sha256 is {digest} ({size} bytes) but the expected sha256 is {expected}"
-        )
-    return size

@@ -29,8 +29,9 @@ keys drkit owns; ``cluster_name`` is set to the slot name so the standby's
 from __future__ import annotations
 
 import logging
+import os
 import re
-import shutil
+import stat
 import time
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
@@ -43,7 +44,8 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from drkit.engines.pgctl import LocalCluster, chown_tree, make_owned_dir, run_as
+from drkit.engines.pgctl import LocalCluster, make_owned_dir, run_as
+from drkit.engines.safedir import SafeDir, open_leaf, trusted_path
 from drkit.errors import DatabaseUnreachableError, EngineError
 from drkit.health import dsn_target
 from drkit.lsn import format_lsn, parse_lsn
@@ -172,6 +174,21 @@ def _session(dsn: str, *, timeout: float = 10.0, statement_timeout: float | None
         yield conn
     finally:
         conn.close()
+
+
+def command_line_conninfo(dsn: str) -> tuple[str, dict[str, str]]:
+    """Split ``dsn`` for a server binary: (conninfo without the password, environment carrying it).
+
+    A command line is readable by every local user (ps, /proc/*/cmdline); the environment of a process is
+    not. libpq reads PGPASSWORD like the DSN's password, so pg_basebackup -R and pg_rewind -R still write
+    it into the node's primary_conninfo (in its 0600 postgresql.auto.conf), and the standby can connect.
+    """
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise ReplicaError(f"invalid DSN for {dsn_target(dsn)}") from None
+    password = params.pop("password", None)
+    return make_conninfo("", **params), ({"PGPASSWORD": str(password)} if password else {})
 
 
 def _row(conn: psycopg.Connection[Any], query: str, params: Any = None) -> tuple[Any, ...]:
@@ -379,7 +396,7 @@ def _conf_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _node_socket_dir(data_dir: Path) -> Path | None:
+def _node_socket_dir(data_dir: Path, root: SafeDir) -> Path | None:
     """Where this node's unix socket must go, when postgresql.conf would put it into a data directory.
 
     drkit's own clusters (LocalCluster.initdb) keep their socket in their data directory, and a copied
@@ -387,13 +404,18 @@ def _node_socket_dir(data_dir: Path) -> Path | None:
     holds a socket ('could not open file ".s.PGSQL.N"'), and pg_basebackup/pg_rewind copy socket lock files
     between nodes. Such a node gets ``<data_dir>.sock`` beside its data directory instead. A socket
     directory that is not a data directory (the packaged default, /var/run/postgresql) is left alone.
+    ``root`` is ``data_dir`` open (safedir): a postgresql.conf that is a link is not read.
     """
     value: str | None = None
-    with suppress(OSError):
-        for line in (data_dir / "postgresql.conf").read_text().splitlines():
-            m = re.match(r"^\s*unix_socket_directories\s*=?\s*'([^']*)'", line)
-            if m:
-                value = m.group(1)
+    try:
+        conf = root.read("postgresql.conf") or b""
+    except (OSError, EngineError) as exc:
+        log.warning("not reading %s/postgresql.conf: %s", data_dir, exc)
+        conf = b""
+    for line in conf.decode(errors="replace").splitlines():
+        m = re.match(r"^\s*unix_socket_directories\s*=?\s*'([^']*)'", line)
+        if m:
+            value = m.group(1)
     if not value:
         return None
     dirs = [Path(v.strip()) for v in value.split(",") if v.strip()]
@@ -411,14 +433,30 @@ def _clear_stale_socket_locks(cluster: LocalCluster) -> list[str]:
     """
     removed: list[str] = []
     running = cluster.is_running()
-    for lock in cluster.data_dir.glob(".s.PGSQL.*.lock"):
-        socket_file = lock.with_name(lock.name[: -len(".lock")])
-        own = lock.name == f".s.PGSQL.{cluster.port}.lock"
-        if (own and not running) or not socket_file.exists():
-            with suppress(OSError):
-                lock.unlink()
-                removed.append(lock.name)
+    with SafeDir.open(trusted_path(cluster.data_dir)) as root:
+        for name in sorted(root.listdir()):
+            if not (name.startswith(".s.PGSQL.") and name.endswith(".lock")):
+                continue
+            own = name == f".s.PGSQL.{cluster.port}.lock"
+            if (own and not running) or not root.exists(name[: -len(".lock")]):
+                with suppress(OSError):
+                    root.unlink(name)  # a link named so is removed itself, never what it points to
+                    removed.append(name)
     return removed
+
+
+def _data_dir_owner(root: SafeDir) -> tuple[int, int] | None:
+    """Who files root writes into the data directory ``root`` must belong to (its owner), when we are root."""
+    if os.geteuid() != 0:
+        return None
+    st = os.fstat(root.fd)
+    return st.st_uid, st.st_gid
+
+
+def _remove_dir(path: Path) -> None:
+    """Remove the directory (or a link) at ``path``, walking its tree without following a link (safedir)."""
+    with SafeDir.open(trusted_path(path.parent)) as parent:
+        parent.remove(path.name)
 
 
 def apply_node_settings(data_dir: Path, *, port: int, slot: str, os_user: str | None,
@@ -429,13 +467,31 @@ def apply_node_settings(data_dir: Path, *, port: int, slot: str, os_user: str | 
     collapsed to the last one (or replaced by ``primary_conninfo`` when given). ``unix_socket_directories``
     is drkit's too here: set only when postgresql.conf would put the socket into a data directory
     (see ``_node_socket_dir``), removed otherwise (a copied value names a directory of the source's host).
+
+    The OS user owns the data directory and may have planted links in it: every file is reached through
+    directory descriptors (safedir), a postgresql.auto.conf that is a link is refused, and the new file
+    replaces the old one by rename (owned by the data directory's owner, 0600), never written through.
     """
-    path = data_dir / "postgresql.auto.conf"
-    socket_dir = _node_socket_dir(data_dir)
-    if socket_dir is not None:
-        make_owned_dir(socket_dir, os_user, 0o755)
-    existed = path.exists()
-    lines = path.read_text().splitlines() if existed else [
+    data_dir = trusted_path(data_dir)
+    with SafeDir.open(data_dir) as root:
+        owner = _data_dir_owner(root)
+        socket_dir = _node_socket_dir(data_dir, root)
+        if socket_dir is not None:
+            with SafeDir.open(data_dir.parent) as parent, \
+                    parent.subdir(socket_dir.name, create=True, mode=0o755) as made:
+                if owner is not None:
+                    os.fchown(made.fd, *owner)
+                os.fchmod(made.fd, 0o755)
+        current = root.read("postgresql.auto.conf")
+        root.replace("postgresql.auto.conf", _node_conf(current, port=port, slot=slot, socket_dir=socket_dir,
+                                                        primary_conninfo=primary_conninfo).encode(),
+                     mode=0o600, owner=owner)
+
+
+def _node_conf(current: bytes | None, *, port: int, slot: str, socket_dir: Path | None,
+               primary_conninfo: str | None) -> str:
+    """postgresql.auto.conf's text with the node's own settings (see apply_node_settings)."""
+    lines = current.decode("utf-8", "surrogateescape").splitlines() if current is not None else [
         "# Do not edit this file manually!", "# It will be overwritten by the ALTER SYSTEM command."]
     keys = [(m.group(1).lower() if (m := _KEY_RE.match(ln)) and not ln.lstrip().startswith("#") else None)
             for ln in lines]
@@ -454,9 +510,7 @@ def apply_node_settings(data_dir: Path, *, port: int, slot: str, os_user: str | 
             f"cluster_name = {_conf_quote(slot)}", "wal_receiver_status_interval = '1s'"]
     if socket_dir is not None:
         out.append(f"unix_socket_directories = {_conf_quote(str(socket_dir))}")
-    path.write_text("\n".join(out) + "\n")
-    if not existed:
-        chown_tree(path, os_user)
+    return "\n".join(out) + "\n"
 
 
 def _control_data(cluster: LocalCluster) -> dict[str, str]:
@@ -591,12 +645,15 @@ def _log_size(cluster: LocalCluster) -> int:
 
 
 def _log_problem(cluster: LocalCluster, offset: int) -> ReplicaError | None:
-    try:
-        with open(cluster.log_path, "rb") as fh:
-            fh.seek(offset)
-            text = fh.read().decode(errors="replace")
-    except OSError:
+    try:  # the OS user may control the log: no foreign link followed, a regular file only (safedir)
+        fd = open_leaf(cluster.log_path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, EngineError):
         return None
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        fh.seek(offset)
+        text = fh.read().decode(errors="replace")
     for line in text.splitlines():
         if any(p in line for p in _DIVERGED):
             return TimelineDivergedError(
@@ -708,7 +765,7 @@ def create_standby(
     if (data_dir / "PG_VERSION").exists():
         if (data_dir / "backup_label").exists() and not cluster.is_running():
             log.warning("%s holds an interrupted base backup: clearing it", data_dir)
-            shutil.rmtree(data_dir)
+            _remove_dir(data_dir)
         else:
             raise ReplicaError(f"{data_dir} holds a PostgreSQL cluster that is not a standby; refusing to "
                                "overwrite it (move it away, or use rebuild_as_standby)")
@@ -723,13 +780,14 @@ def create_standby(
         raise ReplicaError(f"slot {slot!r} on {dsn_target(primary_dsn)} is in use by another standby "
                            f"(walsender pid {row[1]}); choose another slot name")
     make_owned_dir(data_dir, os_user)
-    argv = [str(Path(bin_dir) / "pg_basebackup"), "-d", primary_dsn, "-D", str(data_dir), "-R",
+    conninfo, secret_env = command_line_conninfo(primary_dsn)
+    argv = [str(Path(bin_dir) / "pg_basebackup"), "-d", conninfo, "-D", str(data_dir), "-R",
             "-X", "stream", "-c", "fast", "-w", "-S", slot]
     if row is None:
         argv.append("-C")
     t0 = time.monotonic()
     try:
-        run_as(os_user, argv, timeout=max(5.0, deadline - time.monotonic()))
+        run_as(os_user, argv, timeout=max(5.0, deadline - time.monotonic()), secret_env=secret_env)
     except EngineError as exc:
         raise ReplicaError(f"base backup of {dsn_target(primary_dsn)} into {data_dir} failed: "
                            + str(exc).replace(primary_dsn, dsn_target(primary_dsn))) from None
@@ -773,10 +831,11 @@ def _stop_clean(cluster: LocalCluster, timeout: float) -> None:
 
 def _pg_rewind(cluster: LocalCluster, source_dsn: str, *, timeout: float) -> Literal["rewound", "no rewind required"]:
     """Run pg_rewind -R (as the cluster's OS user). Does NOT checkpoint the source: see rewind_as_standby."""
+    conninfo, secret_env = command_line_conninfo(source_dsn)
     argv = [str(cluster.bin_dir / "pg_rewind"), f"--target-pgdata={cluster.data_dir}",
-            f"--source-server={source_dsn}", "-R"]
+            f"--source-server={conninfo}", "-R"]
     t0 = time.monotonic()
-    proc = run_as(cluster.os_user, argv, timeout=max(5.0, timeout), check=False)
+    proc = run_as(cluster.os_user, argv, timeout=max(5.0, timeout), check=False, secret_env=secret_env)
     output = (proc.stdout + "\n" + proc.stderr).replace(source_dsn, dsn_target(source_dsn))
     if proc.returncode != 0:
         tail = " | ".join([ln for ln in output.strip().splitlines() if ln.strip()][-5:])
@@ -811,10 +870,11 @@ def rebuild_as_standby(
     if data_dir.exists():
         if keep_old:
             aside = data_dir.with_name(f"{data_dir.name}.drkit-old-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
-            data_dir.rename(aside)
+            with SafeDir.open(trusted_path(data_dir.parent)) as parent:  # renames a link itself, never its target
+                os.rename(data_dir.name, aside.name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
             log.warning("moved %s aside to %s before rebuilding it", data_dir, aside)
         else:
-            shutil.rmtree(data_dir)
+            _remove_dir(data_dir)
     ensure_slot(source_dsn, slot)
     return create_standby(source_dsn, data_dir=data_dir, port=port or target.port, slot=slot,
                           bin_dir=target.bin_dir, os_user=target.os_user, timeout=timeout, log_file=target.log_file)

@@ -2,15 +2,16 @@
 
 The data-loss window (RPO) is the time since the newest point a restore can
 reach: the end of the newest log backup joined to a base, or the newest base.
+Beside it, the last ``drkit catalog check``: when, and whether it left findings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
+from drkit.catalog.records import RESTORABLE_STATUSES, AuditRecord, BackupRecord, CopyRecord
 from drkit.chain import plan_restore
 from drkit.errors import RestorePlanError
 
@@ -76,3 +77,31 @@ def database_status(database: str, backups: Sequence[BackupRecord], copies: Sequ
         failed=sum(1 for b in mine if b.status == "failed"),
         copies=n_copies, stores=n_stores,
     )
+
+
+@dataclass(frozen=True)
+class CheckStatus:
+    """The last catalog check as it concerns one database (its findings plus those of no database)."""
+
+    at: datetime | None
+    findings: int
+    deep: bool = False
+
+    def text(self, now: datetime, age: Callable[[float], str]) -> str:
+        if self.at is None:
+            return "never"
+        ago = f"{age((now - self.at).total_seconds())} ago"
+        return f"clean, {ago}" if not self.findings else f"{self.findings} finding(s), {ago}"
+
+    def as_json(self) -> dict[str, object]:
+        return {"at": self.at.isoformat() if self.at else None, "findings": self.findings,
+                "clean": self.at is not None and not self.findings, "deep": self.deep}
+
+
+def check_status(event: AuditRecord | None, database: str) -> CheckStatus:
+    """From the newest ``catalog.check`` audit event (None: never checked)."""
+    if event is None:
+        return CheckStatus(at=None, findings=0)
+    by_db = event.detail.get("by_database") or {}
+    mine = int(by_db.get(database, 0)) + int(by_db.get("", 0))
+    return CheckStatus(at=event.at, findings=mine, deep=bool(event.detail.get("deep")))

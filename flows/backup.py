@@ -3,6 +3,10 @@
 A base backup of a kind listed in the policy's ``verify.after`` is followed by
 a verification restore (a subflow); a failed backup flow sends the
 ``backup_failed`` notification.
+
+Each runs holding the database's lock (``tasks.common.database_lock``), so no
+other backup of that database runs meanwhile: its first step fails every
+backup row a killed process left ``running`` and removes its objects.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from prefect.client.schemas.objects import FlowRun, State
 
 from drkit.config import load_policy
 from flows.verify import verify_backup_flow
-from tasks.backup import base_backup, check_prerequisites, log_backup, publish_backup_report
+from tasks.backup import base_backup, check_prerequisites, clear_interrupted, log_backup, publish_backup_report
 from tasks.common import database_lock
 from tasks.notify import deliver
 
@@ -29,6 +33,7 @@ def _notify_failure(flow: Flow[..., Any], flow_run: FlowRun, state: State) -> No
 def _base(db: str, kind: str, config: str | None) -> str:
     check_prerequisites(db, config)
     with database_lock(db):
+        clear_interrupted(db, config)  # holding the lock: any backup of db still 'running' was killed
         rec = base_backup(db, kind, config)
     publish_backup_report(rec)
     if kind in load_policy(config).database(db).verify.after:
@@ -54,6 +59,7 @@ def log_backup_flow(db: str, config: str | None = None) -> str | None:
     """Close the current WAL segment and ship all finished ones; None when there was nothing new."""
     check_prerequisites(db, config)
     with database_lock(db):
+        clear_interrupted(db, config)
         rec = log_backup(db, config)
     if rec is None:
         return None

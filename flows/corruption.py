@@ -3,7 +3,9 @@
 The operations guide's "Data Corruption Recovery → Restore Process → Standby
 Database → Validate Data → Switch to Restored". The switch here records the
 restored cluster as the database's active endpoint in the catalog (and audits
-who approved what, when); moving client traffic is the traffic router's job.
+who approved what, when), after restarting it with the backup's own listen
+settings (it is restored listening on a private Unix socket only); moving client
+traffic is the traffic router's job.
 """
 
 from __future__ import annotations
@@ -15,10 +17,18 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from drkit.config import load_policy
-from drkit.errors import ApprovalError, VerificationError
+from drkit.engines.pgrestore import hba_is_drkit_peer_only
+from drkit.errors import ApprovalError, DrkitError, VerificationError
 from flows.approvals import wait_for_approval
 from tasks.common import artifact_key, record
-from tasks.restore import execute_restore, plan_restore, publish_restore_report, stop_cluster, switch_endpoint
+from tasks.restore import (
+    execute_restore,
+    open_to_clients,
+    plan_restore,
+    publish_restore_report,
+    stop_cluster,
+    switch_endpoint,
+)
 from tasks.verify import validate_restored
 
 
@@ -38,21 +48,29 @@ def recover_from_corruption(
     into = into or str(policy.resolve(policy.scratch_dir) / db / f"recovered-{stamp}")
     plan = plan_restore(db, before, config)
     result = execute_restore(db, plan, into, port, True, config)
-    checks = validate_restored(db, result.port, config)
+    checks = validate_restored(db, result.port, config, str(result.data_dir))
     publish_restore_report(result, checks)
     if not all(c.ok for c in checks):
         stop_cluster(db, into, result.port, config)
         raise VerificationError(f"the standby restored to {before.isoformat()} failed validation; nothing was "
                                 f"switched (it is stopped, data left in {into})")
     evidence = "\n".join(f"* {c.name}: {'ok' if c.ok else 'FAILED'} — {c.detail[:160]}" for c in checks)
+    if hba_is_drkit_peer_only(result.data_dir):
+        hba = ("drkit's peer-only pg_hba.conf (the backup held none): **TCP clients will be refused until an "
+               f"operator provides a pg_hba.conf** in `{into}` (then `SELECT pg_reload_conf()`); drkit never "
+               "allows passwordless TCP logins")
+    else:
+        hba = "the backup's own pg_hba.conf, so clients log in as they did on the old primary"
     description = (
         f"## Switch {db} to the restored standby?\n\n"
         f"The standby was restored to **{before.isoformat()}** (just before the corruption) from "
-        f"{', '.join(p.backup.id for p in plan.pieces)} and is running at `127.0.0.1:{result.port}` "
-        f"(data dir `{into}`).\n\nValidation:\n{evidence}\n\n"
-        f"**Approving** records the standby as the active endpoint of {db}; writes made on the old "
-        f"primary after {before.isoformat()} are not in it. **Rejecting** stops the standby and switches "
-        f"nothing. Approvers: {', '.join(policy.approvals.approvers) or '(none configured)'}.")
+        f"{', '.join(p.backup.id for p in plan.pieces)} and is running on port {result.port}, on the Unix socket "
+        f"in its data dir `{into}` only (no TCP yet).\n\nValidation:\n{evidence}\n\n"
+        f"**Approving** restarts the standby on port {result.port} with the backup's own listen_addresses and "
+        f"socket settings (PostgreSQL's default `localhost` where the backup sets none) and {hba}; once "
+        f"`127.0.0.1:{result.port}` accepts connections it is recorded as the active endpoint of {db}. Writes "
+        f"made on the old primary after {before.isoformat()} are not in it. **Rejecting** stops the standby "
+        f"and switches nothing. Approvers: {', '.join(policy.approvals.approvers) or '(none configured)'}.")
     timeout = policy.approvals.restore_timeout
     if approval_timeout_seconds is not None:
         timeout = timedelta(seconds=approval_timeout_seconds)
@@ -74,6 +92,13 @@ def recover_from_corruption(
         record(db, "corruption.rejected", decision.approver, detail, config)
         log.warning("switch rejected by %s: %s; nothing was switched", decision.approver, decision.reason)
         return {"switched": False, **detail}
+    try:
+        opened = open_to_clients(db, into, result.port, config)
+    except DrkitError as exc:
+        record(db, "corruption.open_failed", decision.approver, {**detail, "error": str(exc)}, config)
+        log.error("%s; nothing was switched", exc)
+        raise
+    detail.update(listen_addresses=opened["listen_addresses"], tcp_clients=opened["tcp_clients"])
     switch_endpoint(db, result.port, f"primary (restored to {before.isoformat()})", decision.approver, config)
     record(db, "corruption.switched", decision.approver, detail, config)
     create_markdown_artifact(

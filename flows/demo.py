@@ -149,9 +149,9 @@ def _story(world: Path, api: str) -> None:
         out = step(f"point-in-time restore to marker {k} ({target.isoformat(timespec='milliseconds')})",
                    lambda: restore_point_in_time(db="shop", into=str(world / "restored"), target=target,
                                                  keep_running=True, config=cfg)["data_dir"])
-        restored = LocalCluster(Path(out), 0, sb.primary.bin_dir)
         port = int((Path(out) / "postmaster.pid").read_text().splitlines()[3])
-        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as c:
+        restored = LocalCluster(Path(out), port, sb.primary.bin_dir, socket_dir=Path(out))  # no TCP: its socket
+        with psycopg.connect(restored.dsn(), autocommit=True) as c:
             got = [r[0] for r in c.execute("SELECT id FROM marker ORDER BY id").fetchall()]
             notes = c.execute("SELECT count(*) FROM orders WHERE note LIKE 'marker %'").fetchone()
             total = c.execute("SELECT count(*) FROM orders").fetchone()

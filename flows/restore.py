@@ -37,7 +37,7 @@ def restore_point_in_time(
     result = execute_restore(db, plan, into, port, True, config)
     if archived:
         rearchive(archived, config)
-    checks = validate_restored(db, result.port, config) if run_checks else []
+    checks = validate_restored(db, result.port, config, str(result.data_dir)) if run_checks else []
     publish_restore_report(result, checks)
     if not keep_running:
         stop_cluster(db, str(result.data_dir), result.port, config)
@@ -47,4 +47,5 @@ def restore_point_in_time(
                                 + "; ".join(f"{c.name}: {c.detail[:200]}" for c in failed))
     return {"data_dir": str(result.data_dir), "port": result.port, "running": keep_running,
             "reaches": plan.reaches.isoformat(), "pieces": [p.backup.id for p in plan.pieces],
-            "seconds": round(result.seconds, 2), "checks": [c.name for c in checks]}
+            "seconds": round(result.seconds, 2), "checks": [c.name for c in checks],
+            "read_from": result.read_from, "warnings": result.warnings}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -22,6 +22,21 @@ def check_prerequisites(db: str, config: str | None) -> None:
         return
     _ = rt.key  # a missing key fails here, before anything is written
     rt.engine(db).require_ready()
+
+
+@task(name="clear-interrupted", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_transient)
+def clear_interrupted(db: str, config: str | None) -> list[str]:
+    """Run while holding ``db``'s lock: fail the backups a killed process left ``running``, remove their objects."""
+    rt = runtime(config)
+    try:
+        failed = core.fail_interrupted(rt, db)
+    finally:
+        rt.close()
+    if failed:
+        get_run_logger().warning("marked %d interrupted backup(s) of %s failed and removed their objects: %s",
+                                 len(failed), db, ", ".join(b.id for b in failed))
+    return [b.id for b in failed]
 
 
 @task(name="base-backup", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=[30],

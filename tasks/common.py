@@ -9,19 +9,23 @@ the whole step is safe; a half-finished engine step is never resumed.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from prefect import get_client, task
+from prefect import get_client, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.context import ConcurrencyContext
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import MissingContextError, ObjectNotFound
+from prefect.variables import Variable
 
 from drkit.config import load_policy
 from drkit.engines.sqlserver import BackupMediaError, CorruptionFoundError, LogChainError, RestoreTargetError
@@ -39,6 +43,9 @@ from drkit.errors import (
     WalConflictError,
     WalGapError,
 )
+from drkit.liveness import describe as describe_process
+from drkit.liveness import gone as process_gone
+from drkit.liveness import me as this_process
 from drkit.runtime import Runtime
 
 _PERMANENT: tuple[type[BaseException], ...] = (
@@ -98,18 +105,114 @@ def ensure_limit(name: str, limit: int = 1) -> None:
                 client.read_global_concurrency_limit_by_name(name)
 
 
+LOCK_LEASE_SECONDS = 60.0
+"""Prefect's lease on a database lock's slot: the shortest the server accepts (it refuses under 60 s).
+The holder's process renews it every 45 s while it lives; if the process dies, the server takes the
+slot back once the lease lapses (its repossessor looks every 15 s): within about 75 s."""
+
+LOCK_POLL_SECONDS = 2.0
+"""How often a waiting backup looks whether the lock is free, or its holder a process that is gone."""
+
+def _log() -> Any:
+    """The flow run's logger (so the UI shows lock takeovers), else a plain one."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("drkit.lock")
+
+
+def _holder_variable(db: str) -> str:
+    """The Prefect Variable naming a lock's holder: its lease and its process."""
+    return artifact_key("drkit-lock", db).replace("-", "_")
+
+
 @contextmanager
 def database_lock(db: str, timeout_seconds: float = 3600) -> Iterator[None]:
-    """At most one backup of ``db`` at a time, across processes and workers (strict: never a no-op)."""
+    """At most one backup of ``db`` at a time, across processes and workers (strict: never a no-op).
+
+    A holder killed outright (SIGKILL, OOM) cannot release its slot. Its lease lapses within about 75 s
+    (:data:`LOCK_LEASE_SECONDS`), but a waiter does not wait for that when it can tell: the holder
+    records its lease and process in a Prefect Variable, and a waiter on the same host that finds that
+    process gone releases the lease itself (logged) and takes the lock, within seconds.
+    """
     name = lock_name(db)
     ensure_limit(name)
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        if _slot_free(name):
+            acquired = False
+            try:
+                wait = max(1.0, min(LOCK_POLL_SECONDS, deadline - time.monotonic()))
+                with ConcurrencyContext() as ctx, concurrency(
+                        name, occupy=1, timeout_seconds=wait, strict=True, lease_duration=LOCK_LEASE_SECONDS):
+                    acquired = True
+                    lease = ctx.cleanup_lease_ids[-1] if ctx.cleanup_lease_ids else None
+                    _record_holder(db, lease)
+                    try:
+                        yield
+                    finally:
+                        _forget_holder(db, lease)
+                    return
+            except TimeoutError:
+                if acquired:
+                    raise
+                # another waiter took the slot first: wait for it like for any holder
+        elif _release_dead_holder(db):
+            continue
+        if time.monotonic() >= deadline:
+            raise BackupInProgressError(
+                f"another backup of {db!r} held the lock {name!r} for over {timeout_seconds:.0f}s; "
+                "see the running flows in the Prefect UI")
+        time.sleep(min(LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+
+def _slot_free(name: str) -> bool:
+    """Whether the limit has a free slot now (polled here: a Prefect acquisition that times out logs an error)."""
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(name)
+    return limit.active_slots < limit.limit
+
+
+def _record_holder(db: str, lease: UUID | None) -> None:
+    if lease is None:
+        return
+    holder = {"lease_id": str(lease), "process": this_process(), "since": datetime.now(UTC).isoformat()}
     try:
-        with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True):
-            yield
-    except TimeoutError:
-        raise BackupInProgressError(
-            f"another backup of {db!r} held the lock {name!r} for over {timeout_seconds:.0f}s; "
-            "see the running flows in the Prefect UI") from None
+        Variable.set(_holder_variable(db), holder, overwrite=True)
+    except Exception as exc:  # the lock is held either way; only a fast takeover after a crash is lost
+        _log().warning("could not record the holder of the backup lock of %s: %s", db, exc)
+
+
+def _forget_holder(db: str, lease: UUID | None) -> None:
+    if lease is None:
+        return
+    try:
+        current = Variable.get(_holder_variable(db))
+        if isinstance(current, dict) and current.get("lease_id") == str(lease):
+            Variable.unset(_holder_variable(db))
+    except Exception as exc:
+        _log().warning("could not clear the holder of the backup lock of %s: %s", db, exc)
+
+
+def _release_dead_holder(db: str) -> bool:
+    """Release the lock's lease if its recorded holder is a process of this host that is gone."""
+    try:
+        holder = Variable.get(_holder_variable(db))
+        if not isinstance(holder, dict) or not holder.get("lease_id"):
+            return False
+        process = holder.get("process")
+        if process_gone(process if isinstance(process, dict) else None) is not True:
+            return False
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(lease_id=UUID(str(holder["lease_id"])))
+        if Variable.get(_holder_variable(db)) == holder:
+            Variable.unset(_holder_variable(db))
+    except Exception as exc:
+        _log().warning("could not check the holder of the backup lock of %s: %s", db, exc)
+        return False
+    _log().warning("released the backup lock of %s: its holder, %s, is gone (since %s)", db,
+                 describe_process(process if isinstance(process, dict) else None), holder.get("since"))
+    return True
 
 
 def progress_reporter(key: str, description: str) -> Callable[[int, int], None]:

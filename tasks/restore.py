@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from drkit import backup_mssql
 from drkit import restore as core
 from drkit.chain import RestorePlan
+from drkit.engines import pgrestore
 from drkit.engines.pgctl import LocalCluster
 from drkit.lsn import parse_lsn
 from drkit.restore import RestoreResult
@@ -53,12 +54,15 @@ def publish_restore_report(result: RestoreResult, checks: list[CheckResult] | No
     lines = [f"# Restore of {plan.database}", "",
              f"* target: **{plan.target_time.isoformat() if plan.target_time else 'latest'}**"
              f" (recovery: {plan.recovery}, reaches {plan.reaches.isoformat()})",
-             f"* into: `{result.data_dir}` on 127.0.0.1:{result.port} "
+             f"* into: `{result.data_dir}`, port {result.port} on its Unix socket only (no TCP) "
              f"({'running' if result.running else 'stopped'}), timeline {result.timeline}",
              f"* {result.bytes_read} bytes restored in {result.seconds:.1f} s", "",
              "| piece | backup | tier | bytes |", "|---|---|---|---|"]
-    lines += [f"| {p.role} | {p.backup.id} | {p.tier} | {p.stored_bytes} |" for p in plan.pieces]
+    lines += [f"| {p.role} | {p.backup.id} | {result.read_from.get(p.backup.id, p.tier)} | {p.stored_bytes} |"
+              for p in plan.pieces]
     lines += ["", "Why:"] + [f"* {r}" for r in plan.reasons]
+    lines += (["", "Warnings (copies found missing or corrupt, read from the next tier instead):"]
+              + [f"* {w}" for w in result.warnings] if result.warnings else [])
     lines += ["", "| step | at (s) |", "|---|---|"] + [f"| {s} | {t} |" for s, t in result.steps]
     if checks:
         lines += ["", "| validation | result | detail |", "|---|---|---|"]
@@ -88,6 +92,19 @@ def restore_sqlserver(db: str, into: str, target: datetime | None, config: str |
 def stop_cluster(db: str, data_dir: str, port: int, config: str | None) -> None:
     rt = runtime(config)
     LocalCluster(Path(data_dir), port, rt.bin_dir(db), rt.os_user(db)).stop()
+
+
+@task(name="open-to-clients", cache_policy=NO_CACHE)
+def open_to_clients(db: str, data_dir: str, port: int, config: str | None) -> dict[str, object]:
+    """Restart a restored cluster with the backup's own listen settings, until 127.0.0.1:port accepts connections."""
+    rt = runtime(config)
+    try:
+        cluster = LocalCluster(Path(data_dir), port, rt.bin_dir(db), rt.os_user(db))
+    finally:
+        rt.close()
+    opened = pgrestore.open_to_clients(cluster)
+    return {"listen_addresses": opened.listen_addresses, "tcp_clients": opened.tcp_clients,
+            "peer_only": opened.peer_only}
 
 
 @task(name="switch-endpoint", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])

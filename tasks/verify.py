@@ -38,11 +38,14 @@ def verify_chain(db: str, config: str | None) -> VerifyReport:
 
 
 @task(name="validate-restored", cache_policy=NO_CACHE)
-def validate_restored(db: str, port: int, config: str | None) -> list[CheckResult]:
-    """amcheck, visibility map and the policy's SQL checks against a running restored cluster."""
+def validate_restored(db: str, port: int, config: str | None, data_dir: str) -> list[CheckResult]:
+    """amcheck, visibility map and the policy's SQL checks against a running restored cluster.
+
+    It listens only on the Unix socket in its data directory (``data_dir``), on ``port``.
+    """
     rt = runtime(config)
     try:
-        return core.run_checks(rt, db, port)
+        return core.run_checks(rt, db, port, data_dir)
     finally:
         rt.close()
 

@@ -377,23 +377,26 @@ class Catalog:
         format: str | None,
         key_id: str | None,
         meta: Mapping[str, Any] | None = None,
-        copies: Sequence[tuple[str, str, int, str]] = (),
+        copies: Sequence[tuple[str, str, int, str | None]] = (),
+        finished_at: datetime | None = None,
     ) -> BackupRecord:
         """Mark a running backup completed and record its copies, all in one transaction.
 
         ``copies`` are ``(tier, store_key, stored_bytes, sha256)`` tuples, inserted with status
         ``complete``. If anything fails (e.g. a tier already has a copy) nothing is written and the
-        backup stays ``running``.
+        backup stays ``running``. ``finished_at`` (default: now) lets a caller record the instant it
+        already wrote into the backup's self-description.
         """
         start = _aware("start_time", start_time)
         end = _aware("end_time", end_time)
+        finished = _aware("finished_at", finished_at)
         with self._session() as session:
             row = self._backup(session, backup_id, lock=True)
             if row.status != "running":
                 raise CatalogError(f"backup {backup_id} is {row.status}; only a running backup can complete")
             now = _now()
             row.status = "completed"
-            row.finished_at = now
+            row.finished_at = finished or now
             row.timeline = timeline
             row.start_lsn = start_lsn
             row.end_lsn = end_lsn
@@ -600,6 +603,13 @@ class Catalog:
             session.add(row)
             self._flush(session, f"cannot record audit event {action}")
             return _audit_record(row)
+
+    def latest_audit(self, action: str) -> AuditRecord | None:
+        """The newest audit event of ``action``, or None."""
+        query = select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id.desc()).limit(1)
+        with self._session(write=False) as session:
+            row = session.scalars(query).first()
+            return None if row is None else _audit_record(row)
 
     def audit_events(self, *, database: str | None = None, action: str | None = None) -> list[AuditRecord]:
         """Audit events, oldest first, optionally filtered."""

@@ -11,9 +11,12 @@ the spool. Exit status is what PostgreSQL acts on:
 
 * 0 — the file is in the spool, durably (copied to a temp name, fsync'd,
   renamed, directory fsync'd), or an identical copy was already there (a retry
-  after a crash, or the same segment archived twice);
-* 1 — a *different* file already exists under that name: refuse, so the
-  conflict is visible in ``pg_stat_archiver`` instead of silently losing WAL;
+  after a crash, or the same segment archived twice) and has been fsync'd,
+  file and directory, before saying so: the run that renamed it may have died
+  before its directory fsync;
+* 1 — a *different* file (or something that is not a regular file) already
+  exists under that name: refuse, so the conflict is visible in
+  ``pg_stat_archiver`` instead of silently losing WAL;
 * 2 — usage or I/O error (PostgreSQL retries).
 """
 
@@ -34,18 +37,29 @@ def _digest(path: str) -> str:
             h.update(block)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _fsync_path(path: str, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def _fsync_dir(path: str) -> None:
+    _fsync_path(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
 def archive(src: str, dst: str) -> int:
     spool = os.path.dirname(dst) or "."
-    if os.path.exists(dst):
+    if os.path.lexists(dst):
+        if os.path.islink(dst) or not os.path.isfile(dst):
+            sys.stderr.write(f"drkit-archive-wal: {dst} exists and is not a regular file; refusing\n")
+            return 1
         if _digest(src) == _digest(dst):
+            # Already there, from a run that may have been killed between its rename and its directory
+            # fsync: make the file and its name durable before PostgreSQL may recycle the segment.
+            _fsync_path(dst, os.O_RDONLY | os.O_NOFOLLOW)
+            _fsync_dir(spool)
             return 0
         sys.stderr.write(f"drkit-archive-wal: {dst} exists with different content; refusing\n")
         return 1

@@ -204,6 +204,14 @@ class ArchiveWriter:
             self._tar.addfile(info, _ExactReader(fh, size, self._on_bytes))
         return size
 
+    def add_open_file(self, relpath: str, fh: BinaryIO) -> int:
+        """Add a file the caller opened (and checked) itself, at its current size; returns that size."""
+        size = os.fstat(fh.fileno()).st_size
+        info = tarfile.TarInfo(relpath)
+        info.size, info.mode = size, 0o600
+        self._tar.addfile(info, _ExactReader(fh, size, self._on_bytes))
+        return size
+
     def add_bytes(self, relpath: str, data: bytes) -> None:
         info = tarfile.TarInfo(relpath)
         info.size, info.mode = len(data), 0o600
@@ -261,8 +269,11 @@ def scan_changed_pages(
         block += n
 
 
-def apply_pages(target_file: Path, payload: bytes) -> int:
-    """Write a ``scan_changed_pages`` payload into a file; returns pages written."""
+def apply_pages(target_file: Path | str, payload: bytes, *, fd: int | None = None) -> int:
+    """Write a ``scan_changed_pages`` payload into a file; returns pages written.
+
+    ``fd``: write through this descriptor (opened by the caller without following links) instead.
+    """
     if len(payload) < 8:
         raise IntegrityError(f"page set for {target_file} is truncated")
     n_pages: int
@@ -272,7 +283,9 @@ def apply_pages(target_file: Path, payload: bytes) -> int:
     data_off = 8 + 4 * (n_pages + n_zero)
     if len(payload) != data_off + n_pages * PAGE_SIZE:
         raise IntegrityError(f"page set for {target_file} has the wrong length")
-    fd = os.open(target_file, os.O_RDWR | os.O_CREAT, 0o600)
+    own = fd is None
+    if fd is None:
+        fd = os.open(target_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         view = memoryview(payload)
         for i, blk in enumerate(blocks[:n_pages]):
@@ -281,7 +294,8 @@ def apply_pages(target_file: Path, payload: bytes) -> int:
         for blk in blocks[n_pages:]:
             os.pwrite(fd, ZERO_PAGE, blk * PAGE_SIZE)
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
     return n_pages + n_zero
 
 

@@ -9,9 +9,9 @@ database host (or see its data directory); ``check`` verifies that.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shlex
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -33,7 +33,8 @@ from drkit.engines.pgfiles import (
     pages_member_name,
     scan_changed_pages,
 )
-from drkit.engines.walspool import WalBatch
+from drkit.engines.safedir import SafeDir, trusted_path
+from drkit.engines.walspool import WalBatch, open_spool_file
 from drkit.errors import DatabaseUnreachableError, EngineError, PrerequisiteError
 from drkit.lsn import format_lsn, parse_lsn, parse_segment_name, segment_name, segment_number
 
@@ -191,12 +192,7 @@ class PostgresEngine:
 
     def setup(self) -> SetupResult:
         make_owned_dir(self.spool, self.os_user, 0o700)
-        script = self.spool / ARCHIVE_SCRIPT_NAME
-        shutil.copyfile(_ARCHIVE_SCRIPT_SRC, script)
-        os.chmod(script, 0o755)
-        make_owned_dir(self.spool, self.os_user, 0o700)  # re-own (the copy was made by us)
-        if self.os_user and os.geteuid() == 0:
-            shutil.chown(script, self.os_user, self.os_user)
+        self._install_archive_script()
         applied: list[str] = []
         wanted = {"archive_command": self.archive_command}
         for item in self.check():
@@ -222,6 +218,20 @@ class PostgresEngine:
             pending = bool(self._one(conn, "SELECT count(*) FROM pg_settings WHERE pending_restart"))
         remaining = [i for i in self.check() if not i.ok and not i.needs_restart]
         return SetupResult(applied=applied, restart_needed=pending, remaining=remaining)
+
+    def _install_archive_script(self) -> None:
+        """Copy the archive script into the spool, owned by the OS user, 0755.
+
+        The OS user owns the spool and may have planted a link named like the script: the copy goes to a
+        fresh name through the spool's directory descriptor and is renamed over whatever is there
+        (safedir), so root never writes, chmods or chowns through a link.
+        """
+        owner = None
+        if self.os_user and os.geteuid() == 0:
+            pw = pwd.getpwnam(self.os_user)
+            owner = (pw.pw_uid, pw.pw_gid)
+        with SafeDir.open(trusted_path(self.spool)) as spool:
+            spool.replace(ARCHIVE_SCRIPT_NAME, _ARCHIVE_SCRIPT_SRC.read_bytes(), mode=0o755, owner=owner)
 
     def require_ready(self) -> None:
         """Raise PrerequisiteError listing every unmet prerequisite and its fix."""
@@ -285,11 +295,10 @@ class PostgresEngine:
         tli = _label_timeline(label)
         wal = self._wal_between(tli, start_lsn, stop_lsn, seg_size)
         for name in wal:
-            if writer.add_file(f"pg_wal/{name}", str(self.spool / name)) is None:
+            if not self._add_spool_file(writer, name):
                 raise EngineError(f"WAL segment {name} vanished from the spool {self.spool} during the backup")
-        history = self.spool / f"{tli:08X}.history"
-        if tli > 1 and history.is_file():
-            writer.add_file(f"pg_wal/{history.name}", str(history))
+        if tli > 1:
+            self._add_spool_file(writer, f"{tli:08X}.history")
         writer.add_bytes("backup_label", label.encode())
         if spcmap:
             writer.add_bytes("tablespace_map", spcmap.encode())
@@ -371,10 +380,19 @@ class PostgresEngine:
                     f"{self.archive_timeout:.0f}s{failed}; check archive_command (`drkit check {self.name}`)")
             time.sleep(0.1)
 
+    def _add_spool_file(self, writer: ArchiveWriter, name: str) -> bool:
+        """Add spool entry ``name`` as ``pg_wal/<name>``: regular files only, never through a link (walspool)."""
+        fh = open_spool_file(self.spool, name)
+        if fh is None:
+            return False
+        with fh:
+            writer.add_open_file(f"pg_wal/{name}", fh)
+        return True
+
     def write_wal_archive(self, out: ByteSink, batch: WalBatch) -> dict[str, Any]:
         writer = ArchiveWriter(out)
         for name in (*batch.history_files, *batch.segments):
-            if writer.add_file(f"pg_wal/{name}", str(self.spool / name)) is None:
+            if not self._add_spool_file(writer, name):
                 raise EngineError(f"WAL file {name} vanished from the spool {self.spool} while shipping it")
         manifest = {"format": FORMAT, "kind": "log", "database": self.name, "timeline": batch.timeline,
                     "segments": list(batch.segments), "history": list(batch.history_files),

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
 
@@ -30,11 +31,21 @@ from drkit.storage.base import validate_key
 if TYPE_CHECKING:
     from drkit.storage.base import Store
 
-__all__ = ["FILE_MODE", "DIR_MODE", "FilesystemStore"]
+__all__ = ["FILE_MODE", "DIR_MODE", "FilesystemStore", "StoredFile"]
 
 FILE_MODE = 0o640
 DIR_MODE = 0o750
 _PARTIAL_RE = re.compile(r"^\..*\.part-[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One file under a filesystem store's root (see :meth:`FilesystemStore.files`)."""
+
+    key: str
+    size: int
+    modified: float  # POSIX mtime
+    partial: bool  # an in-progress (or abandoned) write, not an object
 
 
 def is_partial_name(name: str) -> bool:
@@ -225,33 +236,60 @@ class FilesystemStore:
                 if not is_partial_name(filename):
                     yield base + filename
 
-    def cleanup_partials(self, older_than_seconds: float = 3600) -> int:
+    def files(self, prefix: str = "") -> tuple[StoredFile, ...]:
+        """Committed objects and in-progress (or abandoned) writes whose path starts with ``prefix``, sorted.
+
+        For a catalog check: sizes and modification times in one walk. A partial's ``key`` is the path of
+        its temporary file (``a/b/.c.part-<hex>``), which no reader, ``list()`` or ``delete()`` accepts.
+        """
+        if "\x00" in prefix or "\\" in prefix or prefix.startswith("/"):
+            raise StoreError(f"invalid key prefix {prefix!r}")
+        head = prefix.rpartition("/")[0]
+        start = self.root.joinpath(*validate_key(head).split("/")) if head else self.root
+        found: list[StoredFile] = []
+        if not start.is_dir():
+            return ()
+        for dirpath, _dirnames, filenames in os.walk(start):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            base = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            for filename in filenames:
+                key = base + filename
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.lstat(os.path.join(dirpath, filename))
+                except FileNotFoundError:
+                    continue  # finished or removed meanwhile
+                found.append(StoredFile(key, st.st_size, st.st_mtime, is_partial_name(filename)))
+        return tuple(sorted(found, key=lambda f: f.key))
+
+    def cleanup_partials(self, older_than_seconds: float = 3600, prefix: str = "") -> int:
         """Remove temporary files of writes that stopped more than ``older_than_seconds`` ago.
 
         Age is judged by modification time, so a write still in progress (its
-        file keeps changing) is not touched. Returns the number of files removed.
+        file keeps changing) is not touched. ``prefix`` limits it to one directory
+        (e.g. ``db/backup-id/``, whose writer is known to be dead: age 0). Returns
+        the number of files removed.
         """
         if not self.root.is_dir():
             return 0
         cutoff = time.time() - older_than_seconds
         removed = 0
-        for dirpath, _dirnames, filenames in os.walk(self.root):
-            for filename in filenames:
-                if not is_partial_name(filename):
+        for f in self.files(prefix):
+            if not f.partial:
+                continue
+            path = self.root.joinpath(*f.key.split("/"))
+            try:
+                if path.lstat().st_mtime >= cutoff:
                     continue
-                path = Path(dirpath, filename)
-                try:
-                    if path.lstat().st_mtime >= cutoff:
-                        continue
-                    path.unlink()
-                except FileNotFoundError:
-                    continue  # finished or cleaned up concurrently
-                except OSError as exc:
-                    raise StoreError(
-                        f"cannot remove stale partial file {path} in {self.describe()}: "
-                        f"{exc.strerror or exc}"
-                    ) from exc
-                removed += 1
+                path.unlink()
+            except FileNotFoundError:
+                continue  # finished or cleaned up concurrently
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot remove stale partial file {path} in {self.describe()}: {exc.strerror or exc}"
+                ) from exc
+            removed += 1
         return removed
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,9 +66,11 @@ def test_backup_list_status_plan_and_restore_to_a_time(sandbox: Sandbox, rt: Run
     code, out, err = drkit(sandbox, "restore", "app", "--into", str(into), "--to", mid.isoformat(),
                            "--keep-running")
     assert code == 0, err
-    port = int(out.split("127.0.0.1:")[1].split(")")[0])
+    hint = re.search(r"psql\s+-h\s+(\S+)\s+-p\s+(\d+)\s+-U\s+postgres", out)  # no TCP: the socket only
+    assert hint is not None, out
+    port = int(hint.group(2))
     from drkit.engines.pgctl import LocalCluster
-    cluster = LocalCluster(into, port, rt.bin_dir("app"), rt.os_user("app"))
+    cluster = LocalCluster(into, port, rt.bin_dir("app"), rt.os_user("app"), socket_dir=Path(hint.group(1)))
     try:
         with connect(cluster.dsn()) as conn:
             assert conn.execute("SELECT array_agg(id) FROM cli_marker").fetchone() == ([1],)

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import pq
+from psycopg.conninfo import make_conninfo
 
 from drkit import backup
 from drkit.runtime import Runtime
@@ -59,9 +61,23 @@ def _paused_run(timeout: float = 120) -> str:
     raise AssertionError("the runbook never paused for approval")
 
 
-def _restored_amounts(port: int) -> list[tuple[int, int]]:
-    with connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres") as conn:
+def _restored_amounts_over_tcp(sandbox: Sandbox, port: int) -> list[tuple[int, int]]:
+    """What a client of the old primary sees at the switched endpoint: its own DSN, the new port, TCP."""
+    with connect(make_conninfo(sandbox.dsn, host="127.0.0.1", port=str(port))) as conn:
         return conn.execute("SELECT amount, count(*) FROM ledger GROUP BY amount").fetchall()
+
+
+def _tcp_listener(port: int) -> bool:
+    """Whether anything accepts TCP connections on 127.0.0.1:port (libpq's ping: no login needed)."""
+    return pq.PGconn.ping(make_conninfo(host="127.0.0.1", port=str(port), connect_timeout="3").encode()) \
+        != pq.Ping.NO_RESPONSE
+
+
+def _paused_port(run_id: str) -> int:
+    """The restored standby's port, from its postmaster.pid while the runbook waits for an answer."""
+    run = next(r for r in paused_runs() if r["id"] == run_id)
+    pid_file = Path(run["parameters"]["into"]) / "postmaster.pid"
+    return int(pid_file.read_text().splitlines()[3])
 
 
 def test_approved_switch_records_the_endpoint_and_who_approved(
@@ -71,6 +87,10 @@ def test_approved_switch_records_the_endpoint_and_who_approved(
     thread, out = _run_in_thread(db="app", before=damaged, into=str(scratch / "standby"), config=cfg,
                                  approval_timeout_seconds=120)
     run_id = _paused_run()
+    # The source's pg_hba.conf (backed up with its data dir) lets its clients in over TCP from 127.0.0.1.
+    assert ["host", "all", "all", "127.0.0.1/32", "trust"] in \
+        [ln.split() for ln in (sandbox.primary.data_dir / "pg_hba.conf").read_text().splitlines()]
+    assert not _tcp_listener(_paused_port(run_id))  # until approved: its private Unix socket only
     # Someone not on the list answers first: refused, and the run keeps waiting.
     answer(run_id, approve=True, approver="mallory@example.com", reason="trust me")
     time.sleep(3)
@@ -87,7 +107,9 @@ def test_approved_switch_records_the_endpoint_and_who_approved(
     assert ("corruption.approval.refused", "mallory@example.com") in actions
     assert ("corruption.switched", "alice@example.com") in actions
     try:
-        assert _restored_amounts(int(result["port"])) == [(100, 1000)]
+        # clients switched to the endpoint connect over TCP as they did to the old primary
+        assert _restored_amounts_over_tcp(sandbox, int(result["port"])) == [(100, 1000)]
+        assert result["tcp_clients"] == "as the backup's own pg_hba.conf allows"
     finally:
         from drkit.engines.pgctl import LocalCluster
         LocalCluster(scratch / "standby", int(result["port"]), rt.bin_dir("app"), rt.os_user("app")).stop()
@@ -98,10 +120,13 @@ def test_rejected_switch_changes_nothing(sandbox: Sandbox, rt: Runtime, damaged:
     cfg = str(policy_variant(sandbox, scratch, approvals={"approvers": ["bob@example.com"]}))
     thread, out = _run_in_thread(db="app", before=damaged, into=str(scratch / "standby-r"), config=cfg,
                                  approval_timeout_seconds=120)
-    answer(_paused_run(), approve=False, approver="bob@example.com", reason="wrong time window")
+    run_id = _paused_run()
+    port = _paused_port(run_id)
+    answer(run_id, approve=False, approver="bob@example.com", reason="wrong time window")
     thread.join(180)
     result = out["state"].result()
     assert result["switched"] is False
+    assert not _tcp_listener(port)
     assert rt.catalog.get_endpoint("app") == before
     assert ("corruption.rejected", "bob@example.com") in [(e.action, e.actor) for e in rt.catalog.audit_events()]
     assert not (scratch / "standby-r" / "postmaster.pid").exists()  # the standby was stopped

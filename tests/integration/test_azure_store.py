@@ -93,7 +93,8 @@ def test_pipeline_round_trip_of_a_multi_block_stream(store: AzureStore, service:
     assert isinstance(store, Store)
     key = EncryptionKey.generate()
     plain = os.urandom(20 * MiB)  # incompressible: 20 MiB stored, 5+ blocks of 4 MiB
-    with store.writer("db/app/full/0001.drkt") as sink, EncryptingWriter(sink, key, threads=0) as enc:
+    with store.writer("db/app/full/0001.drkt") as sink, EncryptingWriter(sink, key, context="app/0001/data.drk",
+                                                                           threads=0) as enc:
         _varying_writes(enc, plain)
     stats = enc.stats
     assert store.exists("db/app/full/0001.drkt")
@@ -102,7 +103,7 @@ def test_pipeline_round_trip_of_a_multi_block_stream(store: AzureStore, service:
     assert len(blocks) == -(-stats.stored_bytes // (4 * MiB)) >= 5
 
     with store.reader("db/app/full/0001.drkt") as src:
-        dec = DecryptingReader(src, key, expected_sha256=stats.sha256)
+        dec = DecryptingReader(src, key, expected_sha256=stats.sha256, expected_context="app/0001/data.drk")
         out = io.BytesIO()
         while chunk := dec.read(1 * MiB + 7):
             out.write(chunk)
@@ -290,7 +291,7 @@ def test_cut_connection_mid_upload_then_retry(az: Azurite, service: BlobServiceC
         with (
             pytest.raises(StoreError) as failed,
             store.writer("app/full/1") as sink,
-            EncryptingWriter(sink, key, threads=0) as enc,
+            EncryptingWriter(sink, key, context="app/1/data.drk", threads=0) as enc,
         ):
             _varying_writes(enc, plain)
         assert proxy.cuts == 1
@@ -308,10 +309,12 @@ def test_cut_connection_mid_upload_then_retry(az: Azurite, service: BlobServiceC
         _assert_no_secret(str(down.value), sas, sig)
 
         proxy.restore()
-        with store.writer("app/full/1") as sink, EncryptingWriter(sink, key, threads=0) as enc:
+        with store.writer("app/full/1") as sink, EncryptingWriter(sink, key, context="app/1/data.drk",
+                                                                   threads=0) as enc:
             _varying_writes(enc, plain)
         with store.reader("app/full/1") as src:
-            assert DecryptingReader(src, key, expected_sha256=enc.stats.sha256).read() == plain
+            assert DecryptingReader(src, key, expected_sha256=enc.stats.sha256,
+                                    expected_context="app/1/data.drk").read() == plain
         assert direct.size("app/full/1") == enc.stats.stored_bytes
 
 

@@ -159,3 +159,28 @@ def test_failed_rename_cleans_up(wal: Path, spool: Path, monkeypatch: pytest.Mon
 def test_main_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert pg_archive_wal.main(["x"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_an_identical_segment_already_there_is_made_durable_before_it_is_acknowledged(
+        wal: Path, spool: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As left by a run killed between its rename and its directory fsync: the name may not be on disk yet.
+    (spool / SEGMENT).write_bytes(wal.read_bytes())
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(pg_archive_wal.os, "fsync", recording_fsync)
+    assert pg_archive_wal.archive(str(wal), str(spool / SEGMENT)) == 0
+    assert str(spool / SEGMENT) in synced  # the file
+    assert str(spool) in synced  # and its directory entry
+
+
+def test_a_link_under_the_segment_name_is_refused(wal: Path, spool: Path) -> None:
+    (spool / SEGMENT).symlink_to(wal)  # same content, through a link: not a spool file drkit may read
+    res = run(wal, spool / SEGMENT)
+    assert res.returncode == 1
+    assert "not a regular file" in res.stderr
+    assert (spool / SEGMENT).is_symlink()

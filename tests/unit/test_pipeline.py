@@ -39,18 +39,21 @@ from drkit.pipeline import (
 CHUNK = 4096
 KEY = EncryptionKey.from_bytes(bytes(range(32)))
 OTHER_KEY = EncryptionKey.from_bytes(bytes(range(1, 33)))
+CTX = "app/app-full-20240501T120000-a1/data.drk"  # what every test stream is written as
 
 
 def encrypt(data: bytes, key: EncryptionKey = KEY, *, chunk_size: int = CHUNK, threads: int = 0,
-            level: int = 3) -> tuple[bytes, pipeline.StreamStats]:
+            level: int = 3, context: str = CTX) -> tuple[bytes, pipeline.StreamStats]:
     sink = io.BytesIO()
-    with EncryptingWriter(sink, key, chunk_size=chunk_size, threads=threads, level=level) as w:
+    with EncryptingWriter(sink, key, context=context, chunk_size=chunk_size, threads=threads, level=level) as w:
         w.write(data)
     return sink.getvalue(), w.stats
 
 
-def decrypt(blob: bytes, key: EncryptionKey = KEY, expected_sha256: str | None = None) -> bytes:
-    with DecryptingReader(io.BytesIO(blob), key, expected_sha256=expected_sha256) as r:
+def decrypt(blob: bytes, key: EncryptionKey = KEY, expected_sha256: str | None = None,
+            expected_context: str = CTX) -> bytes:
+    with DecryptingReader(io.BytesIO(blob), key, expected_context=expected_context,
+                          expected_sha256=expected_sha256) as r:
         return r.read()
 
 
@@ -62,7 +65,8 @@ def compressible(n: int) -> bytes:
 def layout(blob: bytes) -> tuple[int, list[tuple[int, int]]]:
     """Parse the documented wire format independently: header length and (start, end) of each frame."""
     kid_len = blob[7]
-    header_len = 8 + kid_len + 4 + 8
+    (ctx_len,) = struct.unpack(">H", blob[8 + kid_len + 12 : 8 + kid_len + 14])
+    header_len = 8 + kid_len + 4 + 8 + 2 + ctx_len
     frames = []
     pos = header_len
     while pos < len(blob):
@@ -87,7 +91,7 @@ def test_round_trip_returns_exactly_the_input(size: int, kind: str) -> None:
 def test_round_trip_with_default_chunk_size_and_threads() -> None:
     data = os.urandom(3 * 1024 * 1024) + compressible(3 * 1024 * 1024)
     sink = io.BytesIO()
-    with EncryptingWriter(sink, KEY) as w:  # defaults: level 3, all cores, 4 MiB frames
+    with EncryptingWriter(sink, KEY, context=CTX) as w:  # defaults: level 3, all cores, 4 MiB frames
         w.write(data)
     assert w.header.chunk_size == DEFAULT_CHUNK_SIZE
     assert decrypt(sink.getvalue()) == data
@@ -113,7 +117,7 @@ def test_compressed_stream_exactly_filling_frames_round_trips() -> None:
 def test_many_small_writes_of_any_buffer_type() -> None:
     data = os.urandom(50_000)
     sink = io.BytesIO()
-    with EncryptingWriter(sink, KEY, chunk_size=1000, threads=0) as w:
+    with EncryptingWriter(sink, KEY, context=CTX, chunk_size=1000, threads=0) as w:
         for i in range(0, len(data), 777):
             piece = data[i : i + 777]
             w.write([bytes, bytearray, memoryview][i % 3](piece))
@@ -122,7 +126,7 @@ def test_many_small_writes_of_any_buffer_type() -> None:
 
 
 def test_write_returns_number_of_bytes_accepted() -> None:
-    with EncryptingWriter(io.BytesIO(), KEY, threads=0) as w:
+    with EncryptingWriter(io.BytesIO(), KEY, context=CTX, threads=0) as w:
         assert w.write(b"abc") == 3
         assert w.write(memoryview(b"12345678").cast("I")) == 8
         assert w.writable()
@@ -140,13 +144,14 @@ def test_write_returns_number_of_bytes_accepted() -> None:
 def test_property_round_trip(data: bytes, chunk_size: int, cuts: list[int], threads: int, level: int,
                              read_size: int) -> None:
     sink = io.BytesIO()
-    with EncryptingWriter(sink, KEY, chunk_size=chunk_size, threads=threads, level=level) as w:
+    with EncryptingWriter(sink, KEY, context=CTX, chunk_size=chunk_size, threads=threads, level=level) as w:
         prev = 0
         for cut in sorted(c for c in cuts if c <= len(data)) + [len(data)]:
             w.write(data[prev:cut])
             prev = cut
     out = bytearray()
-    with DecryptingReader(io.BytesIO(sink.getvalue()), KEY, expected_sha256=w.stats.sha256) as r:
+    with DecryptingReader(io.BytesIO(sink.getvalue()), KEY, expected_context=CTX,
+                          expected_sha256=w.stats.sha256) as r:
         while chunk := r.read(read_size):
             out += chunk
         assert r.stats == w.stats
@@ -156,7 +161,7 @@ def test_property_round_trip(data: bytes, chunk_size: int, cuts: list[int], thre
 def test_readinto_and_copy_stream_restore_the_data() -> None:
     data = os.urandom(100_000)
     blob, stats = encrypt(data)
-    reader = DecryptingReader(io.BytesIO(blob), KEY)
+    reader = DecryptingReader(io.BytesIO(blob), KEY, expected_context=CTX)
     buf = bytearray(10_000)
     n = reader.readinto(buf)
     assert 0 < n <= len(buf) and bytes(buf[:n]) == data[:n]
@@ -185,7 +190,7 @@ class Trickle:
 def test_short_reads_from_pipe_like_sources_are_handled(step: int) -> None:
     data = os.urandom(20_000)
     blob, stats = encrypt(data)
-    with DecryptingReader(Trickle(blob, step), KEY, expected_sha256=stats.sha256) as r:
+    with DecryptingReader(Trickle(blob, step), KEY, expected_context=CTX, expected_sha256=stats.sha256) as r:
         assert r.read() == data
     assert sha256_of_stream(Trickle(blob, step)) == (stats.sha256, len(blob))
     out = io.BytesIO()
@@ -203,8 +208,9 @@ def test_stream_follows_the_documented_wire_format() -> None:
     assert (magic, version, comp, ciph) == (b"DRKT", FORMAT_VERSION, 1, 1)
     key_id = blob[8 : 8 + kid_len].decode("ascii")
     assert key_id == hashlib.sha256(b"drkit-key-id:" + KEY.key).hexdigest()[:16] == KEY.key_id
-    chunk_size, salt = struct.unpack(">I8s", blob[8 + kid_len : 8 + kid_len + 12])
+    chunk_size, salt, ctx_len = struct.unpack(">I8sH", blob[8 + kid_len : 8 + kid_len + 14])
     assert chunk_size == 1024
+    assert blob[8 + kid_len + 14 : 8 + kid_len + 14 + ctx_len].decode() == CTX
     header_len, frames = layout(blob)
     header = blob[:header_len]
     aead = AESGCM(KEY.key)
@@ -222,7 +228,8 @@ def test_stream_follows_the_documented_wire_format() -> None:
 def test_read_header_parses_without_a_key() -> None:
     blob, _ = encrypt(b"hello")
     header = read_header(io.BytesIO(blob))
-    assert (header.version, header.compression, header.cipher) == (1, "zstd", "aes-256-gcm")
+    assert (header.version, header.compression, header.cipher) == (2, "zstd", "aes-256-gcm")
+    assert header.context == CTX
     assert header.key_id == KEY.key_id
     assert header.chunk_size == CHUNK
     assert len(header.salt) == 8
@@ -239,18 +246,21 @@ def test_each_stream_gets_a_fresh_salt() -> None:
     ("blob", "message"),
     [
         (b"PK\x03\x04" + bytes(40), "not a drkit stream"),
-        (b"DRKT\x02\x01\x01\x10" + bytes(40), "version 2"),
-        (b"DRKT\x01\x07\x01\x10" + bytes(40), "compression"),
-        (b"DRKT\x01\x01\x09\x10" + bytes(40), "cipher"),
+        (b"DRKT\x03\x01\x01\x10" + bytes(40), "version 3"),
+        (b"DRKT\x01\x01\x01\x10" + bytes(40), "version 1 .not bound to its backup"),
+        (b"DRKT\x02\x07\x01\x10" + bytes(40), "compression"),
+        (b"DRKT\x02\x01\x09\x10" + bytes(40), "cipher"),
+        (b"DRKT\x02\x01\x01\x10" + bytes(16) + b"\x00\x00\x10\x00" + bytes(8) + b"\x00\x00", "context length 0"),
+        (b"DRKT\x02\x01\x01\x10" + bytes(16) + b"\x00\x00\x10\x00" + bytes(8) + b"\x00\x05ab", "truncated"),
         (b"DRK", "truncated"),
         (b"", "truncated"),
     ],
 )
-def test_read_header_rejects_what_is_not_a_v1_stream(blob: bytes, message: str) -> None:
+def test_read_header_rejects_what_is_not_a_v2_stream(blob: bytes, message: str) -> None:
     with pytest.raises(IntegrityError, match=message):
         read_header(io.BytesIO(blob))
     with pytest.raises(IntegrityError, match=message):
-        DecryptingReader(io.BytesIO(blob), KEY)
+        DecryptingReader(io.BytesIO(blob), KEY, expected_context=CTX)
 
 
 # --------------------------------------------------------------------------- keys
@@ -259,7 +269,7 @@ def test_read_header_rejects_what_is_not_a_v1_stream(blob: bytes, message: str) 
 def test_wrong_key_is_reported_with_both_key_ids() -> None:
     blob, _ = encrypt(b"secret data")
     with pytest.raises(EncryptionKeyError) as info:
-        DecryptingReader(io.BytesIO(blob), OTHER_KEY)
+        DecryptingReader(io.BytesIO(blob), OTHER_KEY, expected_context=CTX)
     assert KEY.key_id in str(info.value) and OTHER_KEY.key_id in str(info.value)
     assert f"written with key id {KEY.key_id}" in str(info.value)
 
@@ -339,11 +349,13 @@ def sample() -> tuple[bytes, bytes]:
 def test_flipping_any_single_byte_is_detected(sample: tuple[bytes, bytes]) -> None:
     _, blob = sample
     header_len, _ = layout(blob)
-    key_id_region = range(7, 8 + blob[7])  # key id length byte and key id
+    key_id_region = range(8, 8 + blob[7])  # the key id (a changed length byte misparses the header)
     for pos in range(len(blob)):
         tampered = bytearray(blob)
         tampered[pos] ^= 0x01
-        expected: type[Exception] = EncryptionKeyError if pos in key_id_region else IntegrityError
+        expected: type[Exception] | tuple[type[Exception], ...] = (
+            EncryptionKeyError if pos in key_id_region else (IntegrityError, EncryptionKeyError) if pos == 7
+            else IntegrityError)
         with pytest.raises(expected):
             decrypt(bytes(tampered))
     assert header_len < len(blob)
@@ -379,7 +391,7 @@ def test_truncation_at_a_frame_boundary_is_reported_as_truncated(sample: tuple[b
 def test_reading_a_truncated_stream_fails_before_claiming_eof(sample: tuple[bytes, bytes]) -> None:
     data, blob = sample
     _, frames = layout(blob)
-    reader = DecryptingReader(io.BytesIO(blob[: frames[-2][1]]), KEY)
+    reader = DecryptingReader(io.BytesIO(blob[: frames[-2][1]]), KEY, expected_context=CTX)
     with pytest.raises(IntegrityError, match="truncated"):
         while reader.read(100):
             pass
@@ -424,8 +436,9 @@ def test_data_after_the_final_frame_is_detected(sample: tuple[bytes, bytes]) -> 
 
 def seal(compressed: bytes, chunk_size: int = 512, key: EncryptionKey = KEY) -> bytes:
     """Encrypt arbitrary 'compressed' bytes into a validly authenticated stream (documented format)."""
-    kid = key.key_id.encode()
-    header = b"DRKT" + bytes([1, 1, 1, len(kid)]) + kid + struct.pack(">I", chunk_size) + b"saltsalt"
+    kid, ctx = key.key_id.encode(), CTX.encode()
+    header = (b"DRKT" + bytes([2, 1, 1, len(kid)]) + kid + struct.pack(">I", chunk_size) + b"saltsalt"
+              + struct.pack(">H", len(ctx)) + ctx)
     pieces = [compressed[i : i + chunk_size] for i in range(0, len(compressed), chunk_size)] or [b""]
     out = [header]
     for i, piece in enumerate(pieces):
@@ -455,7 +468,7 @@ def test_stats_describe_the_stored_bytes() -> None:
     assert stats.stored_bytes == len(blob)
     assert stats.sha256 == hashlib.sha256(blob).hexdigest()
     assert stats.stored_bytes < stats.raw_bytes
-    with DecryptingReader(io.BytesIO(blob), KEY) as r:
+    with DecryptingReader(io.BytesIO(blob), KEY, expected_context=CTX) as r:
         with pytest.raises(RuntimeError):
             _ = r.stats
         assert r.read() == data
@@ -463,7 +476,7 @@ def test_stats_describe_the_stored_bytes() -> None:
 
 
 def test_writer_stats_before_close_raise() -> None:
-    w = EncryptingWriter(io.BytesIO(), KEY, threads=0)
+    w = EncryptingWriter(io.BytesIO(), KEY, context=CTX, threads=0)
     w.write(b"x")
     with pytest.raises(RuntimeError, match="after close"):
         _ = w.stats
@@ -473,7 +486,7 @@ def test_writer_stats_before_close_raise() -> None:
 
 def test_close_does_not_close_the_sink() -> None:
     sink = io.BytesIO()
-    w = EncryptingWriter(sink, KEY, threads=0)
+    w = EncryptingWriter(sink, KEY, context=CTX, threads=0)
     w.close()
     w.close()  # idempotent
     assert not sink.closed
@@ -514,7 +527,7 @@ def test_copy_stream_copies_everything() -> None:
 @pytest.mark.parametrize("size", [10, 1024 * 1024])
 def test_writer_failing_inside_with_leaves_a_detectably_truncated_stream(size: int) -> None:
     sink = io.BytesIO()
-    writer = EncryptingWriter(sink, KEY, threads=0, chunk_size=CHUNK)
+    writer = EncryptingWriter(sink, KEY, context=CTX, threads=0, chunk_size=CHUNK)
     with pytest.raises(OSError, match="producer died"), writer as w:
         w.write(os.urandom(size))
         raise OSError("producer died")
@@ -528,7 +541,7 @@ def test_writer_failing_inside_with_leaves_a_detectably_truncated_stream(size: i
 
 def test_writer_never_closed_leaves_a_truncated_stream() -> None:
     sink = io.BytesIO()
-    w = EncryptingWriter(sink, KEY, threads=0, chunk_size=CHUNK)
+    w = EncryptingWriter(sink, KEY, context=CTX, threads=0, chunk_size=CHUNK)
     w.write(os.urandom(1024 * 1024))
     del w
     assert len(layout(sink.getvalue())[1]) > 10
@@ -544,7 +557,7 @@ def test_sink_failure_aborts_the_stream() -> None:
             return super().write(b)  # type: ignore[arg-type]
 
     sink = FailingSink()
-    w = EncryptingWriter(sink, KEY, threads=0, chunk_size=CHUNK)
+    w = EncryptingWriter(sink, KEY, context=CTX, threads=0, chunk_size=CHUNK)
     with pytest.raises(OSError, match="disk full"):
         for _ in range(8):
             w.write(os.urandom(256 * 1024))
@@ -558,7 +571,7 @@ def test_sink_failure_aborts_the_stream() -> None:
 def test_frame_limit_is_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "MAX_FRAMES", 3)
     sink = io.BytesIO()
-    writer = EncryptingWriter(sink, KEY, chunk_size=100, threads=0)
+    writer = EncryptingWriter(sink, KEY, context=CTX, chunk_size=100, threads=0)
     with pytest.raises(DrkitError, match="too long"), writer as w:
         w.write(os.urandom(1000))
     with pytest.raises(IntegrityError):
@@ -598,7 +611,7 @@ def test_memory_stays_bounded_while_streaming_256_mib() -> None:
     started = time.monotonic()
     tracemalloc.start()
     try:
-        with EncryptingWriter(sink, KEY) as w:
+        with EncryptingWriter(sink, KEY, context=CTX) as w:
             for i in range(total // block):
                 off = (i % 16) * block
                 w.write(pool[off : off + block])
@@ -612,3 +625,71 @@ def test_memory_stays_bounded_while_streaming_256_mib() -> None:
     growth = sink.max_rss - rss_before
     assert growth < 128 * 1024 * 1024, f"RSS grew by {growth / 2**20:.1f} MiB for a 256 MiB stream"
     assert elapsed < 30
+
+
+# --------------------------------------------------------------------------- binding to the object
+
+
+def test_a_stream_read_as_another_backups_object_is_refused_naming_both() -> None:
+    blob, stats = encrypt(b"rows of backup B", context="app/app-full-B/data.drk")
+    with pytest.raises(IntegrityError) as info:
+        decrypt(blob, expected_context="app/app-full-A/data.drk", expected_sha256=stats.sha256)
+    assert "object is backup app-full-B's data.drk, expected backup app-full-A's data.drk" in str(info.value)
+
+
+def test_a_manifest_in_place_of_data_is_refused_naming_both() -> None:
+    blob, _ = encrypt(b'{"kind": "full"}', context="app/app-full-X/manifest.drk")
+    with pytest.raises(IntegrityError, match="object is backup app-full-X's manifest.drk, expected backup "
+                                             "app-full-Y's data.drk"):
+        decrypt(blob, expected_context="app/app-full-Y/data.drk")
+
+
+def test_a_stream_of_another_database_names_both_databases() -> None:
+    blob, _ = encrypt(b"x", context="billing/b-full-1/data.drk")
+    with pytest.raises(IntegrityError, match="'billing'.*expected.*'app'"):
+        decrypt(blob, expected_context="app/b-full-1/data.drk")
+
+
+def test_an_edited_context_fails_authentication() -> None:
+    # Rewriting the header to claim the expected name (same length) passes the name check but not the tags.
+    blob, _ = encrypt(os.urandom(3000), context="app/app-full-B/data.drk")
+    forged = blob.replace(b"app/app-full-B/data.drk", b"app/app-full-A/data.drk", 1)
+    assert forged != blob
+    with pytest.raises(IntegrityError, match="frame 0 failed authentication"):
+        decrypt(forged, expected_context="app/app-full-A/data.drk")
+
+
+def test_the_context_is_required_and_bounded() -> None:
+    for bad in ("", "x" * (pipeline.MAX_CONTEXT_LEN + 1)):
+        with pytest.raises(ValueError, match="context"):
+            EncryptingWriter(io.BytesIO(), KEY, context=bad)
+    blob, _ = encrypt(b"x")
+    with pytest.raises(TypeError):
+        DecryptingReader(io.BytesIO(blob), KEY)  # type: ignore[call-arg]
+    unicode_ctx = "prod-ü/app-full-1/data.drk"
+    blob, _ = encrypt(b"abc", context=unicode_ctx)
+    assert decrypt(blob, expected_context=unicode_ctx) == b"abc"
+
+
+def test_a_version_1_stream_is_refused_with_a_clear_message() -> None:
+    kid = KEY.key_id.encode()
+    header = b"DRKT" + bytes([1, 1, 1, len(kid)]) + kid + struct.pack(">I", 512) + b"saltsalt"
+    aad = header + struct.pack(">QB", 0, 1)
+    frame = zstandard.ZstdCompressor(write_checksum=True).compress(b"old")
+    ct = AESGCM(KEY.key).encrypt(b"saltsalt" + struct.pack(">I", 0), frame, aad)
+    v1 = header + struct.pack(">I", len(ct)) + ct
+    with pytest.raises(IntegrityError, match="version 1 .not bound to its backup. is not read"):
+        decrypt(v1)
+
+
+def test_verify_stored_names_a_swapped_object_without_the_key() -> None:
+    a, a_stats = encrypt(os.urandom(5000), context="app/app-full-A/data.drk")
+    b, _ = encrypt(os.urandom(5000), context="app/app-full-B/data.drk")
+    assert verify_stored(io.BytesIO(a), a_stats.sha256, expected_context="app/app-full-A/data.drk") == len(a)
+    with pytest.raises(IntegrityError, match="object is backup app-full-B's data.drk, expected backup "
+                                             "app-full-A's data.drk"):
+        verify_stored(io.BytesIO(b), a_stats.sha256, expected_context="app/app-full-A/data.drk")
+    with pytest.raises(IntegrityError, match="sha256"):  # keyless and context-less: the hash alone
+        verify_stored(io.BytesIO(b), a_stats.sha256)
+    with pytest.raises(IntegrityError, match="sha256"):  # not even a stream: the hash mismatch is reported
+        verify_stored(io.BytesIO(b"junk"), a_stats.sha256, expected_context="app/app-full-A/data.drk")

@@ -18,6 +18,7 @@ def test_prefect_yaml_matches_the_policy_built_deployments() -> None:
     built = build_deployments(policy, "examples/drkit.yaml")
     assert {d["name"]: d["schedules"][0]["cron"] for d in declared} == {
         d.name: d.schedules[0].schedule.cron for d in built}
+    assert {d["name"]: d.get("parameters") for d in declared} == {d.name: d.parameters for d in built}
     for d in declared:
         module, func = d["entrypoint"].split(":")
         mod = __import__(module.removesuffix(".py").replace("/", "."), fromlist=[func])
