@@ -17,6 +17,8 @@ messages show the catalog URL with the password masked and never the password it
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -64,6 +66,25 @@ _STATUS_TRANSITIONS: Mapping[str, frozenset[str]] = {
     "failed": frozenset(),
 }
 """Which ``set_status`` changes make sense; running -> completed goes through ``complete_backup``."""
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put a SQLite catalog in WAL mode (once per file; later connections find it set).
+
+    Switching the journal mode needs the database to itself, and SQLite does not apply the busy timeout
+    to it: a second process opening a fresh catalog while the first migrates it gets "database is
+    locked" at once. So the switch is retried for as long as the busy timeout allows.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _now() -> datetime:
@@ -245,7 +266,7 @@ class Catalog:
                 cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
                 cursor.execute("PRAGMA foreign_keys = ON")
                 if not in_memory:
-                    cursor.execute("PRAGMA journal_mode = WAL")
+                    _use_wal(cursor)
             finally:
                 cursor.close()
 
