@@ -100,6 +100,11 @@ def _quiet_prefect_console() -> Callable[[], None]:
     saved_levels = [(h, h.level) for h in handlers]
     for h in handlers:
         h.setLevel(logging.CRITICAL + 1)
+    # Prefect's API log shipper writes "--- Error logging to API ---" and the error, with no final newline,
+    # straight to stderr while the API is unreachable, unless logging's own error reports are off; they
+    # would be glued to the command's one error line.
+    # Not undone: the shipper flushes at interpreter exit, after the command has ended.
+    logging.raiseExceptions = False
 
     def undo() -> None:
         for h, level in saved_levels:
