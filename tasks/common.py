@@ -141,27 +141,18 @@ def database_lock(db: str, timeout_seconds: float = 3600) -> Iterator[None]:
     while True:
         if _slot_free(name):
             acquired = False
-            lease: UUID | None = None
-            lost = False
             try:
                 wait = max(1.0, min(LOCK_POLL_SECONDS, deadline - time.monotonic()))
-                try:
-                    with ConcurrencyContext() as ctx, concurrency(
-                            name, occupy=1, timeout_seconds=wait, strict=True, lease_duration=LOCK_LEASE_SECONDS):
-                        acquired = True
-                        lease = ctx.cleanup_lease_ids[-1] if ctx.cleanup_lease_ids else None
-                        _record_holder(db, lease)
-                        try:
-                            yield
-                        finally:
-                            lost = lease is not None and _lease_lost(db, lease)
-                            if not lost:
-                                _forget_holder(db, lease)
-                finally:
-                    # Leaving the block released the lease; a lease the server forgot released nothing.
-                    if lost and lease is not None:
-                        _release_lost_slot(db, name, lease)
-                return
+                with ConcurrencyContext() as ctx, concurrency(
+                        name, occupy=1, timeout_seconds=wait, strict=True, lease_duration=LOCK_LEASE_SECONDS):
+                    acquired = True
+                    lease = ctx.cleanup_lease_ids[-1] if ctx.cleanup_lease_ids else None
+                    _record_holder(db, lease)
+                    try:
+                        yield
+                    finally:
+                        _forget_holder(db, lease)
+                    return
             except TimeoutError:
                 if acquired:
                     raise
@@ -173,53 +164,6 @@ def database_lock(db: str, timeout_seconds: float = 3600) -> Iterator[None]:
                 f"another backup of {db!r} held the lock {name!r} for over {timeout_seconds:.0f}s; "
                 "see the running flows in the Prefect UI")
         time.sleep(min(LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
-
-
-def _lease_lost(db: str, lease: UUID) -> bool:
-    """Whether the server no longer knows ``lease`` (renewing it answers 410 Gone).
-
-    Prefect keeps leases in memory by default: a server restarted while a backup holds the lock forgets
-    the lease but keeps the slot counted, and releasing by lease is then a silent no-op, so the slot
-    would stay taken for good. (A lease that simply expired is also gone; the server has then already
-    given its slot back, which ``_release_lost_slot`` tells apart.)
-    """
-    import httpx
-
-    try:
-        with get_client(sync_client=True) as client:
-            client.renew_concurrency_lease(lease_id=lease, lease_duration=LOCK_LEASE_SECONDS)
-    except httpx.HTTPStatusError as exc:
-        if exc.response.status_code in (404, 410):
-            return True
-        _log().warning("could not renew the lease of the backup lock of %s: %s", db, exc)
-    except Exception as exc:
-        _log().warning("could not renew the lease of the backup lock of %s: %s", db, exc)
-    return False
-
-
-def _release_lost_slot(db: str, name: str, lease: UUID) -> None:
-    """Give back the slot of a lease the server forgot, if it is still counted and nobody took the lock since.
-
-    Nobody can have taken it while the slot is counted (the limit is 1), and a holder that took it after
-    the slot came back records itself in the holder Variable first: so the slot is released by name only
-    while the Variable still names ``lease`` and the limit still counts a slot.
-    """
-    try:
-        holder = Variable.get(_holder_variable(db))
-        if not isinstance(holder, dict) or holder.get("lease_id") != str(lease):
-            return
-        with get_client(sync_client=True) as client:
-            limit = client.read_global_concurrency_limit_by_name(name)
-            if limit.active_slots >= 1:
-                since = datetime.fromisoformat(str(holder.get("since") or datetime.now(UTC).isoformat()))
-                held = max(1.0, (datetime.now(UTC) - since).total_seconds())  # the server wants > 0
-                client.release_concurrency_slots(names=[name], slots=1, occupancy_seconds=held)
-        Variable.unset(_holder_variable(db))
-    except Exception as exc:
-        _log().warning("could not give back the lost slot of the backup lock of %s: %s", db, exc)
-        return
-    _log().warning("the Prefect server lost the lease of the backup lock of %s (restarted?); its slot was "
-                   "given back by name", db)
 
 
 def _slot_free(name: str) -> bool:
@@ -259,14 +203,10 @@ def _release_dead_holder(db: str) -> bool:
         process = holder.get("process")
         if process_gone(process if isinstance(process, dict) else None) is not True:
             return False
-        lease = UUID(str(holder["lease_id"]))
-        if _lease_lost(db, lease):
-            _release_lost_slot(db, lock_name(db), lease)
-        else:
-            with get_client(sync_client=True) as client:
-                client.release_concurrency_slots_with_lease(lease_id=lease)
-            if Variable.get(_holder_variable(db)) == holder:
-                Variable.unset(_holder_variable(db))
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(lease_id=UUID(str(holder["lease_id"])))
+        if Variable.get(_holder_variable(db)) == holder:
+            Variable.unset(_holder_variable(db))
     except Exception as exc:
         _log().warning("could not check the holder of the backup lock of %s: %s", db, exc)
         return False

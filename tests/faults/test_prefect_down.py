@@ -15,6 +15,9 @@ from tests.support.prefect_process import PrefectProcess
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect (docs/faults.md): Prefect keeps concurrency leases in the server's memory, so a server "
+    "restarted under a backup keeps the database lock's slot taken with no lease to release or expire"))
 def test_prefect_api_restarted_during_a_backup_flow(prefect: PrefectProcess) -> None:
     with open_world(prefect) as world:
         out = prefect_down_backup(world)
