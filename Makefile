@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test test-fast lint demo serve stop clean
+.PHONY: install test test-fast lint golden demo serve stop clean
 
 install: $(VENV)/.installed
 	@scripts/install-system.sh
@@ -29,6 +29,9 @@ lint: install
 	$(BIN)/ruff check drkit tasks flows deployments tests bench scripts
 	$(BIN)/mypy drkit tasks flows deployments
 	$(BIN)/python scripts/audit_deps.py requirements.lock
+
+golden: install
+	DRKIT_UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/unit/test_sqlserver_golden.py
 
 demo: install
 	$(BIN)/drkit demo

@@ -866,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pgbackrest-process-max", type=int, default=2, help="pgBackRest process-max (2 cores)")
     p.add_argument("--barman-compress", default="lz4", type=_choices("none", "gz", "bz2", "snappy", "lz4"),
                    help="barman-cloud compression(s), comma-separated: each is a contender (default lz4, its fastest: "
-                        "gzip takes ~10x longer to back up, none is Azurite-bound, notes/azure.md)")
+                        "gzip takes ~10x longer to back up, none is Azurite-bound)")
     p.add_argument("--barman-jobs", type=int, default=2, help="barman-cloud-backup -J (default 2)")
     p.add_argument("--barman-venv", default=str(DEFAULT_BARMAN_VENV), help="venv holding barman-cloud")
     args = p.parse_args(argv)

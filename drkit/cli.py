@@ -152,8 +152,8 @@ def _prefect_unreachable(exc: BaseException) -> str | None:
         url = cause.request.url
     except RuntimeError:  # no request attached
         return None
-    from prefect.settings import get_current_settings
-    api = str(get_current_settings().api.url or "")
+    from flows.approvals import api_url
+    api = api_url()
     where = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
     if not api or not api.startswith(where):
         return None
@@ -625,17 +625,8 @@ def approve(
         approvers = load_policy(_state["config"]).approvals.approvers
         if as_name not in approvers:
             raise ConfigError(f"{as_name!r} is not on approvals.approvers ({', '.join(approvers) or 'none'})")
-        from prefect.exceptions import NotPausedError, ObjectNotFound
-
         from flows.approvals import answer
-        try:
-            answer(run_id, approve=not reject, approver=as_name, reason=reason)
-        except ObjectNotFound:
-            raise ConfigError(f"no flow run {run_id} in the Prefect API; `drkit approvals` lists the runs "
-                              "waiting for an answer") from None
-        except NotPausedError:
-            raise DrkitError(f"run {run_id} is not paused (answered already, timed out or finished); "
-                             "nothing was changed") from None
+        answer(run_id, approve=not reject, approver=as_name, reason=reason)
     _guard(run)
     console.print(f"{'rejected' if reject else 'approved'} run {run_id} as {as_name}")
 

@@ -4,7 +4,7 @@ Every function here is idempotent (a runbook re-run after a crash calls it
 again and it continues or does nothing) and every wait is bounded: on timeout
 it raises :class:`ReplicaTimeout` saying what it saw last, never loops forever.
 
-The measured pitfalls these functions handle (see notes/postgres.md §5):
+The measured pitfalls these functions handle:
 
 * **CHECKPOINT after promotion.** ``pg_promote()`` does not update pg_control's
   timeline until the next checkpoint; pg_rewind against such a source says "no

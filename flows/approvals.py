@@ -17,12 +17,12 @@ from uuid import UUID
 from prefect import get_client, get_run_logger
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
-from prefect.exceptions import FlowPauseTimeout
+from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
 from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from drkit.errors import ApprovalError
+from drkit.errors import ApprovalError, ConfigError, DrkitError
 
 
 class Approval(RunInput):
@@ -99,7 +99,28 @@ def paused_runs() -> list[dict[str, Any]]:
 
 
 def answer(run_id: str, *, approve: bool, approver: str, reason: str) -> None:
-    """Resume a paused run with the form its pause asked for (approval, failover or failback)."""
+    """Resume a paused run with the form its pause asked for (approval, failover or failback).
+
+    An unknown run is bad input (ConfigError); a run that is not paused is a failed operation (DrkitError).
+    """
+    try:
+        _answer(run_id, approve=approve, approver=approver, reason=reason)
+    except ObjectNotFound:
+        raise ConfigError(f"no flow run {run_id} in the Prefect API; `drkit approvals` lists the runs "
+                          "waiting for an answer") from None
+    except NotPausedError:
+        raise DrkitError(f"run {run_id} is not paused (answered already, timed out or finished); "
+                         "nothing was changed") from None
+
+
+def api_url() -> str:
+    """The Prefect API URL this process talks to ('' when none is set)."""
+    from prefect.settings import get_current_settings
+
+    return str(get_current_settings().api.url or "")
+
+
+def _answer(run_id: str, *, approve: bool, approver: str, reason: str) -> None:
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(run_id))
     flow_name = (run.name or "")

@@ -2,7 +2,7 @@
 # Installs Azurite (the Azure Storage emulator the Azure tier tests run against) into .tools/azurite/,
 # and Node.js/npm via apt when they are missing. Idempotent: does nothing if azurite-blob is already there.
 # Pinned to 3.37.0: `npm install azurite@3` on Node 20 silently resolves to 3.35.0 (engines field);
-# 3.37.0 warns EBADENGINE on Node 20 but runs fine (see ../shared/notes/azure.md).
+# 3.37.0 warns EBADENGINE on Node 20 but runs fine.
 set -euo pipefail
 
 AZURITE_VERSION=3.37.0

@@ -15,7 +15,7 @@ A drkit PostgreSQL backup is a tar stream (then compressed and encrypted by
   file's length, so restore can delete dropped files and truncate or extend
   each file exactly. (Visibility-map bit clears are not WAL-logged and do not
   move the page LSN: choosing ``_vm`` pages by LSN restores stale all-visible
-  bits, a silent corruption; see notes/blockdiff.md.)
+  bits, a silent corruption; see docs/blockdiff.md.)
 """
 
 from __future__ import annotations

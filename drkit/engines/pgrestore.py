@@ -1,6 +1,6 @@
 """Lay a PostgreSQL data directory down from drkit archives and bring it up to a target.
 
-Order (notes/blockdiff.md): the full's files → the diff's pages and whole
+Order (docs/blockdiff.md): the full's files → the diff's pages and whole
 files → delete what the diff's manifest no longer lists → truncate or extend
 every file to its recorded length → the diff's backup_label → WAL from the
 diff's start, with ``archive_mode=off`` so the restored cluster never writes

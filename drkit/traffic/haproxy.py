@@ -1,6 +1,6 @@
 """HAProxy as a traffic router, driven through its runtime API (the admin stats socket).
 
-Facts this module relies on (measured on HAProxy 2.6, ../shared/notes/haproxy-prometheus-ui.md Part 1):
+Facts this module relies on (measured on HAProxy 2.6):
 
 * The runtime API is a Unix socket; one command per connection, the answer is read to EOF. A successful
   ``set server`` / ``shutdown sessions`` answers an empty line; errors answer text ("No such server.",

@@ -1,6 +1,6 @@
 """AzureStore against a real Azurite (npm, started by the tests): streaming, atomic commit, tiers, failures.
 
-Azurite facts these tests rely on (../shared/notes/azure.md, checked again here):
+Azurite facts these tests rely on (checked here):
 reading an archived blob gives 409 BlobArchived, and rehydration completes at once
 (no ``rehydrate-pending-*`` state), so the "pending" path is not testable here.
 """

@@ -119,10 +119,8 @@ def test_failover_rewind_and_planned_switchback(scratch: Path) -> None:
         slag = standby_lag(sby.dsn())
         assert slag.state == "streaming" and slag.bytes == 0 and slag.last_replay_at is not None
         assert replication_lag(pri.dsn(), "nobody").state == "absent"
-        t0 = time.monotonic()
         with pytest.raises(ReplicaTimeout, match="'nobody' did not replay"):
             wait_caught_up(pri.dsn(), "nobody", timeout=0.5)
-        assert time.monotonic() - t0 < 3
 
         assert probe_db(pri.dsn(), require_writable=True).ok
         ro = probe_db(sby.dsn(), require_writable=True)

@@ -3,7 +3,7 @@
 What is asserted comes from two sides: the client (which backend's name came back) and HAProxy's own
 ``show stat`` counters (``app_stats()`` deltas), which must agree exactly.
 
-HAProxy fact these tests work around (../shared/notes/haproxy-prometheus-ui.md Part 1 a): a server raised from
+HAProxy fact these tests work around: a server raised from
 weight 0 gets a burst of consecutive requests (hundreds) before roundrobin settles, so after such a change the
 tests send warm-up requests and measure a later window.
 """
@@ -147,10 +147,7 @@ def test_switch_database_moves_new_connections_and_closes_old_sessions(env: HAPr
     assert name == "primary"
     assert _echoes(old)
 
-    started = time.monotonic()
     router.switch_database("dr")
-    switch_seconds = time.monotonic() - started
-    assert switch_seconds < 1.0
 
     new, name = env.haproxy.connect_db()
     assert name == "dr"

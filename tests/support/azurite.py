@@ -4,7 +4,7 @@ Azurite 3.37.0 runs on 127.0.0.1 with ``--skipApiVersionCheck`` (mandatory with
 azure-storage-blob 12.31.1, which sends an API version Azurite does not know) and
 ``--inMemoryPersistence``. It is stopped by its PID: SIGTERM, then SIGTERM again
 (Azurite registers its handlers with ``once`` and often survives the first one,
-see ../shared/notes/azure.md), then SIGKILL.
+as measured), then SIGKILL.
 
 Usage: the ``azurite`` fixture (module scoped) yields an :class:`Azurite`; its
 ``connection_string`` is the well-known development account's.

@@ -51,9 +51,11 @@ def check_golden(name: str, title: str, world_or_driver: World | FakeDriver, sta
                      "parameters, never spliced into the SQL)\n\n" + render(driver.executed[start:], [SAS_TOKEN]))
     assert SAS_TOKEN not in text
     path = GOLDEN / f"{name}.sql"
-    if os.environ.get("DRKIT_UPDATE_GOLDEN") or not path.exists():
+    if os.environ.get("DRKIT_UPDATE_GOLDEN"):  # `make golden`: an explicit, reviewed regeneration
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    if not path.exists():
+        pytest.fail(f"no golden file {path}: run `make golden`, review the T-SQL it wrote, and commit it")
     expected = path.read_text()
     if text != expected:
         diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), str(path), "sent"))
