@@ -136,11 +136,6 @@ def _extract(rt: Runtime, picker: CopyPicker, piece: RestorePiece, target: Path,
     return manifest
 
 
-def _empty_dir(path: Path) -> None:
-    """Remove everything inside ``path``, never following a link; ``path`` itself stays."""
-    empty_dir(path)  # descriptor-based: ``path`` swapped for a link by the OS user is refused
-
-
 def _lay_down(rt: Runtime, plan: RestorePlan, into: Path, wal_root: Path, stats: ExtractStats,
               picker: CopyPicker, step: StepCallback) -> None:
     """The full, the diff (reconciled with it) and the logs' WAL, each from its first good copy.
@@ -162,8 +157,8 @@ def _lay_down(rt: Runtime, plan: RestorePlan, into: Path, wal_root: Path, stats:
             return
         except _CopyFailed:
             step("discarding what was laid down (a copy failed mid-way); starting again from the next copy", 0.0)
-            _empty_dir(into)
-            _empty_dir(wal_root)
+            empty_dir(into)  # through descriptors: never a link the OS user planted
+            empty_dir(wal_root)
             stats.files = stats.pages = stats.bytes = 0
 
 

@@ -20,7 +20,7 @@ from drkit.config import load_policy
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox
 from tests.support.policies import policy_variant
-from tests.support.prefect_server import PrefectServer, running_prefect_server
+from tests.support.prefect_process import PrefectProcess, running_prefect_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[PrefectServer]:
+def server() -> Iterator[PrefectProcess]:
     with running_prefect_server() as s:
         yield s
 
@@ -40,7 +40,7 @@ def cfg(sandbox: Sandbox, scratch: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
     return policy_variant(sandbox, scratch, {"verify": {"after": []}})
 
 
-def _drkit(server: PrefectServer, sandbox: Sandbox, cfg: Path, *args: str, fault: str | None = None,
+def _drkit(server: PrefectProcess, sandbox: Sandbox, cfg: Path, *args: str, fault: str | None = None,
            ) -> subprocess.Popen[str]:
     extra = {KEY_ENV: sandbox.key_b64, "PYTHONPATH": str(ROOT)}
     if fault:
@@ -63,7 +63,7 @@ def _finish(proc: subprocess.Popen[str], timeout: float = 150) -> tuple[int, str
 
 
 def test_a_killed_backup_neither_blocks_the_next_one_nor_leaves_its_row_and_partial_object(
-    server: PrefectServer, sandbox: Sandbox, cfg: Path
+    server: PrefectProcess, sandbox: Sandbox, cfg: Path
 ) -> None:
     local = Path(load_policy(cfg).tier_path("local"))
     killed = _drkit(server, sandbox, cfg, "backup", "full", "app", fault="backup.stream")
@@ -101,7 +101,7 @@ def test_a_killed_backup_neither_blocks_the_next_one_nor_leaves_its_row_and_part
 
 
 def test_a_run_killed_after_writing_backup_json_is_found_by_catalog_check_and_repaired(
-    server: PrefectServer, sandbox: Sandbox, cfg: Path
+    server: PrefectProcess, sandbox: Sandbox, cfg: Path
 ) -> None:
     killed = _drkit(server, sandbox, cfg, "backup", "full", "app", fault="backup.descriptor:after")
     code, _, err = _finish(killed)
@@ -133,7 +133,7 @@ def test_a_run_killed_after_writing_backup_json_is_found_by_catalog_check_and_re
 
 
 def test_a_dead_holder_on_another_host_loses_the_lock_when_its_lease_lapses(
-    server: PrefectServer, caplog: pytest.LogCaptureFixture
+    server: PrefectProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -101,3 +102,14 @@ class PrefectProcess:
         self.stop()
         if self._own_home:
             shutil.rmtree(self.home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_prefect_server(startup_timeout: float = 180) -> Iterator[PrefectProcess]:
+    """A real Prefect server (background services included) for the duration of the block."""
+    server = PrefectProcess()
+    try:
+        server.start(timeout=startup_timeout)
+        yield server
+    finally:
+        server.close()
