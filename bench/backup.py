@@ -338,7 +338,7 @@ def pgbench_relation_pages(bench: Bench, since_lsn: int) -> dict[str, tuple[int,
 
 
 def wal_bytes(res: dict[str, Any]) -> int:
-    from drkit.lsn import parse_segment_name
+    from drkit.engines.postgres.lsn import parse_segment_name
 
     seg = int(res["meta"].get("segment_size", 16 * MIB))
     if not res.get("start_wal") or not res.get("end_wal"):
@@ -508,7 +508,7 @@ def bench_main(args: argparse.Namespace) -> int:
             b.wait_archiver()
         last_full = info["full_runs"][-1]  # the diff's base: the newest full
         info["full_start_lsn_int"] = int(last_full.detail["start_lsn"])
-        from drkit.lsn import format_lsn
+        from drkit.engines.postgres.lsn import format_lsn
 
         info["full_start_lsn"] = format_lsn(info["full_start_lsn_int"])
 

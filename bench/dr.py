@@ -5,7 +5,7 @@ Run from the project root, as root (both servers run as the ``postgres`` OS user
     .venv/bin/python -m bench.dr [--runs 3] [--scale 10] [--writers 4] [--fsync off] [--keep] [--verbose]
 
 Everything is real and on loopback: a sandbox primary (``drkit.sandbox.create_sandbox``) loaded with
-``pgbench -i -s SCALE``, a streaming standby (``drkit.replica.create_standby``, slot ``drkit_dr``), Debian's
+``pgbench -i -s SCALE``, a streaming standby (``replica.create_standby``, slot ``drkit_dr``), Debian's
 HAProxy in front (``tests.support.haproxy.HAProxyProcess``: a TCP database frontend and an HTTP application
 frontend over two ``NamedHttpBackend`` servers), and the real ``dr_failover`` / ``dr_failback`` flows against a
 temporary Prefect API (``prefect_test_harness``), approved through ``flows.approvals.answer`` as a DBA would.
@@ -59,8 +59,8 @@ import psycopg
 import yaml
 
 from bench.backup import _CLEAN_ENV, log, make_table, tool, verdict
-from drkit import replica
-from drkit.engines.pgctl import LocalCluster, free_port
+from drkit.engines.postgres import replica
+from drkit.engines.postgres.pgctl import LocalCluster, free_port
 from drkit.sandbox import KEY_ENV, Sandbox, create_sandbox
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -321,7 +321,7 @@ class PeersBench(Bench):
         path.write_text(yaml.safe_dump(policy, sort_keys=False))
 
     def setup_pgbackrest(self) -> None:
-        from drkit.engines.pgctl import make_owned_dir
+        from drkit.engines.postgres.pgctl import make_owned_dir
 
         base = self.pgbr_conf.parent
         for d in (base, base / "log", base / "lock", base / "spool"):
@@ -345,7 +345,7 @@ class PeersBench(Bench):
         self.as_postgres(["pgbackrest", f"--config={self.pgbr_conf}", f"--stanza={STANZA}", "stanza-create"])
 
     def setup_barman(self) -> None:
-        from drkit.engines.pgctl import make_owned_dir
+        from drkit.engines.postgres.pgctl import make_owned_dir
 
         make_owned_dir(self.barman_env.parent, "postgres", 0o750)
         # archive_command and restore_command run in the postmaster's environment: a wrapper carries ours.
@@ -482,7 +482,7 @@ class PeersBench(Bench):
     # -- restores
 
     def run_restore(self, c: Contender, i: int, stored: int) -> Result:
-        from drkit.engines.pgctl import free_port
+        from drkit.engines.postgres.pgctl import free_port
 
         target = self.root / f"restore-{c.slug}-{i}"
         log_path = self.root / f"{target.name}.log"
@@ -514,7 +514,7 @@ class PeersBench(Bench):
                               "import_s": res["import_s"], "steps": res["steps"]})
 
     def peer_restore(self, c: Contender, target: Path, log_path: Path, port: int, backup_id: str) -> Result:
-        from drkit.engines.pgctl import LocalCluster, make_owned_dir
+        from drkit.engines.postgres.pgctl import LocalCluster, make_owned_dir
 
         t0 = time.perf_counter()
         make_owned_dir(target, "postgres", 0o700)
@@ -583,7 +583,7 @@ class PeersBench(Bench):
         return int(row[0]) if row else -1
 
     def discard(self, data_dir: Path) -> None:
-        from drkit.engines.pgctl import LocalCluster
+        from drkit.engines.postgres.pgctl import LocalCluster
 
         LocalCluster(data_dir, 0, Path(tool("pg_ctl")).parent, "postgres").stop("fast")
         if not self.args.keep:
@@ -593,7 +593,7 @@ class PeersBench(Bench):
     # -- teardown
 
     def teardown_all(self) -> None:
-        from drkit.engines.pgctl import LocalCluster
+        from drkit.engines.postgres.pgctl import LocalCluster
 
         for d in self.restored:
             if (d / "postmaster.pid").exists():

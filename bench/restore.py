@@ -101,7 +101,7 @@ def child_restore(policy_path: str, into: str, no_diff: bool, profile_out: str |
         logs = plan.logs
         if not logs:
             raise SystemExit("the plan has no log backups to replay from the full")
-        from drkit.lsn import parse_segment_name
+        from drkit.engines.postgres.lsn import parse_segment_name
 
         seg = int(logs[0].backup.meta.get("segment_size", 16 * MIB))
         assert logs[0].backup.start_wal and plan.full.backup.start_lsn is not None
@@ -229,7 +229,7 @@ class RestoreBench(Bench):
         return json.loads(out.decode().strip().splitlines()[-1]), wall, rss, cpu
 
     def stop_cluster(self, data_dir: Path) -> None:
-        from drkit.engines.pgctl import LocalCluster
+        from drkit.engines.postgres.pgctl import LocalCluster
 
         os_user = "postgres" if os.geteuid() == 0 else None
         LocalCluster(data_dir, 0, Path(tool("pg_ctl")).parent, os_user).stop("fast")
@@ -278,7 +278,7 @@ class RestoreBench(Bench):
 
     def copy_spool_to_raw(self) -> int:
         """Hard-link (or copy) every archived segment in the spool into raw_wal/; returns how many were new."""
-        from drkit.lsn import is_segment_name
+        from drkit.engines.postgres.lsn import is_segment_name
 
         self.raw_wal.mkdir(exist_ok=True)
         n = 0
@@ -297,7 +297,7 @@ class RestoreBench(Bench):
 
     def complete_raw_wal(self, end_wal: str, seg_size: int) -> list[str]:
         """Copy the segments drkit's log shipped after our spool copy (its own switch) from the primary's pg_wal."""
-        from drkit.lsn import parse_segment_name, segment_name
+        from drkit.engines.postgres.lsn import parse_segment_name, segment_name
 
         tli, last = parse_segment_name(end_wal, seg_size)
         have = sorted(n for n in os.listdir(self.raw_wal) if len(n) == 24)
@@ -318,7 +318,7 @@ class RestoreBench(Bench):
     # -- restores
 
     def raw_restore(self, i: int) -> RestoreRun:
-        from drkit.engines.pgctl import free_port
+        from drkit.engines.postgres.pgctl import free_port
 
         target = self.root / f"restore-raw-{i}"
         log_path = self.root / f"restore-raw-{i}.log"
@@ -565,7 +565,7 @@ def bench_main(args: argparse.Namespace) -> int:
         log(f"drkit full: {full.wall_s:.2f} s, {full.stored_bytes:,} B ({full.detail['start_wal']}.."
             f"{full.detail['end_wal']})")
         info["raw_full"] = b.take_raw_full()
-        from drkit.lsn import format_lsn
+        from drkit.engines.postgres.lsn import format_lsn
 
         info["raw_full_start"] = (format_lsn(info["raw_full"]["start_lsn"])
                                   if info["raw_full"]["start_lsn"] is not None else "?")

@@ -16,7 +16,7 @@ It times:
 
 * ``drkit.retention.plan`` on the whole catalog at ``now`` (a day after that sweep): target <= 30 s;
 * the same on a first sweep, where every copy is still local (every backup needs an action): shown, no target;
-* ``drkit.chain.plan_restore`` for one database to a random time, the way ``drkit restore-plan`` calls it
+* the PostgreSQL chain model for one database to a random time, the way ``drkit restore-plan`` calls it
   (that database's backups and copies): median of 20, target <= 100 ms; and once with the whole catalog
   passed in, for comparison.
 
@@ -44,8 +44,8 @@ from functools import partial
 from typing import Any
 
 from drkit.catalog.records import BackupRecord, CopyRecord, HoldRecord
-from drkit.chain import plan_restore
-from drkit.lsn import DEFAULT_SEGMENT_SIZE, segment_name
+from drkit.engines.postgres.chain import plan_restore
+from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, segment_name
 from drkit.retention import Action, TierSpec, plan
 
 TARGET_PLAN_S = 30.0

@@ -38,7 +38,8 @@ from drkit.binding import check_manifest, require_key, stream_context
 from drkit.catalog.records import BackupRecord
 from drkit.copies import complete_copies, damage_of, record_damage
 from drkit.engines.base import BaseInfo, Progress
-from drkit.engines.walspool import Anchor, list_spool, plan_batch, prune_spool
+from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, format_lsn, parse_segment_name, segment_name
+from drkit.engines.postgres.walspool import Anchor, list_spool, plan_batch, prune_spool
 from drkit.errors import (
     BackupNotFoundError,
     CatalogError,
@@ -51,7 +52,6 @@ from drkit.errors import (
 from drkit.faults import fault_point
 from drkit.liveness import describe as describe_process
 from drkit.liveness import me as this_process
-from drkit.lsn import DEFAULT_SEGMENT_SIZE, format_lsn, parse_segment_name, segment_name
 from drkit.pipeline import DecryptingReader, EncryptingWriter
 from drkit.runtime import Runtime
 from drkit.storage import FilesystemStore

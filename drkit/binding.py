@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from drkit.engines.postgres.lsn import parse_lsn
 from drkit.errors import EncryptionKeyError, IntegrityError
-from drkit.lsn import parse_lsn
 from drkit.pipeline import EncryptionKey
 
 if TYPE_CHECKING:

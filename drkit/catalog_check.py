@@ -40,8 +40,8 @@ from typing import Any, Literal
 
 from drkit.backup import abandon
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
-from drkit.chain import plan_restore
 from drkit.copies import record_damage
+from drkit.engines.postgres.chain import plan_restore
 from drkit.errors import DrkitError, IntegrityError, ObjectNotFoundError, RestorePlanError
 from drkit.liveness import describe as describe_process
 from drkit.liveness import gone as process_gone

@@ -316,7 +316,7 @@ def backups(db: str, as_json: Annotated[bool, typer.Option("--json")] = False) -
 
 
 def _lsn(value: str | None) -> int | None:
-    from drkit.lsn import parse_lsn
+    from drkit.engines.postgres.lsn import parse_lsn
     if value is None:
         return None
     try:
@@ -581,7 +581,7 @@ def failback(db: str) -> None:
 def import_history(db: str) -> None:
     """SQL Server: record the backups msdb remembers, so drkit can plan restores from existing history."""
     def run() -> Any:
-        from drkit.backup_mssql import import_history as do_import
+        from drkit.engines.sqlserver.operations import import_history as do_import
         rt = _runtime()
         if not rt.is_sqlserver(db):
             raise ConfigError(f"import-history is for SQL Server databases; {db!r} is {rt.policy.database(db).engine}")

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from drkit.catalog.records import BackupRecord, CopyRecord
-from drkit.chain import RestorePiece
+from drkit.engines.postgres.chain import RestorePiece
 from drkit.errors import DrkitError, IntegrityError, ObjectNotFoundError, RestoreError, StoreError
 from drkit.runtime import Runtime
 from drkit.tiers import tier_location

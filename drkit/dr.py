@@ -14,7 +14,7 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict
 
 from drkit.config import resolve_dsn, resolve_replica_dsn
-from drkit.engines.pgctl import LocalCluster
+from drkit.engines.postgres.pgctl import LocalCluster
 from drkit.runtime import Runtime
 from drkit.traffic import Router, build_router
 
@@ -75,7 +75,7 @@ def router(rt: Runtime, db: str) -> Router:
 
 def lag_summary(rt: Runtime, db: str) -> dict[str, object] | None:
     """The DR replica's lag for `drkit status` (None when no replica is configured); never raises."""
-    from drkit import replica
+    from drkit.engines.postgres import replica
 
     if rt.policy.database(db).replica is None:
         return None

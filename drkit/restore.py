@@ -1,6 +1,6 @@
 """Point-in-time restore: execute a RestorePlan into a new data directory and bring it up.
 
-The plan (``drkit.chain``) says what to read; this module reads each piece
+The plan (``drkit.engines.postgres.chain``) says what to read; this module reads each piece
 through the pipeline (checking its SHA-256 and every chunk's tag on the way),
 lays the data directory down, and lets PostgreSQL replay WAL to the target.
 
@@ -25,10 +25,11 @@ from typing import Any
 from psycopg.conninfo import make_conninfo
 
 from drkit.binding import check_manifest, require_key, stream_context
-from drkit.chain import RestorePiece, RestorePlan, plan_restore, plan_restore_to_lsn
 from drkit.copies import CopyPicker
-from drkit.engines.pgctl import LocalCluster, free_port, run_as
-from drkit.engines.pgrestore import (
+from drkit.engines.postgres.chain import RestorePiece, RestorePlan, plan_restore, plan_restore_to_lsn
+from drkit.engines.postgres.lsn import format_lsn
+from drkit.engines.postgres.pgctl import LocalCluster, free_port, run_as
+from drkit.engines.postgres.pgrestore import (
     ExtractStats,
     extract_archive,
     finish_ownership,
@@ -38,11 +39,10 @@ from drkit.engines.pgrestore import (
     socket_path_problem,
     write_recovery_config,
 )
-from drkit.engines.safedir import claim_empty_dir, clear_file_name, empty_dir, fresh_private_dir, trusted_path
 from drkit.errors import DrkitError, EngineError, IntegrityError, RestoreError, StoreError
-from drkit.lsn import format_lsn
 from drkit.pipeline import DecryptingReader
 from drkit.runtime import Runtime
+from drkit.safedir import claim_empty_dir, clear_file_name, empty_dir, fresh_private_dir, trusted_path
 from drkit.tiers import DATA_OBJECT
 
 StepCallback = Callable[[str, float], None]  # (what is happening, fraction done 0..1)

@@ -16,7 +16,7 @@ The life of a backup (DESIGN.md, "Tiers and retention"), with ages measured from
   the verification gate of the tier it takes over from;
 * a copy that no tier wants any more is deleted, unless one of the rules below keeps it.
 
-Restore points are chain-aware, as :func:`drkit.chain.plan_restore` plans them: a target time needs the
+Restore points are chain-aware, as :func:`drkit.engines.postgres.chain.plan_restore` plans them: a target time needs the
 newest full at or before it, the newest diff on that full at or before it, and the unbroken run of log
 backups from that base's start segment to the first log that reaches the target. A tier with a window of
 ``keep_days`` keeps every copy it holds that a target inside ``[now - keep_days, now]`` needs, however old
@@ -54,8 +54,8 @@ from itertools import accumulate
 from typing import Any, Literal, NamedTuple, Protocol
 
 from drkit.catalog.records import BACKUP_KINDS, RESTORABLE_STATUSES, BackupRecord, CopyRecord, HoldRecord
-from drkit.chain import _fmt, _start_segno
-from drkit.lsn import DEFAULT_SEGMENT_SIZE
+from drkit.engines.postgres.chain import _fmt, _start_segno
+from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE
 
 ActionKind = Literal["copy", "move", "delete", "keep"]
 ACTION_KINDS: tuple[ActionKind, ...] = ("copy", "move", "delete", "keep")
@@ -178,7 +178,7 @@ class _Logs:
         return best
 
     def steps(self, base: BackupRecord, until: datetime | None) -> list[int]:
-        """What :func:`drkit.chain._log_chain` returns for ``base`` and ``until`` (as indices here),
+        """What :func:`drkit.engines.postgres.chain._log_chain` returns for ``base`` and ``until`` (as indices here),
         without rescanning the logs."""
         need = _start_segno(base)
         chain: list[int] = []
@@ -371,7 +371,7 @@ def restore_needs(
     now: datetime,
     since: datetime,
 ) -> dict[str, Need]:
-    """Every backup that :func:`drkit.chain.plan_restore` reads for some target in ``[since, now]``.
+    """Every backup that :func:`drkit.engines.postgres.chain.plan_restore` reads for some target in ``[since, now]``.
 
     For each: the latest such target, and the base (full or diff) that target restores from. A target
     that does not plan today (before the first full, inside a WAL gap) needs nothing.

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from drkit.catalog import Catalog
 from drkit.config import Policy, default_bin_dir, resolve_dsn
-from drkit.engines.pgctl import effective_os_user
-from drkit.engines.postgres import PostgresEngine
+from drkit.engines.postgres.engine import PostgresEngine
+from drkit.engines.postgres.pgctl import effective_os_user
 from drkit.errors import ConfigError
 from drkit.pipeline import EncryptionKey
 from drkit.storage import FilesystemStore, Store
@@ -67,7 +67,7 @@ class Runtime:
         cfg = self.policy.database(db)
         if cfg.engine != "postgres":
             raise ConfigError(f"databases.{db}: this step is PostgreSQL's; {cfg.engine!r} databases go through "
-                              "drkit.backup_mssql")
+                              "drkit.engines.sqlserver.operations")
         assert cfg.data_dir is not None
         return PostgresEngine(
             db,

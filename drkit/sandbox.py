@@ -18,8 +18,8 @@ from pathlib import Path
 import yaml
 
 from drkit.config import default_bin_dir
-from drkit.engines.pgctl import LocalCluster, effective_os_user, free_port, make_owned_dir
-from drkit.engines.postgres import ARCHIVE_SCRIPT_NAME, PostgresEngine
+from drkit.engines.postgres.engine import ARCHIVE_SCRIPT_NAME, PostgresEngine
+from drkit.engines.postgres.pgctl import LocalCluster, effective_os_user, free_port, make_owned_dir
 
 KEY_ENV = "DRKIT_BACKUP_KEY"
 
@@ -76,7 +76,7 @@ def create_sandbox(
     make_owned_dir(spool, os_user, 0o700)
     engine = PostgresEngine(db, dsn="", data_dir=root / "pg" / "primary", spool=spool, bin_dir=bin_dir,
                             os_user=os_user)
-    shutil.copyfile(Path(__file__).parent / "engines" / "pg_archive_wal.py", spool / ARCHIVE_SCRIPT_NAME)
+    shutil.copyfile(Path(__file__).parent / "engines" / "postgres" / "archive_wal.py", spool / ARCHIVE_SCRIPT_NAME)
     os.chmod(spool / ARCHIVE_SCRIPT_NAME, 0o755)
     (root / "pg").mkdir(exist_ok=True)
     os.chmod(root / "pg", 0o755)

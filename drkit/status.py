@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from drkit.catalog.records import RESTORABLE_STATUSES, AuditRecord, BackupRecord, CopyRecord
-from drkit.chain import plan_restore
+from drkit.engines.postgres.chain import plan_restore
 from drkit.errors import RestorePlanError
 
 

@@ -21,9 +21,9 @@ from drkit import retention
 from drkit.binding import open_descriptor, seal_descriptor, stream_context
 from drkit.catalog.records import BackupRecord, CopyRecord
 from drkit.config import Policy
+from drkit.engines.postgres.lsn import format_lsn
 from drkit.errors import BackupNotFoundError, DrkitError, EncryptionKeyError, IntegrityError, StoreError
 from drkit.faults import fault_point
-from drkit.lsn import format_lsn
 from drkit.pipeline import EncryptionKey
 from drkit.retention import Action
 from drkit.runtime import Runtime

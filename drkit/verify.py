@@ -2,7 +2,7 @@
 
 Steps, as an operator would do them by hand: check every piece's stored
 SHA-256 (no key needed); restore into a scratch data directory (reached through
-the Unix socket in it only, see ``drkit.engines.pgrestore``) with
+the Unix socket in it only, see ``drkit.engines.postgres.pgrestore``) with
 ``archive_mode=off``; run ``pg_amcheck --heapallindexed``, ``pg_visibility``'s
 ``pg_check_visible``/``pg_check_frozen`` on every table (stale visibility-map bits
 pass amcheck, checksums and content hashes), and the policy's SQL checks; always
@@ -31,10 +31,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from drkit.binding import require_key, stream_context
 from drkit.catalog.records import BackupRecord
-from drkit.chain import RestorePiece, RestorePlan, plan_for_backup, plan_restore
 from drkit.config import resolve_dsn
 from drkit.copies import CopyPicker
-from drkit.engines.pgctl import LocalCluster, make_owned_dir
+from drkit.engines.postgres.chain import RestorePiece, RestorePlan, plan_for_backup, plan_restore
+from drkit.engines.postgres.pgctl import LocalCluster, make_owned_dir
 from drkit.errors import DrkitError, IntegrityError, RestoreError, RestorePlanError, StoreError
 from drkit.pipeline import verify_stored
 from drkit.restore import restore

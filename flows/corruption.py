@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from drkit.config import load_policy
-from drkit.engines.pgrestore import hba_is_drkit_peer_only
+from drkit.engines.postgres.pgrestore import hba_is_drkit_peer_only
 from drkit.errors import ApprovalError, DrkitError, VerificationError
 from flows.approvals import wait_for_approval
 from tasks.common import artifact_key, record

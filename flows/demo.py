@@ -26,7 +26,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from drkit.engines.pgctl import LocalCluster
+from drkit.engines.postgres.pgctl import LocalCluster
 from drkit.sandbox import KEY_ENV, create_sandbox
 
 console = Console(width=150)
@@ -218,8 +218,8 @@ def _dr_story(sb: Any, cfg: str, step: Any) -> tuple[dict[str, Any], dict[str, A
 
     import yaml
 
-    from drkit import replica
-    from drkit.engines.pgctl import free_port
+    from drkit.engines.postgres import replica
+    from drkit.engines.postgres.pgctl import free_port
     from flows.dr import dr_failback, dr_failover
 
     standby = step("create a streaming DR replica", lambda: replica.create_standby(

@@ -7,8 +7,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from drkit import backup as core
-from drkit import backup_mssql
 from drkit.catalog.records import BackupRecord
+from drkit.engines.sqlserver import operations as backup_mssql
 from tasks.common import artifact_key, finish_progress, progress_reporter, retry_transient, runtime
 
 

@@ -28,8 +28,8 @@ from prefect.exceptions import MissingContextError, ObjectNotFound
 from prefect.variables import Variable
 
 from drkit.config import load_policy
-from drkit.engines.sqlserver import BackupMediaError, CorruptionFoundError, LogChainError, RestoreTargetError
-from drkit.engines.tsql import NameRefusedError
+from drkit.engines.sqlserver.engine import BackupMediaError, CorruptionFoundError, LogChainError, RestoreTargetError
+from drkit.engines.sqlserver.tsql import NameRefusedError
 from drkit.errors import (
     BackupInProgressError,
     ConfigError,

@@ -9,8 +9,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
-from drkit import dr, health, replica
-from drkit.lsn import format_lsn
+from drkit import dr, health
+from drkit.engines.postgres import replica
+from drkit.engines.postgres.lsn import format_lsn
 from tasks.common import artifact_key, runtime
 
 

@@ -10,12 +10,12 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from drkit import backup_mssql
 from drkit import restore as core
-from drkit.chain import RestorePlan
-from drkit.engines import pgrestore
-from drkit.engines.pgctl import LocalCluster
-from drkit.lsn import parse_lsn
+from drkit.engines.postgres import pgrestore
+from drkit.engines.postgres.chain import RestorePlan
+from drkit.engines.postgres.lsn import parse_lsn
+from drkit.engines.postgres.pgctl import LocalCluster
+from drkit.engines.sqlserver import operations as backup_mssql
 from drkit.restore import RestoreResult
 from drkit.verify import CheckResult
 from tasks.common import artifact_key, runtime

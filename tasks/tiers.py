@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from drkit import tiers as core
-from drkit.chain import RestorePlan
+from drkit.engines.postgres.chain import RestorePlan
 from drkit.retention import Action
 from tasks.common import retry_transient, runtime
 

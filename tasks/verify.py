@@ -6,8 +6,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from drkit import backup_mssql
 from drkit import verify as core
+from drkit.engines.sqlserver import operations as backup_mssql
 from drkit.verify import CheckResult, VerifyReport
 from tasks.common import artifact_key, runtime
 

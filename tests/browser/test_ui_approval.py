@@ -25,8 +25,8 @@ import httpx
 import psycopg
 import pytest
 
-from drkit import replica
-from drkit.engines.pgctl import LocalCluster, free_port
+from drkit.engines.postgres import replica
+from drkit.engines.postgres.pgctl import LocalCluster, free_port
 from flows.approvals import answer, paused_runs
 from flows.dr import dr_failover
 from tests.flows.test_dr_failover import World, world  # noqa: F401  (the fixture: primary + standby + HAProxy)

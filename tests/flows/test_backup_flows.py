@@ -49,7 +49,7 @@ def test_full_diff_log_flows_record_backups_and_publish_artifacts(
 
     expected = table_hashes(sandbox.dsn)
     out = restore_point_in_time(db="app", into=str(scratch / "r"), config=cfg, keep_running=True)
-    from drkit.engines.pgctl import LocalCluster
+    from drkit.engines.postgres.pgctl import LocalCluster
     data_dir = Path(str(out["data_dir"]))
     cluster = LocalCluster(data_dir, int(str(out["port"])), rt.bin_dir("app"), rt.os_user("app"), socket_dir=data_dir)
     try:

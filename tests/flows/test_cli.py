@@ -69,7 +69,7 @@ def test_backup_list_status_plan_and_restore_to_a_time(sandbox: Sandbox, rt: Run
     hint = re.search(r"psql\s+-h\s+(\S+)\s+-p\s+(\d+)\s+-U\s+postgres", out)  # no TCP: the socket only
     assert hint is not None, out
     port = int(hint.group(2))
-    from drkit.engines.pgctl import LocalCluster
+    from drkit.engines.postgres.pgctl import LocalCluster
     cluster = LocalCluster(into, port, rt.bin_dir("app"), rt.os_user("app"), socket_dir=Path(hint.group(1)))
     try:
         with connect(cluster.dsn()) as conn:

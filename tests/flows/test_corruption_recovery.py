@@ -111,7 +111,7 @@ def test_approved_switch_records_the_endpoint_and_who_approved(
         assert _restored_amounts_over_tcp(sandbox, int(result["port"])) == [(100, 1000)]
         assert result["tcp_clients"] == "as the backup's own pg_hba.conf allows"
     finally:
-        from drkit.engines.pgctl import LocalCluster
+        from drkit.engines.postgres.pgctl import LocalCluster
         LocalCluster(scratch / "standby", int(result["port"]), rt.bin_dir("app"), rt.os_user("app")).stop()
 
 

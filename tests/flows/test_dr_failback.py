@@ -10,7 +10,7 @@ import psycopg
 import pytest
 import yaml
 
-from drkit import replica
+from drkit.engines.postgres import replica
 from flows.approvals import answer
 from flows.dr import dr_failback, dr_failover
 from tests.flows.test_dr_failover import World, _in_recovery, _wait_paused, _writer, world  # noqa: F401

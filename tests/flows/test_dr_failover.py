@@ -20,8 +20,8 @@ import psycopg
 import pytest
 import yaml
 
-from drkit import replica
-from drkit.engines.pgctl import LocalCluster, free_port
+from drkit.engines.postgres import replica
+from drkit.engines.postgres.pgctl import LocalCluster, free_port
 from drkit.sandbox import KEY_ENV, Sandbox, create_sandbox
 from flows.approvals import answer, paused_runs
 from flows.dr import dr_failover, replica_lag_check

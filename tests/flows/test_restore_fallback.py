@@ -21,7 +21,7 @@ from drkit import backup
 from drkit.catalog.records import BackupRecord
 from drkit.cli import app
 from drkit.config import load_policy
-from drkit.engines.pgctl import LocalCluster
+from drkit.engines.postgres.pgctl import LocalCluster
 from drkit.errors import RestoreError
 from drkit.restore import RestoreResult, make_plan, restore
 from drkit.runtime import Runtime

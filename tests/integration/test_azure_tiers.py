@@ -11,7 +11,7 @@ import pytest
 
 from drkit import backup
 from drkit.config import load_policy
-from drkit.engines.pgctl import LocalCluster
+from drkit.engines.postgres.pgctl import LocalCluster
 from drkit.restore import make_plan, restore
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox

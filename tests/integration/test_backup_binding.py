@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from drkit import backup
 from drkit.catalog.records import BackupRecord
-from drkit.chain import plan_for_backup
 from drkit.cli import app
 from drkit.config import load_policy
+from drkit.engines.postgres.chain import plan_for_backup
 from drkit.errors import DrkitError, EncryptionKeyError
 from drkit.restore import make_plan, restore
 from drkit.retention import Action

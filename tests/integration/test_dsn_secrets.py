@@ -16,8 +16,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from drkit.engines.pgctl import LocalCluster, free_port
-from drkit.replica import command_line_conninfo, create_standby, fence, promote, rewind_as_standby
+from drkit.engines.postgres.pgctl import LocalCluster, free_port
+from drkit.engines.postgres.replica import command_line_conninfo, create_standby, fence, promote, rewind_as_standby
 from drkit.sandbox import create_sandbox
 from tests.support.pgdata import connect
 

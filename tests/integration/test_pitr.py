@@ -10,7 +10,7 @@ import pytest
 
 from drkit import backup
 from drkit.config import load_policy
-from drkit.engines.pgctl import LocalCluster, make_owned_dir
+from drkit.engines.postgres.pgctl import LocalCluster, make_owned_dir
 from drkit.errors import WalGapError
 from drkit.restore import make_plan, restore
 from drkit.runtime import Runtime

@@ -29,7 +29,7 @@ def _restore_and_hash(rt: Runtime, scratch: Path, name: str, target: datetime | 
     try:
         return table_hashes(res.dsn())
     finally:
-        from drkit.engines.pgctl import LocalCluster
+        from drkit.engines.postgres.pgctl import LocalCluster
         LocalCluster(res.data_dir, res.port, rt.bin_dir("app"), rt.os_user("app")).stop()
 
 
@@ -76,7 +76,7 @@ def test_point_in_time_restore_stops_exactly_at_a_marker(sandbox: Sandbox, rt: R
         with connect(res.dsn()) as conn:
             ids = [r[0] for r in conn.execute("SELECT id FROM marker ORDER BY id").fetchall()]
     finally:
-        from drkit.engines.pgctl import LocalCluster
+        from drkit.engines.postgres.pgctl import LocalCluster
         LocalCluster(res.data_dir, res.port, rt.bin_dir("app"), rt.os_user("app")).stop()
     assert ids == list(range(1, k + 1))
 
@@ -140,5 +140,5 @@ def test_diff_taken_during_vacuum_and_updates_keeps_visibility_map_true(
             seq = conn.execute("SELECT count(*) FROM vm WHERE id > 0").fetchone()
         assert ios == seq == (200000,)
     finally:
-        from drkit.engines.pgctl import LocalCluster
+        from drkit.engines.postgres.pgctl import LocalCluster
         LocalCluster(res.data_dir, res.port, rt.bin_dir("app"), rt.os_user("app")).stop()

@@ -45,7 +45,7 @@ def test_backups_and_restore_with_a_postgresql_catalog(
         try:
             got = {k: v for k, v in table_hashes(res.dsn()).items() if k == "public.pgcat"}
         finally:
-            from drkit.engines.pgctl import LocalCluster
+            from drkit.engines.postgres.pgctl import LocalCluster
             LocalCluster(res.data_dir, res.port, rt.bin_dir("app"), rt.os_user("app")).stop()
         assert got == expected
         assert rt.catalog.url.startswith("postgresql+psycopg://")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from drkit.config import default_bin_dir
-from drkit.engines.pgctl import LocalCluster, effective_os_user, free_port, make_owned_dir
-from drkit.engines.postgres import PostgresEngine
+from drkit.engines.postgres.engine import PostgresEngine
+from drkit.engines.postgres.pgctl import LocalCluster, effective_os_user, free_port, make_owned_dir
 from drkit.errors import PrerequisiteError
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

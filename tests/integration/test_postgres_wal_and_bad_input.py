@@ -10,6 +10,7 @@ import yaml
 
 from drkit import backup
 from drkit.config import load_policy
+from drkit.engines.postgres.lsn import parse_segment_name, segment_name
 from drkit.errors import (
     ConfigError,
     DatabaseUnreachableError,
@@ -18,7 +19,6 @@ from drkit.errors import (
     UnknownDatabaseError,
     WalGapError,
 )
-from drkit.lsn import parse_segment_name, segment_name
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox
 from tests.support.pgdata import connect
@@ -122,7 +122,7 @@ def test_malformed_policy_names_the_key(scratch: Path) -> None:
 def test_a_failure_mid_stream_leaves_no_object_and_marks_the_row_failed(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from drkit.engines import pgfiles
+    from drkit.engines.postgres import pgfiles
 
     calls = {"n": 0}
     real = pgfiles.ArchiveWriter.add_file

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from drkit.engines.pgctl import LocalCluster, free_port
-from drkit.health import probe_db
-from drkit.lsn import parse_lsn
-from drkit.replica import (
+from drkit.engines.postgres.lsn import parse_lsn
+from drkit.engines.postgres.pgctl import LocalCluster, free_port
+from drkit.engines.postgres.replica import (
     HEARTBEAT_TABLE,
     ReplicaError,
     ReplicaTimeout,
@@ -38,6 +37,7 @@ from drkit.replica import (
     wait_caught_up,
     wait_replayed,
 )
+from drkit.health import probe_db
 from drkit.sandbox import create_sandbox
 from tests.support.pgdata import connect, table_hashes
 

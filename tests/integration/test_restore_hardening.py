@@ -21,7 +21,7 @@ from psycopg.conninfo import make_conninfo
 
 from drkit import backup
 from drkit.config import load_policy
-from drkit.engines.pgctl import LocalCluster, run_as
+from drkit.engines.postgres.pgctl import LocalCluster, run_as
 from drkit.errors import DrkitError, RestoreError
 from drkit.restore import RestoreResult, restore
 from drkit.runtime import Runtime

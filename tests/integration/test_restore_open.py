@@ -20,8 +20,8 @@ from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
 from drkit import backup
-from drkit.engines.pgctl import LocalCluster
-from drkit.engines.pgrestore import hba_is_drkit_peer_only, open_to_clients
+from drkit.engines.postgres.pgctl import LocalCluster
+from drkit.engines.postgres.pgrestore import hba_is_drkit_peer_only, open_to_clients
 from drkit.errors import EngineError
 from drkit.restore import RestoreResult, restore
 from drkit.runtime import Runtime

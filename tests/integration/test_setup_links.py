@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from drkit.engines.postgres import _ARCHIVE_SCRIPT_SRC, ARCHIVE_SCRIPT_NAME
+from drkit.engines.postgres.engine import _ARCHIVE_SCRIPT_SRC, ARCHIVE_SCRIPT_NAME
 from drkit.runtime import Runtime
 from drkit.sandbox import Sandbox
 

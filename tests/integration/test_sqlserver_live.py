@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 
-from drkit import backup_mssql as bm
 from drkit.config import parse_policy
-from drkit.engines import tsql
-from drkit.engines.sqlserver import SqlServerEngine, SqlServerSettings, pyodbc_driver
+from drkit.engines.sqlserver import operations as bm
+from drkit.engines.sqlserver import tsql
+from drkit.engines.sqlserver.engine import SqlServerEngine, SqlServerSettings, pyodbc_driver
 from drkit.runtime import Runtime
 
 DSN = os.environ.get("DRKIT_TEST_MSSQL_DSN", "")

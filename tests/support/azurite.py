@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from drkit.engines.pgctl import free_port as _free_port
+from drkit.engines.postgres.pgctl import free_port as _free_port
 
 REPO = Path(__file__).resolve().parents[2]
 AZURITE_BIN_ENV = "DRKIT_AZURITE_BIN"

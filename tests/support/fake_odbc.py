@@ -443,7 +443,7 @@ def make_world(tmp: Path, *, target: str = "disk", database: str = "Orders", che
     import base64
 
     from drkit.config import parse_policy
-    from drkit.engines.sqlserver import SqlServerEngine, SqlServerSettings
+    from drkit.engines.sqlserver.engine import SqlServerEngine, SqlServerSettings
     from drkit.runtime import Runtime
 
     stage = tmp / "stage"

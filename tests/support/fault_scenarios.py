@@ -48,7 +48,7 @@ import psycopg
 import yaml
 
 from drkit.config import load_policy
-from drkit.engines.pgctl import LocalCluster, free_port
+from drkit.engines.postgres.pgctl import LocalCluster, free_port
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox, create_sandbox
 from drkit.storage.filesystem import is_partial_name
@@ -323,7 +323,7 @@ def open_world(prefect: PrefectProcess, *, blob: str | None = None, ballast_mib:
             c.execute("ALTER TABLE fault_ballast ALTER b SET STORAGE EXTERNAL")  # random bytes: no pglz
         replica_node = None
         if standby:
-            from drkit import replica
+            from drkit.engines.postgres import replica
 
             replica_node = replica.create_standby(
                 sb.dsn, data_dir=root / "world" / "pg" / "standby", port=free_port(), slot="drkit_dr",
@@ -1001,7 +1001,7 @@ def prefect_down_paused_failover(world: World, *, outage_seconds: float = 5.0, a
     run = world.drkit("backup", "log", DB)
     if run.code != 0:
         out.problem(f"preparing: {run.describe()}")
-    from drkit import replica
+    from drkit.engines.postgres import replica
 
     replica.wait_caught_up(world.sb.dsn, "drkit_dr")
     world.sb.primary.stop("immediate")  # the primary region dies

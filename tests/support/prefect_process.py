@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from drkit.engines.pgctl import free_port
+from drkit.engines.postgres.pgctl import free_port
 
 PREFECT = Path(sys.executable).with_name("prefect")
 

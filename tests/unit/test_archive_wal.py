@@ -1,4 +1,4 @@
-"""The archive_command script (drkit/engines/pg_archive_wal.py), run exactly as PostgreSQL runs it and called directly.
+"""The archive_command script (drkit/engines/postgres/archive_wal.py): run as PostgreSQL runs it, and called directly.
 
 Exit status is PostgreSQL's contract: 0 the WAL file is safe in the spool; 1 a different file already has that
 name (refuse, visibly); 2 usage or I/O error (PostgreSQL retries). Never a half-written file under the final name.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from drkit.engines import pg_archive_wal
+from drkit.engines.postgres import archive_wal as pg_archive_wal
 
 SCRIPT = Path(pg_archive_wal.__file__)
 PYTHON = "/usr/bin/python3"  # what archive_command calls: the system Python, no virtualenv

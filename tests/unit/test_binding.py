@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from drkit.binding import check_manifest, open_descriptor, require_keys, stream_context
 from drkit.catalog.records import BackupRecord
+from drkit.engines.postgres.lsn import format_lsn
 from drkit.errors import EncryptionKeyError, IntegrityError
-from drkit.lsn import format_lsn
 from drkit.pipeline import EncryptionKey
 from drkit.tiers import DESCRIPTOR_OBJECT, descriptor_bytes, object_key
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from drkit.catalog.records import AuditRecord, BackupRecord, CopyRecord
 from drkit.catalog_check import GRACE, STALE_AFTER, Deep, Finding, Inventory, StoredObject, plan
-from drkit.lsn import DEFAULT_SEGMENT_SIZE, segment_name
+from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, segment_name
 from drkit.status import check_status
 from drkit.tiers import DATA_OBJECT, DESCRIPTOR_OBJECT, MANIFEST_OBJECT, object_key
 

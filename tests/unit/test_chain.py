@@ -1,4 +1,4 @@
-"""Restore-chain planning (drkit.chain.plan_restore): hand-written cases, then properties over generated catalogs.
+"""Restore-chain planning (PostgreSQL chain model): hand-written cases, then properties over generated catalogs.
 
 The generated catalogs follow how drkit really writes them: WAL advances segment by segment on one timeline
 at a time; a full/diff starts in the segment being written; log backups ship the spool contiguously, a failed
@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
-from drkit.chain import RestorePlan, plan_restore
+from drkit.engines.postgres.chain import RestorePlan, plan_restore
+from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, parse_segment_name, segment_name
 from drkit.errors import RestorePlanError
-from drkit.lsn import DEFAULT_SEGMENT_SIZE, parse_segment_name, segment_name
 
 SEG = DEFAULT_SEGMENT_SIZE
 DB = "orders"

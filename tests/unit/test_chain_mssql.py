@@ -1,4 +1,4 @@
-"""SQL Server restore-chain planning (drkit.chain_mssql): msdb-shaped fixtures, then properties over histories.
+"""SQL Server restore-chain planning (its chain model): msdb-shaped fixtures, then properties over histories.
 
 LSNs are realistic numeric(25,0) values (VLF sequence × 10**15 + block × 10**5 + slot), most past 2**63, and
 live in each record's meta as decimal strings, as drkit records them from msdb.dbo.backupset.
@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
-from drkit.chain import RestorePlan
-from drkit.chain_mssql import NATIVE_TIER, plan_for_backup_mssql, plan_restore_mssql
+from drkit.engines.postgres.chain import RestorePlan
+from drkit.engines.sqlserver.chain import NATIVE_TIER, plan_for_backup_mssql, plan_restore_mssql
 from drkit.errors import RestorePlanError
 
 DB = "orders"

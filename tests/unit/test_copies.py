@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from drkit.catalog.records import BackupRecord
-from drkit.chain import RestorePiece
 from drkit.config import parse_policy
 from drkit.copies import CopyPicker, complete_copies, record_damage
+from drkit.engines.postgres.chain import RestorePiece
 from drkit.errors import IntegrityError, ObjectNotFoundError, RestoreError, StoreError
 from drkit.runtime import Runtime
 

@@ -1,4 +1,4 @@
-"""LSNs and WAL segment names (drkit.lsn), checked against values PostgreSQL itself prints."""
+"""LSNs and WAL segment names (drkit.engines.postgres.lsn), checked against values PostgreSQL itself prints."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drkit.lsn import (
+from drkit.engines.postgres.lsn import (
     DEFAULT_SEGMENT_SIZE,
     format_lsn,
     is_segment_name,

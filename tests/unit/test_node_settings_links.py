@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from drkit.config import default_bin_dir
-from drkit.engines.pgctl import LocalCluster
+from drkit.engines.postgres.pgctl import LocalCluster
+from drkit.engines.postgres.replica import _clear_stale_socket_locks, apply_node_settings
 from drkit.errors import EngineError
-from drkit.replica import _clear_stale_socket_locks, apply_node_settings
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="plays root against the postgres OS user")
 

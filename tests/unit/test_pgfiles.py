@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from drkit.engines.pgfiles import (
+from drkit.engines.postgres.pgfiles import (
     MANIFEST_NAME,
     PAGE_SIZE,
     ArchiveWriter,
     pages_member_name,
     scan_changed_pages,
 )
-from drkit.engines.pgrestore import extract_archive
+from drkit.engines.postgres.pgrestore import extract_archive
 from drkit.errors import IntegrityError
 
 

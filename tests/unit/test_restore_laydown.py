@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from drkit.engines.pgctl import LocalCluster, chown_tree, make_owned_dir
-from drkit.engines.pgfiles import MANIFEST_NAME, ArchiveWriter, pages_member_name
-from drkit.engines.pgrestore import extract_archive, finish_ownership, write_recovery_config
+from drkit.engines.postgres.pgctl import LocalCluster, chown_tree, make_owned_dir
+from drkit.engines.postgres.pgfiles import MANIFEST_NAME, ArchiveWriter, pages_member_name
+from drkit.engines.postgres.pgrestore import extract_archive, finish_ownership, write_recovery_config
 from drkit.errors import EngineError, IntegrityError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="plants links as another OS user: needs root")

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drkit.catalog.records import BackupRecord, CopyRecord, HoldRecord
-from drkit.chain import plan_restore
+from drkit.engines.postgres.chain import plan_restore
+from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, segment_name
 from drkit.errors import RestorePlanError
-from drkit.lsn import DEFAULT_SEGMENT_SIZE, segment_name
 from drkit.retention import Action, TierSpec, plan, restore_needs
 
 SEG = DEFAULT_SEGMENT_SIZE

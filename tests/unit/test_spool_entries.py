@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from drkit.engines.postgres import PostgresEngine
-from drkit.engines.walspool import (
+from drkit.engines.postgres.engine import PostgresEngine
+from drkit.engines.postgres.lsn import segment_name
+from drkit.engines.postgres.walspool import (
     STALE_PART_SECONDS,
     Anchor,
     list_spool,
@@ -24,7 +25,6 @@ from drkit.engines.walspool import (
     remove_stale_parts,
 )
 from drkit.errors import EngineError
-from drkit.lsn import segment_name
 
 SECRET = b"root-only secret bytes"
 

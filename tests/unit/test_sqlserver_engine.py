@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from drkit import backup_mssql as bm
-from drkit.engines import sqlserver as ms
-from drkit.engines import tsql
+from drkit.engines.sqlserver import engine as ms
+from drkit.engines.sqlserver import operations as bm
+from drkit.engines.sqlserver import tsql
 from drkit.errors import ConfigError, DatabaseUnreachableError, PrerequisiteError, RestorePlanError
 from tests.support.fake_odbc import DSN, DSN_PASSWORD, SAS_TOKEN, FakeDriver, World, make_world, odbc_error
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from drkit import backup_mssql as bm
-from drkit.engines import sqlserver as ms
-from drkit.engines.sqlserver import SqlServerEngine, SqlServerSettings
+from drkit.engines.sqlserver import engine as ms
+from drkit.engines.sqlserver import operations as bm
+from drkit.engines.sqlserver.engine import SqlServerEngine, SqlServerSettings
 from tests.support.fake_odbc import (
     DSN,
     SAS_TOKEN,

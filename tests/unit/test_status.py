@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from drkit.catalog.records import BackupRecord, CopyRecord
-from drkit.lsn import DEFAULT_SEGMENT_SIZE, segment_name
+from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, segment_name
 from drkit.status import DatabaseStatus, database_status
 
 SEG = DEFAULT_SEGMENT_SIZE

@@ -1,4 +1,4 @@
-"""The local WAL spool (drkit.engines.walspool): which run of segments the next log backup ships, and pruning."""
+"""The local WAL spool (engines.postgres.walspool): which run of segments the next log backup ships, and pruning."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from drkit.engines.walspool import Anchor, list_spool, plan_batch, prune_spool
+from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, segment_name
+from drkit.engines.postgres.walspool import Anchor, list_spool, plan_batch, prune_spool
 from drkit.errors import WalGapError
-from drkit.lsn import DEFAULT_SEGMENT_SIZE, segment_name
 
 SEG = DEFAULT_SEGMENT_SIZE
 AFTER_L1 = Anchor(timeline=1, next_segno=5, after="log backup L1")

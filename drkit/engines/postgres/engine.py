@@ -25,21 +25,21 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from drkit.engines.base import BackupOutcome, BaseInfo, ByteSink, CheckItem, Progress, SetupResult
-from drkit.engines.pgctl import make_owned_dir
-from drkit.engines.pgfiles import (
+from drkit.engines.postgres.lsn import format_lsn, parse_lsn, parse_segment_name, segment_name, segment_number
+from drkit.engines.postgres.pgctl import make_owned_dir
+from drkit.engines.postgres.pgfiles import (
     MANIFEST_NAME,
     ArchiveWriter,
     list_data_dir,
     pages_member_name,
     scan_changed_pages,
 )
-from drkit.engines.safedir import SafeDir, trusted_path
-from drkit.engines.walspool import WalBatch, open_spool_file
+from drkit.engines.postgres.walspool import WalBatch, open_spool_file
 from drkit.errors import DatabaseUnreachableError, EngineError, PrerequisiteError
-from drkit.lsn import format_lsn, parse_lsn, parse_segment_name, segment_name, segment_number
+from drkit.safedir import SafeDir, trusted_path
 
 ARCHIVE_SCRIPT_NAME = ".drkit-archive-wal.py"
-_ARCHIVE_SCRIPT_SRC = Path(__file__).with_name("pg_archive_wal.py")
+_ARCHIVE_SCRIPT_SRC = Path(__file__).with_name("archive_wal.py")
 FORMAT = "drkit-pg-tar-v1"
 
 

@@ -1,4 +1,4 @@
-"""T-SQL batches for the SQL Server engine: built here, sent by :mod:`drkit.engines.sqlserver`.
+"""T-SQL batches for the SQL Server engine: built here, sent by :mod:`drkit.engines.sqlserver.engine`.
 
 Why a separate module: every statement drkit sends to SQL Server is a pure
 function of validated inputs, so it can be golden-tested byte for byte

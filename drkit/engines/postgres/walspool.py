@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from drkit.errors import EngineError, WalGapError
-from drkit.lsn import (
+from drkit.engines.postgres.lsn import (
     DEFAULT_SEGMENT_SIZE,
     is_segment_name,
     parse_segment_name,
     segment_name,
     segment_start_lsn,
 )
+from drkit.errors import EngineError, WalGapError
 
 
 @dataclass(frozen=True)

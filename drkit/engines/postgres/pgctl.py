@@ -22,8 +22,8 @@ from pathlib import Path
 
 from psycopg.conninfo import make_conninfo
 
-from drkit.engines.safedir import chown_fd_tree, open_leaf
 from drkit.errors import EngineError
+from drkit.safedir import chown_fd_tree, open_leaf
 
 _CLEAN_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

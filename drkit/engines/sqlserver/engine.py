@@ -1,7 +1,7 @@
 """The SQL Server engine: backups, restores, integrity checks and AG failover over ODBC (pyodbc).
 
 Why it looks like this: no SQL Server runs where drkit is developed, so every
-statement is built by :mod:`drkit.engines.tsql` (pure, golden-tested) and sent
+statement is built by :mod:`drkit.engines.sqlserver.tsql` (pure, golden-tested) and sent
 through a tiny connection protocol (:class:`OdbcConnection`) that pyodbc
 satisfies as it is, and that ``tests/support/fake_odbc.py`` implements by
 recording each batch. The same code runs unchanged against a real server.
@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 from urllib.parse import urlsplit
 
-from drkit.engines import tsql
 from drkit.engines.base import BackupOutcome, BaseInfo, ByteSink, CheckItem, Progress, SetupResult
-from drkit.engines.tsql import BackupKind, Batch, DeviceType, NameRefusedError
+from drkit.engines.sqlserver import tsql
+from drkit.engines.sqlserver.tsql import BackupKind, Batch, DeviceType, NameRefusedError
 from drkit.errors import ConfigError, DatabaseUnreachableError, EngineError, PrerequisiteError
 
 FORMAT_URL = "mssql-native-url"

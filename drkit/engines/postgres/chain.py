@@ -16,8 +16,8 @@ from datetime import datetime
 from typing import Literal
 
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
+from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, parse_segment_name
 from drkit.errors import RestorePlanError
-from drkit.lsn import DEFAULT_SEGMENT_SIZE, parse_segment_name
 
 Recovery = Literal["immediate", "time", "lsn", "end"]
 
@@ -242,7 +242,7 @@ def plan_restore_to_lsn(
     tier_order: Sequence[str],
 ) -> RestorePlan:
     """The chain that restores ``database`` up to and including the WAL record at ``target_lsn``."""
-    from drkit.lsn import format_lsn
+    from drkit.engines.postgres.lsn import format_lsn
 
     where = CopyIndex(copies, tier_order)
     usable, corrupt, fulls, diffs, logs = _candidates(database, backups, where, tier_order)

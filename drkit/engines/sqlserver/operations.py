@@ -1,9 +1,9 @@
 """SQL Server backups end to end: take, record, import, verify and restore, against the catalog.
 
-Why it exists: :mod:`drkit.engines.sqlserver` knows T-SQL and one server;
+Why it exists: :mod:`drkit.engines.sqlserver.engine` knows T-SQL and one server;
 this module knows drkit: the catalog row that opens before a backup and closes
 (completed or failed, with the reason) after it, the tier stores, the
-restore plan (:mod:`drkit.chain_mssql`) and the verification report.
+restore plan (:mod:`drkit.engines.sqlserver.chain`) and the verification report.
 
 Two backup targets:
 
@@ -32,12 +32,12 @@ from pathlib import Path
 from drkit.backup import DATA_OBJECT, begin, finish_backup, guarded, object_key, write_encrypted
 from drkit.binding import require_key, stream_context
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord
-from drkit.chain import RestorePiece, RestorePlan
-from drkit.chain_mssql import NATIVE_TIER, plan_for_backup_mssql, plan_restore_mssql
 from drkit.config import resolve_dsn
-from drkit.engines import tsql
 from drkit.engines.base import Progress
-from drkit.engines.sqlserver import (
+from drkit.engines.postgres.chain import RestorePiece, RestorePlan
+from drkit.engines.sqlserver import tsql
+from drkit.engines.sqlserver.chain import NATIVE_TIER, plan_for_backup_mssql, plan_restore_mssql
+from drkit.engines.sqlserver.engine import (
     FORMAT_DISK,
     FORMAT_PIPELINE,
     FORMAT_URL,
@@ -54,7 +54,7 @@ from drkit.engines.sqlserver import (
     scrub,
     split_container_url,
 )
-from drkit.engines.tsql import BackupKind, DeviceType
+from drkit.engines.sqlserver.tsql import BackupKind, DeviceType
 from drkit.errors import CatalogError, ConfigError, DrkitError, RestoreError
 from drkit.pipeline import DecryptingReader, verify_stored
 from drkit.runtime import Runtime

@@ -9,7 +9,7 @@ into production's spool.
 Everything is written by root into directories only root can use until the
 data directory is complete; only then is it handed to the OS user
 (``finish_ownership``), and every path below the target is walked through
-directory descriptors that never follow a link (``drkit.engines.safedir``).
+directory descriptors that never follow a link (``drkit.safedir``).
 Archive members are files and directories with relative names, nothing else.
 
 The restored server listens on no TCP address: only on a Unix socket in its
@@ -39,10 +39,16 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
-from drkit.engines.pgctl import LocalCluster, chown_tree, run_as
-from drkit.engines.pgfiles import MANIFEST_NAME, PAGES_PREFIX, apply_pages, parse_pages_member, safe_member_path
-from drkit.engines.safedir import SafeDir, trusted_path
+from drkit.engines.postgres.pgctl import LocalCluster, chown_tree, run_as
+from drkit.engines.postgres.pgfiles import (
+    MANIFEST_NAME,
+    PAGES_PREFIX,
+    apply_pages,
+    parse_pages_member,
+    safe_member_path,
+)
 from drkit.errors import DrkitError, EngineError, IntegrityError, RestoreError
+from drkit.safedir import SafeDir, trusted_path
 
 _COPY_BUF = 1 << 20
 ZERO_BLOCK = bytes(512)

@@ -16,7 +16,7 @@ The rules, from the backupset documentation:
   that spans a fork (a restore happened) only follows a predecessor that ended
   at or before its ``fork_point_lsn``.
 
-Everything here is pure (records in, :class:`drkit.chain.RestorePlan` out), so
+Everything here is pure (records in, :class:`drkit.engines.postgres.chain.RestorePlan` out), so
 flows treat both engines alike and the rules are property-tested. A piece is
 read from the cheapest tier holding a complete copy; a backup SQL Server wrote
 itself (to URL, or to its own disk) and that drkit holds no copy of is read by
@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
-from drkit.chain import CopyIndex, RestorePiece, RestorePlan
+from drkit.engines.postgres.chain import CopyIndex, RestorePiece, RestorePlan
 from drkit.errors import RestorePlanError
 
 NATIVE_TIER = "sqlserver"
