@@ -52,8 +52,8 @@ TARGET_RSS_MIB = 256
 def child_main(kind: str, policy_path: str, profile_out: str | None) -> int:
     """Runs inside the measured subprocess: one ``take_base_backup`` and a JSON line on stdout."""
     t_import = time.perf_counter()
-    from drkit.backup import take_base_backup
     from drkit.config import load_policy
+    from drkit.engines.postgres.backup import take_base_backup
     from drkit.runtime import Runtime
 
     import_s = time.perf_counter() - t_import

@@ -70,7 +70,7 @@ def _runtime(policy_path: str) -> Any:
 
 def child_log(policy_path: str) -> int:
     """One ``take_log_backup`` and a JSON line on stdout."""
-    from drkit.backup import take_log_backup
+    from drkit.engines.postgres.backup import take_log_backup
 
     rt = _runtime(policy_path)
     db = next(iter(rt.policy.databases))
@@ -91,7 +91,8 @@ def child_log(policy_path: str) -> int:
 def child_restore(policy_path: str, into: str, no_diff: bool, profile_out: str | None) -> int:
     """One ``restore(..., keep_running=True)`` (latest point) and a JSON line on stdout; the server is left up."""
     t_import = time.perf_counter()
-    from drkit.restore import make_plan, restore
+    from drkit.engines.postgres.restore import restore
+    from drkit.restore import make_plan
 
     import_s = time.perf_counter() - t_import
     rt = _runtime(policy_path)

@@ -12,9 +12,10 @@ proves four things, each where a backup is first touched:
   header names the object it was written as, ``<database>/<backup id>/<name>``,
   authenticated with every frame (``docs/format.md``); readers pass the name they
   expect, so one backup's data copied over another's is refused by name.
-* **The archive describes the catalog's record** (:func:`check_manifest`): the
-  manifest inside a piece must agree with its record on database, kind, base,
-  timeline, LSN range and WAL segments.
+* **The archive describes the catalog's record**: each engine checks the manifest
+  inside a piece against its record (PostgreSQL:
+  ``drkit.engines.postgres.manifest.check_manifest``: database, kind, base,
+  timeline, LSN range and WAL segments).
 * **``backup.json`` is authentic** (:func:`seal_descriptor`, :func:`open_descriptor`):
   the plain self-description beside each backup, from which ``drkit catalog
   rebuild`` re-creates the catalog, carries an HMAC-SHA256 under a subkey derived
@@ -33,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from drkit.engines.postgres.lsn import parse_lsn
 from drkit.errors import EncryptionKeyError, IntegrityError
 from drkit.pipeline import EncryptionKey
 
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DESCRIPTOR_VERSION",
     "check_key",
-    "check_manifest",
     "open_descriptor",
     "require_key",
     "seal_descriptor",
@@ -96,56 +95,6 @@ def require_key(rt: Runtime, backups: Iterable[BackupRecord]) -> None:
     keyed = [b for b in backups if b.key_id is not None]
     if keyed:
         require_keys(rt.key, keyed, key_env=rt.policy.encryption.key_env)
-
-
-# -- manifest against record ---------------------------------------------------------------------------
-
-
-def _lsn_or_text(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return parse_lsn(value)
-        except ValueError:
-            return value
-    return value
-
-
-def check_manifest(backup: BackupRecord, manifest: Mapping[str, Any], *, source: str = "data.drk") -> None:
-    """IntegrityError unless a PostgreSQL piece's manifest describes ``backup`` as the catalog records it.
-
-    Compared: database, kind, the diff's base, format, timeline, start and end LSN, first and last WAL
-    segment (record fields that are empty are not compared). ``source`` names the object in the message.
-    """
-    problems: list[str] = []
-
-    def same(what: str, found: Any, recorded: Any) -> None:
-        if recorded is not None and found != recorded:
-            problems.append(f"{what} {found!r} (catalog: {recorded!r})")
-
-    same("database", manifest.get("database"), backup.database)
-    same("kind", manifest.get("kind"), backup.kind)
-    if backup.kind in ("full", "diff"):
-        if manifest.get("base") != backup.base_id:
-            problems.append(f"base {manifest.get('base')!r} (catalog: {backup.base_id!r})")
-        wal = manifest.get("wal") or []
-        end_lsn = manifest.get("stop_lsn")
-    else:
-        wal = manifest.get("segments") or []
-        end_lsn = manifest.get("end_lsn")
-    if backup.format is not None and backup.format != "None":
-        same("format", str(manifest.get("format")), backup.format)
-    same("timeline", manifest.get("timeline"), backup.timeline)
-    if backup.start_lsn is not None:
-        same("start LSN", _lsn_or_text(manifest.get("start_lsn")), backup.start_lsn)
-    if backup.end_lsn is not None:
-        same("end LSN", _lsn_or_text(end_lsn), backup.end_lsn)
-    same("first WAL segment", wal[0] if wal else None, backup.start_wal)
-    same("last WAL segment", wal[-1] if wal else None, backup.end_wal)
-    if problems:
-        raise IntegrityError(
-            f"backup {backup.id}'s {source} does not match its catalog record: {'; '.join(problems)} "
-            "(a stored object was swapped or the catalog was altered)"
-        )
 
 
 # -- backup.json ---------------------------------------------------------------------------------------

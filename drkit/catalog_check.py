@@ -41,14 +41,15 @@ from typing import Any, Literal
 from drkit.backup import abandon
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
 from drkit.copies import record_damage
-from drkit.engines.postgres.chain import plan_restore
+from drkit.engines.base import ChainModel
 from drkit.errors import DrkitError, IntegrityError, ObjectNotFoundError, RestorePlanError
 from drkit.liveness import describe as describe_process
 from drkit.liveness import gone as process_gone
 from drkit.pipeline import verify_stored
 from drkit.runtime import Runtime
 from drkit.storage import FilesystemStore
-from drkit.tiers import DATA_OBJECT, DESCRIPTOR_OBJECT, MANIFEST_OBJECT, object_key, tier_location, write_descriptor
+from drkit.tiers.naming import DATA_OBJECT, DESCRIPTOR_OBJECT, MANIFEST_OBJECT, object_key, tier_location
+from drkit.tiers.rebuild import write_descriptor
 
 STALE_AFTER = timedelta(hours=24)
 """A ``running`` row whose process cannot be checked from here is stale after this long."""
@@ -115,6 +116,10 @@ class Repair:
         return f"remove {len(self.keys)} file(s)"
 
 
+Chains = Callable[[str], ChainModel | None]
+"""A database's chain model, or None when the policy no longer names it."""
+
+
 @dataclass(frozen=True)
 class Finding:
     kind: FindingKind
@@ -158,11 +163,13 @@ def plan(
     deep: Mapping[tuple[str, str], Deep] | None = None,
     stale_after: timedelta = STALE_AFTER,
     grace: timedelta = GRACE,
+    chains: Chains,
 ) -> list[Finding]:
     """Every finding, each with its repair (None when only a person can act). Pure.
 
     ``locations`` maps each policy tier to its store location (the key of ``inventories``); ``dead`` are
-    the ids of ``running`` backups whose process is known to be gone; ``deep`` the reads that failed.
+    the ids of ``running`` backups whose process is known to be gone; ``deep`` the reads that failed;
+    ``chains`` gives a database's restore-chain rules (None: unknown, its lost restore points go unjudged).
     """
     deep = deep or {}
     by_id = {b.id: b for b in backups}
@@ -255,7 +262,7 @@ def plan(
     # 4. restore points lost: restorable backups whose last complete copies this check found damaged. (Once
     # the repair marked them, the loss is on record (audit, `drkit backups`) and not reported again.)
     lost = [b for b in backups if b.status in RESTORABLE_STATUSES and damaged.get(b.id) and not healthy.get(b.id)]
-    effects = _effects(lost, backups, copies, damaged, now=now, tier_order=tier_order)
+    effects = _effects(lost, backups, copies, damaged, now=now, tier_order=tier_order, chains=chains)
     for b in sorted(lost, key=lambda x: (x.database, x.started_at)):
         why = ", ".join(sorted({f"{c.tier} {kind}" for c, kind in damaged[b.id]}))
         findings.append(Finding("lost", b.database, b.id, None,
@@ -322,23 +329,26 @@ def _what_is_lost(b: BackupRecord, backups: Sequence[BackupRecord]) -> str:
 
 def _effects(lost: Iterable[BackupRecord], backups: Sequence[BackupRecord], copies: Sequence[CopyRecord],
              damaged: Mapping[str, list[tuple[CopyRecord, str]]], *, now: datetime,
-             tier_order: Sequence[str]) -> dict[str, str]:
+             tier_order: Sequence[str], chains: Chains) -> dict[str, str]:
     """Per database with a lost backup: how its newest restorable point moved."""
     bad = {(c.backup_id, c.tier) for pairs in damaged.values() for c, _ in pairs}
     after_copies = [c for c in copies if (c.backup_id, c.tier) not in bad]
     out: dict[str, str] = {}
     for db in sorted({b.database for b in lost}):
-        before, after = (_latest(db, backups, cs, now, tier_order) for cs in (copies, after_copies))
+        model = chains(db)
+        if model is None:
+            continue  # a database the policy no longer names: its chain rules are unknown
+        before, after = (_latest(model, db, backups, cs, now, tier_order) for cs in (copies, after_copies))
         if before != after:
             out[db] = (f"; {db}'s newest restorable point is now {_when(after)} (was {_when(before)})" if after
                        else f"; {db} can no longer be restored at all (was to {_when(before)})")
     return out
 
 
-def _latest(db: str, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord], now: datetime,
-            tier_order: Sequence[str]) -> datetime | None:
+def _latest(model: ChainModel, db: str, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord],
+            now: datetime, tier_order: Sequence[str]) -> datetime | None:
     try:
-        return plan_restore(db, backups, copies, target=None, now=now, tier_order=tier_order).reaches
+        return model.plan_restore(db, backups, copies, target=None, now=now, tier_order=tier_order).reaches
     except RestorePlanError:
         return None
 
@@ -471,8 +481,11 @@ def run_check(rt: Runtime, *, deep: bool = False, repair: bool = False, actor: s
     reads = _read_deep(rt, by_id, copies, locations, inventories) if deep else {}
     dead = {b.id for b in backups if b.status == "running" and process_gone(b.meta.get("process"))}
     at = clock()
+    def chains(db: str) -> ChainModel | None:
+        return rt.chain_model(db) if db in rt.policy.databases else None
+
     findings = plan(backups, copies, locations, inventories, now=at, tier_order=rt.tier_order, dead=dead,
-                    deep=reads)
+                    deep=reads, chains=chains)
     outcomes = [_repair(rt, f, actor) if repair and f.repair else Outcome(f, False) for f in findings]
     checked = {"copies": sum(1 for c in copies if c.status == "complete"), "stores": len(inventories),
                "objects": sum(len(i.objects) for i in inventories.values())}

@@ -294,18 +294,19 @@ def backups(db: str, as_json: Annotated[bool, typer.Option("--json")] = False) -
         if as_json:
             _print_json([{
                 "id": b.id, "kind": b.kind, "status": b.status, "base": b.base_id, "timeline": b.timeline,
-                "start_wal": b.start_wal, "end_wal": b.end_wal, "started_at": b.started_at,
+                "start_wal": b.start_wal, "end_wal": b.end_wal, "start_position": b.start_lsn,
+                "end_position": b.end_lsn, "started_at": b.started_at,
                 "finished_at": b.finished_at, "end_time": b.end_time, "raw_bytes": b.raw_bytes,
                 "stored_bytes": b.stored_bytes, "sha256": b.sha256, "error": b.error,
                 "copies": [{"tier": c.tier, "status": c.status} for c in rt.catalog.copies(b.id)],
             } for b in rows])
             return
         table = Table(title=f"backups of {db}")
-        for col in ("id", "kind", "status", "WAL", "covers until", "stored", "copies"):
+        for col in ("id", "kind", "status", "covers", "covers until", "stored", "copies"):
             table.add_column(col)
         for b in rows:
             tiers = ",".join(c.tier for c in rt.catalog.copies(b.id) if c.status == "complete")
-            table.add_row(b.id, b.kind, b.status, f"{b.start_wal or ''}..{(b.end_wal or '')[-8:]}",
+            table.add_row(b.id, b.kind, b.status, _span(b, short=True),
                           b.end_time.isoformat(timespec="seconds") if b.end_time else (b.error or "")[:60],
                           _human_bytes(b.stored_bytes), tiers)
         console.print(table)
@@ -315,14 +316,13 @@ def backups(db: str, as_json: Annotated[bool, typer.Option("--json")] = False) -
 # -- restore --------------------------------------------------------------------------------------------
 
 
-def _lsn(value: str | None) -> int | None:
-    from drkit.engines.postgres.lsn import parse_lsn
-    if value is None:
-        return None
-    try:
-        return parse_lsn(value)
-    except ValueError as exc:
-        raise ConfigError(f"--lsn: {exc}") from None
+def _span(b: Any, short: bool = False) -> str:
+    """What a backup covers: its WAL segments (PostgreSQL), else its log positions."""
+    if b.start_wal or b.end_wal:
+        return f"{b.start_wal or ''}..{(b.end_wal or '')[-8:] if short else b.end_wal or ''}"
+    if b.start_lsn is not None or b.end_lsn is not None:
+        return f"{'' if b.start_lsn is None else b.start_lsn}..{'' if b.end_lsn is None else b.end_lsn}"
+    return ""
 
 
 @app.command("restore-plan")
@@ -330,27 +330,27 @@ def restore_plan(db: str, to: Annotated[str | None, typer.Option("--to", help="I
                  lsn: Annotated[str | None, typer.Option("--lsn", help="a WAL position like 0/3000028")] = None,
                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """What a restore to TIME or LSN (default: latest) would read, from where, and how long. Touches nothing."""
-    from drkit.restore import estimated_seconds, make_plan
+    from drkit.restore import estimated_seconds
 
     def run() -> None:
         rt = _runtime()
-        plan = make_plan(rt, db, parse_time(to) if to else None, target_lsn=_lsn(lsn))
+        plan = rt.engine(db).plan_restore(parse_time(to) if to else None, position=lsn)
         seconds, basis = estimated_seconds(rt, db, plan)
         if as_json:
             _print_json({"database": db, "target": plan.target_time, "target_lsn": lsn, "recovery": plan.recovery,
                          "reaches": plan.reaches, "total_bytes": plan.total_bytes,
                          "estimated_seconds": round(seconds, 1), "estimate_basis": basis,
                          "pieces": [{"backup": p.backup.id, "kind": p.role, "tier": p.tier,
-                                     "bytes": p.stored_bytes, "wal": [p.backup.start_wal, p.backup.end_wal]}
+                                     "bytes": p.stored_bytes, "wal": [p.backup.start_wal, p.backup.end_wal],
+                                     "positions": [p.backup.start_lsn, p.backup.end_lsn]}
                                     for p in plan.pieces],
                          "reasons": list(plan.reasons)})
             return
         table = Table(title=f"restore plan for {db} → {to or 'latest'} (recovery: {plan.recovery})")
-        for col in ("piece", "backup", "tier", "bytes", "WAL"):
+        for col in ("piece", "backup", "tier", "bytes", "covers"):
             table.add_column(col)
         for p in plan.pieces:
-            table.add_row(p.role, p.backup.id, p.tier, _human_bytes(p.stored_bytes),
-                          f"{p.backup.start_wal}..{p.backup.end_wal}")
+            table.add_row(p.role, p.backup.id, p.tier, _human_bytes(p.stored_bytes), _span(p.backup))
         console.print(table)
         for r in plan.reasons:
             console.print(f"• {r}")
@@ -361,7 +361,8 @@ def restore_plan(db: str, to: Annotated[str | None, typer.Option("--to", help="I
 @app.command()
 def restore(
     db: str,
-    into: Annotated[Path, typer.Option("--into", help="a new, empty directory")],
+    into: Annotated[str, typer.Option("--into", help="PostgreSQL: a new, empty directory; SQL Server: a new "
+                                                     "database name")],
     to: Annotated[str | None, typer.Option("--to", help="ISO 8601 timestamp")] = None,
     lsn: Annotated[str | None, typer.Option("--lsn", help="a WAL position like 0/3000028")] = None,
     latest: Annotated[bool, typer.Option("--latest")] = False,
@@ -374,21 +375,18 @@ def restore(
         raise typer.Exit(2)
 
     def run() -> dict[str, Any]:
-        from drkit.restore import make_plan
         target = parse_time(to) if to else None
-        make_plan(_runtime(), db, target, target_lsn=_lsn(lsn))  # fail fast, before a flow run
+        _runtime().engine(db).plan_restore(target, position=lsn)  # fail fast, before a flow run
         from flows.restore import restore_point_in_time
         result: dict[str, Any] = restore_point_in_time(
-            db=db, into=str(into.resolve()), target=target, target_lsn=lsn, port=port,
+            db=db, into=into, target=target, target_lsn=lsn, port=port,
             keep_running=keep_running, config=_config_path())
         return result
     out = _guard(run)
     for line in out.get("warnings") or []:  # a copy found missing or corrupt: read from the next tier
         err.print(f"warning: {line}")
-    from drkit.restore import connect_hint
-    where = (f"running, on its Unix socket only; as root or the database's OS user: "
-             f"{connect_hint(out['data_dir'], out['port'])}" if out["running"] else "stopped")
-    console.print(f"restored {db} to {out['reaches']} in {out['seconds']} s into {out['data_dir']} ({where})")
+    where = f"running; to connect: {out['connect']}" if out["running"] else "stopped"
+    console.print(f"restored {db} to {out['reaches']} in {out['seconds']} s into {out['into']} ({where})")
 
 
 @app.command()
@@ -426,9 +424,13 @@ def recover(
 ) -> None:
     """Corruption recovery: restore to BEFORE on a standby, validate, wait for approval, switch."""
     def run() -> dict[str, Any]:
-        from drkit.restore import make_plan
         target = parse_time(before, "--before")
-        make_plan(_runtime(), db, target)
+        engine = _runtime().engine(db)
+        if not engine.features.standby_restore:
+            raise ConfigError(f"corruption recovery switches clients to a restored server on this host, which "
+                              f"{db!r}'s engine cannot provide; restore to a new database with `drkit restore "
+                              f"{db} --into NAME --to TIME` and repoint clients yourself")
+        engine.plan_restore(target)
         from flows.corruption import recover_from_corruption
         result: dict[str, Any] = recover_from_corruption(
             db=db, before=target, into=str(into.resolve()) if into else None, port=port, config=_config_path())
@@ -450,7 +452,7 @@ def retention_plan(now: Annotated[str | None, typer.Option("--now", help="rehear
                    as_json: Annotated[bool, typer.Option("--json")] = False,
                    all_keeps: Annotated[bool, typer.Option("--all", help="list routine keeps too")] = False) -> None:
     """The actions retention would take now (or at --now), each with its reason. Changes nothing."""
-    from drkit.tiers import plan_retention
+    from drkit.tiers.moves import plan_retention
 
     def run() -> list[Any]:
         return plan_retention(_runtime(), parse_time(now, "--now") if now else datetime.now(UTC),
@@ -505,7 +507,7 @@ def catalog_rebuild(from_tier: Annotated[str, typer.Option("--from", help="the t
     Descriptors that fail authentication are refused, one line each on stderr, and the exit status is 1.
     """
     def run() -> dict[str, int]:
-        from drkit.tiers import rebuild_catalog
+        from drkit.tiers.rebuild import rebuild_catalog
         return rebuild_catalog(_runtime(), from_tier, report=lambda line: sys.stderr.write(f"refused: {line}\n"))
     counts = _guard(run)
     console.print(f"imported {counts['imported']}, already present {counts['present']}, "
@@ -579,15 +581,8 @@ def failback(db: str) -> None:
 
 @app.command("import-history")
 def import_history(db: str) -> None:
-    """SQL Server: record the backups msdb remembers, so drkit can plan restores from existing history."""
-    def run() -> Any:
-        from drkit.engines.sqlserver.operations import import_history as do_import
-        rt = _runtime()
-        if not rt.is_sqlserver(db):
-            raise ConfigError(f"import-history is for SQL Server databases; {db!r} is {rt.policy.database(db).engine}")
-        return do_import(rt, db)
-    result = _guard(run)
-    console.print(str(result))
+    """Record the backups the server remembers (SQL Server's msdb), so drkit can plan restores from them."""
+    console.print(_guard(lambda: _runtime().engine(db).import_history()))
 
 
 @app.command()
@@ -642,10 +637,11 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     def run() -> None:
         rt = _runtime()
         now = datetime.now(UTC)
-        from drkit.tiers import tier_location
+        from drkit.tiers.naming import tier_location
         locations = {t: tier_location(rt.policy, t) for t in rt.tier_order}
         rows = [database_status(db, rt.catalog.list_backups(db), rt.catalog.all_copies(db), now=now,
-                                tier_order=rt.tier_order, locations=locations) for db in rt.policy.databases]
+                                tier_order=rt.tier_order, chain=rt.chain_model(db), locations=locations)
+                for db in rt.policy.databases]
         from drkit.dr import lag_summary
         lags = {db: lag_summary(rt, db) for db in rt.policy.databases}
         checked = rt.catalog.latest_audit("catalog.check")

@@ -26,11 +26,14 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from drkit.engines.sqlserver.settings import SqlServerSettings
 from drkit.errors import ConfigError, UnknownDatabaseError
+from drkit.traffic.base import ATM_ENDPOINT_TYPES
 
 DEFAULT_CONFIG_NAME = "drkit.yaml"
 CONFIG_ENV = "DRKIT_CONFIG"
@@ -143,6 +146,29 @@ class ReplicaConfig(_Model):
         return self
 
 
+class AzureTrafficConfig(_Model):
+    """``traffic.azure`` (``router: azure_tm``): the Traffic Manager profile whose weighted endpoints split
+    application traffic between the regions."""
+
+    subscription: str = Field(min_length=1)
+    resource_group: str = Field(min_length=1)
+    profile: str = Field(min_length=1)
+    endpoints: dict[str, str]
+    """``traffic.primary`` / ``traffic.dr`` → the profile's endpoint: ``name`` (an azureEndpoints one) or
+    ``TYPE/name`` (TYPE: azureEndpoints, externalEndpoints or nestedEndpoints)."""
+    api_version: str = Field(default="2022-04-01", min_length=1)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoint_specs(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, spec in v.items():
+            kind, sep, resource = spec.rpartition("/")
+            if not resource or (sep and kind not in ATM_ENDPOINT_TYPES):
+                raise ValueError(f"{name}: expected 'NAME' or 'TYPE/NAME' with TYPE one of "
+                                 f"{', '.join(ATM_ENDPOINT_TYPES)}, got {spec!r}")
+        return v
+
+
 class TrafficConfig(_Model):
     """How clients reach the database and the application: the router, and its server names."""
 
@@ -153,12 +179,20 @@ class TrafficConfig(_Model):
     db_backend: str = "db"
     primary: str = "primary"  # server / endpoint names
     dr: str = "dr"
-    azure: dict[str, Any] | None = None  # azure_tm: subscription, resource_group, profile, endpoints
+    azure: AzureTrafficConfig | None = None  # azure_tm: subscription, resource_group, profile, endpoints
 
     @model_validator(mode="after")
     def _needs(self) -> TrafficConfig:
         if self.router == "haproxy" and self.socket is None:
             raise ValueError("a haproxy router needs 'socket' (its runtime API socket)")
+        if self.router == "azure_tm":
+            if self.azure is None:
+                raise ValueError("an azure_tm router needs 'azure' (subscription, resource_group, profile, "
+                                 "endpoints)")
+            absent = [n for n in (self.primary, self.dr) if n not in self.azure.endpoints]
+            if absent:
+                raise ValueError(f"azure.endpoints: no endpoint for {', '.join(absent)} (the names given by "
+                                 "traffic.primary and traffic.dr)")
         return self
 
 
@@ -195,7 +229,7 @@ class DatabaseConfig(_Model):
     traffic: TrafficConfig = Field(default_factory=TrafficConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     failback: FailbackConfig = Field(default_factory=FailbackConfig)
-    sqlserver: dict[str, Any] | None = None
+    sqlserver: SqlServerSettings | None = None  # engine: sqlserver; its `database` defaults to the policy name
 
     @field_validator("timezone")
     @classmethod
@@ -205,6 +239,28 @@ class DatabaseConfig(_Model):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {v!r} (use an IANA name like 'UTC' or 'Europe/Berlin')") from None
         return v
+
+    @field_validator("sqlserver")
+    @classmethod
+    def _sqlserver_only_for_its_engine(cls, v: SqlServerSettings | None, info: ValidationInfo
+                                       ) -> SqlServerSettings | None:
+        if v is not None and info.data.get("engine", "sqlserver") != "sqlserver":  # a bad engine is its own error
+            raise ValueError("only an 'engine: sqlserver' database takes a 'sqlserver' block")
+        return v
+
+    @model_validator(mode="after")
+    def _dr_capabilities(self) -> DatabaseConfig:
+        """A DR step the engine cannot do for this policy is refused on load, not half-way through a runbook."""
+        if self.replica is None or self.engine != "sqlserver":
+            return self
+        if self.sqlserver is None or not self.sqlserver.availability_group:
+            raise ValueError("sqlserver.availability_group: required with 'replica': SQL Server fails over through "
+                             "the availability group both replicas belong to; name it")
+        postgres_only = [k for k in ("data_dir", "slot") if k in self.replica.model_fields_set]
+        if postgres_only:
+            raise ValueError(f"replica.{postgres_only[0]}: PostgreSQL only (a streaming standby drkit rewinds); a "
+                             "SQL Server DR replica is its availability-group replica, reached by dsn or dsn_env")
+        return self
 
     @model_validator(mode="after")
     def _needs(self) -> DatabaseConfig:
@@ -237,6 +293,20 @@ class Policy(_Model):
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     notifications: dict[str, list[str]] = Field(default_factory=dict)
     base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("databases", mode="before")
+    @classmethod
+    def _sqlserver_database_is_the_name(cls, v: Any) -> Any:
+        """A ``sqlserver:`` block without ``database`` means the server database named like the policy's."""
+        if not isinstance(v, dict):
+            return v
+        out = {}
+        for name, cfg in v.items():
+            block = cfg.get("sqlserver") if isinstance(cfg, dict) else None
+            if isinstance(block, dict) and "database" not in block:
+                cfg = {**cfg, "sqlserver": {"database": name, **block}}
+            out[name] = cfg
+        return out
 
     @field_validator("databases", "tiers")
     @classmethod

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from drkit.catalog.records import BackupRecord, CopyRecord
-from drkit.engines.postgres.chain import RestorePiece
 from drkit.errors import DrkitError, IntegrityError, ObjectNotFoundError, RestoreError, StoreError
+from drkit.plans import RestorePiece
 from drkit.runtime import Runtime
-from drkit.tiers import tier_location
+from drkit.tiers.naming import tier_location
 
 
 def damage_of(exc: BaseException) -> str | None:

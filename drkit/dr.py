@@ -1,92 +1,130 @@
-"""The two sides of a database for the DR runbooks: DSNs, local clusters, the router, the evidence.
+"""The DR runbooks' engine-neutral parts: the traffic router, the typed results of their steps, the lag summary.
 
-The runbooks (flows/dr.py) are sequences of idempotent steps; this module gives
-them the parts: which server is the primary and which the replica, the local
-cluster handles when drkit manages a side on this host (fencing, rewind), and
-the traffic router the policy names.
+The runbooks (flows/dr.py) are sequences of idempotent steps (tasks/dr.py). What a step does to a database
+server (probe, promote, fence, resynchronise, measure lag) is behind
+:class:`drkit.engines.base.DrOperations`, which :func:`drkit.engines.dr_operations` picks for the database's
+engine; this module never asks which engine it is.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any, Literal
 
-from psycopg.conninfo import conninfo_to_dict
-
-from drkit.config import resolve_dsn, resolve_replica_dsn
-from drkit.engines.postgres.pgctl import LocalCluster
+from drkit.engines import dr_operations
+from drkit.engines.base import DrOperations, Side
+from drkit.health import ProbeResult, ProbeSeries
 from drkit.runtime import Runtime
 from drkit.traffic import Router, build_router
 
-
-def host_port(dsn: str) -> str:
-    params = conninfo_to_dict(dsn)
-    return f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
+WritableSides = Literal["primary", "dr", "split", "none"]
+"""Which side takes writes: one of them, both (split brain: resolve by hand) or none."""
 
 
-@dataclass(frozen=True)
-class DrSides:
-    db: str
-    primary_dsn: str
-    replica_dsn: str
-    slot: str
-    max_lag_seconds: float
-    primary_local: LocalCluster | None
-    replica_local: LocalCluster | None
-    primary_name: str
-    dr_name: str
+def side_name(rt: Runtime, db: str, side: Side) -> str:
+    """The router's name for ``side`` (``traffic.primary`` / ``traffic.dr``)."""
+    traffic = rt.policy.database(db).traffic
+    return traffic.primary if side == "primary" else traffic.dr
 
 
-def _local(rt: Runtime, db: str, data_dir: Path | None, dsn: str) -> LocalCluster | None:
-    if data_dir is None:
-        return None
-    path = rt.policy.resolve(data_dir)
-    if not (path / "PG_VERSION").exists():
-        return None
-    port = int(conninfo_to_dict(dsn).get("port") or 5432)
-    return LocalCluster(path, port, rt.bin_dir(db), rt.os_user(db), log_file=path.with_name(path.name + ".log"))
-
-
-def sides(rt: Runtime, db: str) -> DrSides:
-    cfg = rt.policy.database(db)
-    primary_dsn = resolve_dsn(db, cfg, rt.environ)
-    replica_dsn = resolve_replica_dsn(db, cfg, rt.environ)
-    assert cfg.replica is not None
-    return DrSides(
-        db=db, primary_dsn=primary_dsn, replica_dsn=replica_dsn, slot=cfg.replica.slot,
-        max_lag_seconds=cfg.replica.max_lag_seconds,
-        primary_local=_local(rt, db, cfg.data_dir, primary_dsn),
-        replica_local=_local(rt, db, cfg.replica.data_dir, replica_dsn),
-        primary_name=cfg.traffic.primary, dr_name=cfg.traffic.dr)
-
-
-def router(rt: Runtime, db: str) -> Router:
-    cfg = rt.policy.database(db)
-    traffic = cfg.traffic
+def router(rt: Runtime, db: str, ops: DrOperations) -> Router:
+    """The router the policy's ``traffic`` section names, with both sides' ``host:port``."""
+    traffic = rt.policy.database(db).traffic
     if traffic.socket is not None:
         traffic = traffic.model_copy(update={
             "socket": rt.policy.resolve(traffic.socket),
             "state_file": rt.policy.resolve(traffic.state_file) if traffic.state_file else None})
-    s = sides(rt, db)
     return build_router(db, traffic, catalog=rt.catalog,
-                        db_endpoints={s.primary_name: host_port(s.primary_dsn), s.dr_name: host_port(s.replica_dsn)},
+                        db_endpoints={traffic.primary: ops.endpoint("primary"), traffic.dr: ops.endpoint("dr")},
                         actor="drkit-dr")
+
+
+def writable_sides(primary: ProbeResult, dr: ProbeResult) -> WritableSides:
+    if primary.ok and not dr.ok:
+        return "primary"
+    if dr.ok and not primary.ok:
+        return "dr"
+    return "split" if primary.ok and dr.ok else "none"
+
+
+# -- typed step results -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrimaryProbe:
+    """The primary's database (and application URL, if set) probed with the policy's retries.
+
+    Only the database failing every attempt justifies a failover; the application probe is evidence.
+    """
+
+    database: ProbeSeries
+    application: ProbeSeries | None = None
+
+    @property
+    def down(self) -> bool:
+        return self.database.failed_all
+
+    @property
+    def summary(self) -> list[str]:
+        return [s.summary() for s in (self.database, self.application) if s is not None]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"down": self.down, "database": self.database.as_dict(),
+                "application": self.application.as_dict() if self.application else None}
+
+
+@dataclass(frozen=True)
+class SideProbe:
+    """One side probed after a switch: its database (writable) and its application URL, if set."""
+
+    database: ProbeResult
+    application: ProbeResult | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"database": self.database.as_dict(),
+                "application": self.application.as_dict() if self.application else None}
+
+
+@dataclass(frozen=True)
+class Pointed:
+    """Where clients were pointed: the router's name for the side, and its ``host:port``."""
+
+    active: str
+    endpoint: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"active": self.active, "endpoint": self.endpoint}
+
+
+@dataclass(frozen=True)
+class TrafficStep:
+    """One failback step: ``percent`` of application traffic on the primary region, held while probed."""
+
+    percent: int
+    weights: dict[str, int]
+    probes: int
+    error_rate: float
+    p95_ms: float
+    breach: bool
+    served: dict[str, int]
+    """Requests each server answered during the hold (routers that count them; else empty)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"percent": self.percent, "weights": dict(self.weights), "probes": self.probes,
+                "error_rate": self.error_rate, "p95_ms": self.p95_ms, "breach": self.breach,
+                "served": dict(self.served)}
+
+
+# -- status -----------------------------------------------------------------------------------------------
 
 
 def lag_summary(rt: Runtime, db: str) -> dict[str, object] | None:
     """The DR replica's lag for `drkit status` (None when no replica is configured); never raises."""
-    from drkit.engines.postgres import replica
-
     if rt.policy.database(db).replica is None:
         return None
     try:
-        s = sides(rt, db)
-        try:
-            lag = replica.replication_lag(s.primary_dsn, s.slot, timeout=3)
-        except Exception:
-            lag = replica.standby_lag(s.replica_dsn, timeout=3)
+        lag = dr_operations(rt, db).lag(timeout=3)
     except Exception as exc:  # a status line must not fail because one server is down
-        return {"state": "unknown", "error": str(exc).splitlines()[0][:200]}
-    too_far = lag.seconds is None or lag.seconds > s.max_lag_seconds
-    return {"state": lag.state, "bytes": lag.bytes, "seconds": lag.seconds, "max_lag_seconds": s.max_lag_seconds,
-            "too_far": too_far}
+        return {"state": "unknown", "error": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}
+    return {"state": lag.state, "bytes": lag.bytes, "seconds": lag.seconds, "max_lag_seconds": lag.max_lag_seconds,
+            "too_far": lag.too_far}

@@ -10,6 +10,11 @@ class DrkitError(Exception):
     """Base of every error drkit raises on purpose."""
 
 
+class NotRetryable:
+    """Mixed into an engine's errors that retrying the same step cannot fix (damaged media, a broken log
+    chain, a refused name or target): the task retry policy fails them at once."""
+
+
 class ConfigError(DrkitError):
     """The policy file is missing, malformed, or names something that does not exist."""
 

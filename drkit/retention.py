@@ -4,8 +4,8 @@
 (in order: ``local``, ``blob``, ``archive``) and ``now``. It does no I/O; the ``retention_sweep`` flow applies
 its actions (copies and moves first, then deletes) and ``drkit retention plan`` prints them.
 
-The life of a backup (DESIGN.md, "Tiers and retention"), with ages measured from the backup's ``end_time``
-(else ``finished_at``):
+The life of a backup (README.md, "Tiers, retention and legal holds"), with ages measured from the backup's
+``end_time`` (else ``finished_at``):
 
 * it is born in the first tier (``local``) and kept there while younger than ``local.keep_days``;
 * it is copied to each later *copy tier* (``blob``) while younger than that tier's ``keep_days``, but to a
@@ -16,20 +16,25 @@ The life of a backup (DESIGN.md, "Tiers and retention"), with ages measured from
   the verification gate of the tier it takes over from;
 * a copy that no tier wants any more is deleted, unless one of the rules below keeps it.
 
-Restore points are chain-aware, as :func:`drkit.engines.postgres.chain.plan_restore` plans them: a target time needs the
-newest full at or before it, the newest diff on that full at or before it, and the unbroken run of log
-backups from that base's start segment to the first log that reaches the target. A tier with a window of
-``keep_days`` keeps every copy it holds that a target inside ``[now - keep_days, now]`` needs, however old
-the copy is itself ("kept: diff X on this full is inside blob's 30-day window"). And whatever the tiers
-want, :func:`plan` never deletes the last copy (nor moves it out of the policy's tiers) of:
+Restore points are chain-aware, as the database's engine plans them (its chain model's ``plan_restore``,
+:class:`drkit.engines.base.ChainModel`): a target time needs the newest full at or before it, a diff on
+that full at or before it, and the unbroken run of log backups from that base to the first log that
+reaches the target (PostgreSQL joins them WAL segment by segment, SQL Server by LSN). This module knows no
+engine: it asks the chain model's index (:meth:`ChainModel.index`) which backups the targets in a window
+read. A tier with a window of ``keep_days`` keeps every copy it holds that a target inside
+``[now - keep_days, now]`` needs, however old the copy is itself ("kept: diff X on this full is inside
+blob's 30-day window"). And whatever the tiers want, :func:`plan` never deletes the last copy (nor moves it
+out of the policy's tiers) of:
 
 (a) a piece that any target inside any tier's window needs: every target in ``[now - max keep_days, now]``
     that plans before the actions still plans after them, to the same pieces;
 (b) the newest verified full of a database, ever; and it keeps one copy outside the move tiers
     (readable without rehydration) if it has one. Likewise the pieces a restore to the latest point
     reads (``plan_restore(target=None)``), however old: a database never ends up with nothing to restore;
-(c) anything under an active legal hold, nor any piece the held backup's own restore needs (a diff's full;
-    a log's chain): no copy of them is deleted or moved away (a move becomes a copy);
+(c) anything under an active legal hold, nor any piece the held backup's own restore needs (what the chain
+    model's ``plan_for_backup`` reads for it, when that plans: a diff's full; a log's chain; checked for a
+    diff of any status and for a restorable backup): no copy of them is deleted or moved away (a move
+    becomes a copy);
 (d) a backup that some tier still promises to keep: one younger than a tier's ``keep_days`` that the tier
     holds or may take (restorable, and verified if the tier is gated).
 
@@ -42,26 +47,28 @@ Only copies a tier keeps beyond what its age window alone would give (by a resto
 or the last-copy rules) get a ``keep`` action; pass ``routine_keeps=True`` to list every kept copy.
 Planning again after all actions were applied yields no copy, move or delete; after a crash half-way,
 planning again yields what is left to reach the same state.
+
+:func:`plan` is the fast planner (a catalog of millions of backups in seconds, ``bench/retention.py``);
+:func:`drkit.retention_reference.plan` decides the same rules backup by backup, for reading, and the
+property tests hold the two to the same actions on both engines.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import accumulate
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Literal, Protocol
 
 from drkit.catalog.records import BACKUP_KINDS, RESTORABLE_STATUSES, BackupRecord, CopyRecord, HoldRecord
-from drkit.engines.postgres.chain import _fmt, _start_segno
-from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE
+from drkit.engines.base import ChainModel
+from drkit.plans import Need
+from drkit.plans import fmt_time as _fmt
 
 ActionKind = Literal["copy", "move", "delete", "keep"]
 ACTION_KINDS: tuple[ActionKind, ...] = ("copy", "move", "delete", "keep")
 """Also the order :func:`plan` returns actions in, and the order to apply them in."""
 
-_TICK = timedelta(microseconds=1)
 _RESTORABLE = frozenset(RESTORABLE_STATUSES)
 
 
@@ -104,287 +111,6 @@ class Action:
     def changes(self) -> bool:
         """True for copy, move and delete."""
         return self.kind != "keep"
-
-
-class Need(NamedTuple):
-    """Why a backup is needed: the latest target time whose restore reads it, and that restore's base.
-
-    ``latest``: a restore to the latest point (``plan_restore(target=None)``) reads it too.
-    """
-
-    until: datetime
-    base: BackupRecord
-    latest: bool = False
-
-
-# -- restore chains, indexed once per database ---------------------------------------------------------
-
-
-class _Logs:
-    """The usable log backups of one database and timeline, sorted by first segment for chain walks.
-
-    Parallel lists rather than a tuple per log: millions of small tracked objects would wake the cyclic
-    garbage collector over and over during a sweep.
-    """
-
-    def __init__(self) -> None:
-        self.first: list[int] = []
-        self.last: list[int] = []
-        self.end: list[datetime] = []
-        self.rec: list[BackupRecord] = []
-
-    def index(self) -> None:
-        n = len(self.first)
-        self.order = list(range(n))  # catalog order, which breaks ties as chain._log_chain's max() does
-        if n > 1 and self.first[0] > self.first[-1]:  # the catalog lists newest first
-            for column in (self.first, self.last, self.end, self.rec, self.order):
-                column.reverse()
-        if self.first != sorted(self.first):
-            perm = sorted(range(n), key=self.first.__getitem__)
-            self.first = [self.first[i] for i in perm]
-            self.last = [self.last[i] for i in perm]
-            self.end = [self.end[i] for i in perm]
-            self.rec = [self.rec[i] for i in perm]
-            self.order = [self.order[i] for i in perm]
-        self.reach = list(accumulate(self.last, max))  # running max of last segments
-        self.pos = dict(zip(reversed(self.first), range(n - 1, -1, -1), strict=True))  # first index per start
-
-    def _covering(self, segno: int, hint: int) -> list[int]:
-        """The logs ``chain._log_chain`` may pick for ``segno``: those starting there, else those holding it."""
-        first = self.first
-        n = len(first)
-        i = hint if hint < n and first[hint] == segno else self.pos.get(segno, -1)
-        if i >= 0:  # the usual case: the next log starts where the last one ended
-            j = i + 1
-            while j < n and first[j] == segno:
-                j += 1
-            return list(range(i, j))
-        found = []
-        i = bisect_right(first, segno) - 1
-        while i >= 0 and self.reach[i] >= segno:
-            if self.last[i] >= segno:
-                found.append(i)
-            i -= 1
-        return found
-
-    def _best(self, found: list[int]) -> int:
-        """chain._log_chain's choice: max by (last segment, end time); the first such in catalog order."""
-        last, end, order = self.last, self.end, self.order
-        best = found[0]
-        for i in found[1:]:
-            if (last[i], end[i]) > (last[best], end[best]) or (
-                    (last[i], end[i]) == (last[best], end[best]) and order[i] < order[best]):
-                best = i
-        return best
-
-    def steps(self, base: BackupRecord, until: datetime | None) -> list[int]:
-        """What :func:`drkit.engines.postgres.chain._log_chain` returns for ``base`` and ``until`` (as indices here),
-        without rescanning the logs."""
-        need = _start_segno(base)
-        chain: list[int] = []
-        first, last, ends = self.first, self.last, self.end
-        n = len(first)
-        i = -1
-        while True:
-            if until is not None and i >= 0 and ends[i] >= until:
-                return chain
-            j = i + 1
-            if j < n and first[j] == need and (j + 1 == n or first[j + 1] != need):
-                i = j  # the usual case: exactly one log starts where the last one ended, and it is next
-            else:
-                found = self._covering(need, j)
-                if not found:
-                    return chain
-                i = found[0] if len(found) == 1 else self._best(found)
-            chain.append(i)
-            need = last[i] + 1
-
-
-class _Stretch(NamedTuple):
-    """Targets from ``start`` until the next stretch restore from ``full`` (and ``diff``)."""
-
-    start: datetime
-    full: BackupRecord
-    diff: BackupRecord | None
-
-
-class _Chains:
-    """Restore chains of one database over its usable backups, as plan_restore would plan them."""
-
-    def __init__(self, backups: Iterable[BackupRecord], has_copy: Callable[[str], object]) -> None:
-        """Index the usable backups among ``backups``: restorable, with a copy (``has_copy(id)`` true),
-        and what chain._candidates asks of each kind."""
-        self.logs: dict[int | None, _Logs] = {}
-        self.newest_verified_full: BackupRecord | None = None
-        newest_end: datetime | None = None
-        fulls: list[BackupRecord] = []
-        diffs: dict[str, list[tuple[datetime, int, BackupRecord]]] = {}
-        size: Any = DEFAULT_SEGMENT_SIZE
-        per = 0x100000000 // DEFAULT_SEGMENT_SIZE
-        logs: _Logs | None = None
-        timeline: int | None = None
-        restorable = _RESTORABLE
-        for order, b in enumerate(backups):
-            end = b.end_time
-            if end is None or b.status not in restorable or not has_copy(b.id):
-                continue
-            kind = b.kind
-            if kind == "log":
-                start, stop = b.start_wal, b.end_wal
-                if not start or not stop or b.start_lsn is None or len(start) != 24 or len(stop) != 24:
-                    continue  # not a segment name: plan_restore stops on it; no chain uses it here
-                seg_size = b.meta.get("segment_size", DEFAULT_SEGMENT_SIZE)
-                if seg_size != size:
-                    size, per = seg_size, 0x100000000 // int(seg_size)
-                try:  # chain._segs, without its regex
-                    x, y = int(start[8:], 16), int(stop[8:], 16)
-                except ValueError:
-                    continue
-                lo, hi = (x >> 32) * per + (x & 0xFFFFFFFF), (y >> 32) * per + (y & 0xFFFFFFFF)
-                if hi < lo:
-                    continue
-                if logs is None or b.timeline != timeline:
-                    timeline = b.timeline
-                    logs = self.logs.get(timeline)
-                    if logs is None:
-                        logs = self.logs[timeline] = _Logs()
-                logs.first.append(lo)
-                logs.last.append(hi)
-                logs.end.append(end)
-                logs.rec.append(b)
-            elif kind == "full":
-                if b.status == "verified" and (newest_end is None or end > newest_end):
-                    self.newest_verified_full, newest_end = b, end  # (b) needs no LSNs, chains do
-                if b.start_lsn is not None:
-                    fulls.append(b)
-            elif kind == "diff" and b.base_id is not None and b.start_lsn is not None:
-                diffs.setdefault(b.base_id, []).append((end, order, b))
-        for logs in self.logs.values():
-            logs.index()
-        first_full: dict[datetime, BackupRecord] = {}
-        for f in fulls:  # plan_restore: among fulls ending at the same instant, the first in catalog order
-            assert f.end_time is not None
-            first_full.setdefault(f.end_time, f)
-        diff_ends: dict[str, list[datetime]] = {}
-        for full_id, group in diffs.items():
-            group.sort(key=lambda d: (d[0], d[1]))
-            diff_ends[full_id] = [d[0] for d in group]
-        times = sorted({*first_full, *(d[0] for group in diffs.values() for d in group)})
-        self.stretches: list[_Stretch] = []
-        full: BackupRecord | None = None
-        for t in times:
-            full = first_full.get(t, full)
-            if full is None:
-                continue
-            diff = None
-            ends = diff_ends.get(full.id)
-            if ends:
-                n = bisect_right(ends, t)
-                if n:
-                    diff = diffs[full.id][bisect_left(ends, ends[n - 1])][2]
-            last = self.stretches[-1] if self.stretches else None
-            if last is None or last.full is not full or last.diff is not diff:
-                self.stretches.append(_Stretch(t, full, diff))
-        self.starts = [s.start for s in self.stretches]
-
-    def walk(self, base: BackupRecord, until: datetime | None) -> list[BackupRecord]:
-        logs = self.logs.get(base.timeline)
-        return [logs.rec[i] for i in logs.steps(base, until)] if logs is not None else []
-
-    def needs(self, now: datetime, since: datetime) -> dict[str, Need]:
-        """For every backup a target in ``[since, now]`` (or the latest point) needs: the latest such
-        target, and its base."""
-        out: dict[str, Need] = {}
-        k = max(0, bisect_right(self.starts, since) - 1)
-        for i in range(k, len(self.stretches)):
-            s = self.stretches[i]
-            if s.start > now:
-                break
-            hi = min(now, self.stretches[i + 1].start - _TICK) if i + 1 < len(self.stretches) else now
-            if hi < since:
-                continue
-            base = s.diff or s.full
-            s_end = reach = base.end_time
-            assert s_end is not None and reach is not None
-            logs = self.logs.get(base.timeline)
-            chain = logs.steps(base, hi) if logs is not None else []
-            if chain:
-                assert logs is not None
-                ends = logs.end
-                for j in chain:
-                    if ends[j] > reach:
-                        reach = ends[j]
-            if reach > hi:
-                reach = hi
-            if reach < s.start or reach < since:
-                continue  # no target of this stretch inside the window is reachable
-            need = Need(reach, base)
-            out[s.full.id] = need
-            if s.diff is not None:
-                out[s.diff.id] = need
-            if reach > s_end:
-                assert logs is not None
-                ends, rec = logs.end, logs.rec
-                for j in chain:
-                    out[rec[j].id] = need
-                    if ends[j] >= reach:
-                        break
-        if self.stretches:  # the latest point: the newest base and the whole unbroken run after it
-            s = self.stretches[-1]
-            base = s.diff or s.full
-            assert base.end_time is not None
-            latest = self.walk(base, None)
-            reach = max([base.end_time, *(lg.end_time for lg in latest if lg.end_time is not None)])
-            for b in (s.full, s.diff, *latest):
-                if b is not None:
-                    was = out.get(b.id)
-                    out[b.id] = Need(max(reach, was.until) if was else reach, was.base if was else base, True)
-        return out
-
-    def chain_of(self, b: BackupRecord, by_id: Mapping[str, BackupRecord]) -> list[BackupRecord]:
-        """The pieces restoring ``b``'s own point: a full alone; a diff on its full; a log with its chain."""
-        if b.kind == "diff":
-            full = by_id.get(b.base_id or "")
-            return [b] if full is None else [full, b]
-        if b.kind != "log" or b.end_time is None:
-            return [b]
-        k = bisect_right(self.starts, b.end_time) - 1
-        if k < 0:
-            return [b]
-        s = self.stretches[k]
-        base = s.diff or s.full
-        pieces = [s.full, *([s.diff] if s.diff else [])]
-        assert base.end_time is not None
-        if base.end_time < b.end_time:
-            chain = self.walk(base, b.end_time)
-            if not chain or chain[-1].end_time is None or chain[-1].end_time < b.end_time:
-                return [b]  # its point does not plan today: keep the log itself
-            pieces.extend(chain)
-        return pieces if b in pieces else [*pieces, b]
-
-
-def restore_needs(
-    backups: Iterable[BackupRecord],
-    copies: Iterable[CopyRecord],
-    *,
-    tier_order: Sequence[str],
-    now: datetime,
-    since: datetime,
-) -> dict[str, Need]:
-    """Every backup that :func:`drkit.engines.postgres.chain.plan_restore` reads for some target in ``[since, now]``.
-
-    For each: the latest such target, and the base (full or diff) that target restores from. A target
-    that does not plan today (before the first full, inside a WAL gap) needs nothing.
-    """
-    tiers = set(tier_order)
-    ok = {c.backup_id for c in copies if c.status == "complete" and c.tier in tiers}
-    by_db: dict[str, list[BackupRecord]] = {}
-    for b in backups:
-        by_db.setdefault(b.database, []).append(b)
-    out: dict[str, Need] = {}
-    for group in by_db.values():
-        out.update(_Chains(group, ok.__contains__).needs(now, since))
-    return out
 
 
 # -- the planner -----------------------------------------------------------------------------------------
@@ -466,11 +192,11 @@ class _Planner:
         self.out[kind].append(Action(kind, b.id, b.database, names[tier_from],
                                      None if tier_to is None else names[tier_to], reason))
 
-    def database(self, backups: Sequence[BackupRecord], held_by: Mapping[str, int],
+    def database(self, backups: Sequence[BackupRecord], model: ChainModel, held_by: Mapping[str, int],
                  pending_by: Mapping[str, int], holds: Mapping[str, str]) -> None:
         r = self.r
         held_get = held_by.get
-        chains = _Chains(backups, held_get)
+        chains = model.index(backups, held_get)
         newest = chains.newest_verified_full
         needs = chains.needs(self.now, r.oldest)
         # (c): a held backup protects its own restore chain
@@ -683,6 +409,7 @@ def plan(
     move_into: Collection[str] = frozenset({"archive"}),
     verified_kinds: Collection[str] = BACKUP_KINDS,
     routine_keeps: bool = False,
+    chains: Callable[[str], ChainModel],
 ) -> list[Action]:
     """The retention actions for the catalog at ``now``: copies, then moves, then deletes, then keeps.
 
@@ -691,7 +418,8 @@ def plan(
     ``verified_kinds`` (other kinds go there once restorable, e.g. ``{"full"}`` when verification only ever
     marks fulls); ``move_into`` the tiers that take a backup over from the tier before them when that one
     lets it go (Azure's Archive access tier). ``holds`` may include removed holds; only active ones count.
-    See the module docstring for the rules.
+    ``chains`` maps a database name to its engine's chain model (``Runtime.chain_model``): restore points
+    are its answers. See the module docstring for the rules.
     """
     rules = _Rules(tiers, now, verified_only_to, move_into, verified_kinds)
     if not rules.names:
@@ -720,5 +448,5 @@ def plan(
         group.append(b)
     planner = _Planner(rules, now, routine_keeps)
     for database, group in by_db.items():
-        planner.database(group, held_by, pending_by, hold_why.get(database, {}))
+        planner.database(group, chains(database), held_by, pending_by, hold_why.get(database, {}))
     return [a for kind in ACTION_KINDS for a in planner.out[kind]]

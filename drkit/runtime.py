@@ -12,8 +12,9 @@ from functools import cached_property
 from pathlib import Path
 
 from drkit.catalog import Catalog
-from drkit.config import Policy, default_bin_dir, resolve_dsn
-from drkit.engines.postgres.engine import PostgresEngine
+from drkit.config import Policy, default_bin_dir
+from drkit.engines import chain_model, open_engine
+from drkit.engines.base import ChainModel, Engine
 from drkit.engines.postgres.pgctl import effective_os_user
 from drkit.errors import ConfigError
 from drkit.pipeline import EncryptionKey
@@ -60,23 +61,13 @@ class Runtime:
         cfg = self.policy.database(db)
         return self.policy.resolve(cfg.bin_dir) if cfg.bin_dir else default_bin_dir()
 
-    def is_sqlserver(self, db: str) -> bool:
-        return self.policy.database(db).engine == "sqlserver"
+    def chain_model(self, db: str) -> ChainModel:
+        """The restore-chain rules of ``db``'s engine."""
+        return chain_model(self.policy.database(db).engine)
 
-    def engine(self, db: str) -> PostgresEngine:
-        cfg = self.policy.database(db)
-        if cfg.engine != "postgres":
-            raise ConfigError(f"databases.{db}: this step is PostgreSQL's; {cfg.engine!r} databases go through "
-                              "drkit.engines.sqlserver.operations")
-        assert cfg.data_dir is not None
-        return PostgresEngine(
-            db,
-            dsn=resolve_dsn(db, cfg, self.environ),
-            data_dir=self.policy.resolve(cfg.data_dir),
-            spool=self.policy.wal_spool(db),
-            bin_dir=self.bin_dir(db),
-            os_user=self.os_user(db),
-        )
+    def engine(self, db: str) -> Engine:
+        """``db``'s operations, for its engine (refused for a database the policy does not name)."""
+        return open_engine(self, db)
 
     def close(self) -> None:
         if "catalog" in self.__dict__:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from drkit.catalog.records import RESTORABLE_STATUSES, AuditRecord, BackupRecord, CopyRecord
-from drkit.engines.postgres.chain import plan_restore
+from drkit.engines.base import ChainModel
 from drkit.errors import RestorePlanError
 
 
@@ -51,9 +51,10 @@ class DatabaseStatus:
 
 
 def database_status(database: str, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord], *,
-                    now: datetime, tier_order: Sequence[str],
+                    now: datetime, tier_order: Sequence[str], chain: ChainModel,
                     locations: Mapping[str, str] | None = None) -> DatabaseStatus:
-    """``locations`` maps a tier to where its store is (two tiers in one container are one store)."""
+    """``chain`` is the database's engine's chain model; ``locations`` maps a tier to where its store is (two
+    tiers in one container are one store)."""
     mine = [b for b in backups if b.database == database]
     newest: dict[str, BackupRecord | None] = {}
     for kind in ("full", "diff", "log"):
@@ -61,7 +62,7 @@ def database_status(database: str, backups: Sequence[BackupRecord], copies: Sequ
         newest[kind] = max(ok, key=lambda b: b.end_time or b.started_at) if ok else None
     n_copies = n_stores = 0
     try:
-        plan = plan_restore(database, mine, copies, target=None, now=now, tier_order=tier_order)
+        plan = chain.plan_restore(database, mine, copies, target=None, now=now, tier_order=tier_order)
         reaches: datetime | None = plan.reaches
         where = locations or {t: t for t in tier_order}
         per_piece = [[c for c in copies if c.backup_id == p.backup.id and c.status == "complete"

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from drkit.config import load_policy
 from drkit.engines.postgres.pgrestore import hba_is_drkit_peer_only
-from drkit.errors import ApprovalError, DrkitError, VerificationError
+from drkit.errors import ApprovalError, ConfigError, DrkitError, VerificationError
 from flows.approvals import wait_for_approval
 from tasks.common import artifact_key, record
 from tasks.restore import (
@@ -26,7 +26,7 @@ from tasks.restore import (
     open_to_clients,
     plan_restore,
     publish_restore_report,
-    stop_cluster,
+    release_restored,
     switch_endpoint,
 )
 from tasks.verify import validate_restored
@@ -48,10 +48,14 @@ def recover_from_corruption(
     into = into or str(policy.resolve(policy.scratch_dir) / db / f"recovered-{stamp}")
     plan = plan_restore(db, before, config)
     result = execute_restore(db, plan, into, port, True, config)
-    checks = validate_restored(db, result.port, config, str(result.data_dir))
+    if result.port is None:  # the CLI refuses such engines up front (EngineFeatures.standby_restore)
+        raise ConfigError(f"{db!r}'s engine restored into {result.location} without a server of its own on this "
+                          "host; corruption recovery cannot switch clients to it")
+    port = result.port
+    checks = validate_restored(db, result, config)
     publish_restore_report(result, checks)
     if not all(c.ok for c in checks):
-        stop_cluster(db, into, result.port, config)
+        release_restored(db, result, config)
         raise VerificationError(f"the standby restored to {before.isoformat()} failed validation; nothing was "
                                 f"switched (it is stopped, data left in {into})")
     evidence = "\n".join(f"* {c.name}: {'ok' if c.ok else 'FAILED'} — {c.detail[:160]}" for c in checks)
@@ -64,11 +68,11 @@ def recover_from_corruption(
     description = (
         f"## Switch {db} to the restored standby?\n\n"
         f"The standby was restored to **{before.isoformat()}** (just before the corruption) from "
-        f"{', '.join(p.backup.id for p in plan.pieces)} and is running on port {result.port}, on the Unix socket "
+        f"{', '.join(p.backup.id for p in plan.pieces)} and is running on port {port}, on the Unix socket "
         f"in its data dir `{into}` only (no TCP yet).\n\nValidation:\n{evidence}\n\n"
-        f"**Approving** restarts the standby on port {result.port} with the backup's own listen_addresses and "
+        f"**Approving** restarts the standby on port {port} with the backup's own listen_addresses and "
         f"socket settings (PostgreSQL's default `localhost` where the backup sets none) and {hba}; once "
-        f"`127.0.0.1:{result.port}` accepts connections it is recorded as the active endpoint of {db}. Writes "
+        f"`127.0.0.1:{port}` accepts connections it is recorded as the active endpoint of {db}. Writes "
         f"made on the old primary after {before.isoformat()} are not in it. **Rejecting** stops the standby "
         f"and switches nothing. Approvers: {', '.join(policy.approvals.approvers) or '(none configured)'}.")
     timeout = policy.approvals.restore_timeout
@@ -79,27 +83,27 @@ def recover_from_corruption(
             description, approvers=policy.approvals.approvers, timeout=timeout,
             audit=lambda action, detail: record(db, f"corruption.{action}", str(detail.get("by")), detail, config))
     except ApprovalError as exc:
-        stop_cluster(db, into, result.port, config)
+        release_restored(db, result, config)
         record(db, "corruption.timeout", "drkit", {"before": before.isoformat(), "data_dir": into,
                                                   "outcome": f"{exc}; the restored standby is stopped"}, config)
         log.error("%s; the restored standby is stopped, its data left in %s", exc, into)
         raise
     detail = {"approver": decision.approver, "reason": decision.reason, "before": before.isoformat(),
-              "data_dir": into, "port": result.port, "pieces": [p.backup.id for p in plan.pieces],
+              "data_dir": into, "port": port, "pieces": [p.backup.id for p in plan.pieces],
               "waited_seconds": round(decision.waited_seconds, 1)}
     if not decision.approve:
-        stop_cluster(db, into, result.port, config)
+        release_restored(db, result, config)
         record(db, "corruption.rejected", decision.approver, detail, config)
         log.warning("switch rejected by %s: %s; nothing was switched", decision.approver, decision.reason)
         return {"switched": False, **detail}
     try:
-        opened = open_to_clients(db, into, result.port, config)
+        opened = open_to_clients(db, into, port, config)
     except DrkitError as exc:
         record(db, "corruption.open_failed", decision.approver, {**detail, "error": str(exc)}, config)
         log.error("%s; nothing was switched", exc)
         raise
     detail.update(listen_addresses=opened["listen_addresses"], tcp_clients=opened["tcp_clients"])
-    switch_endpoint(db, result.port, f"primary (restored to {before.isoformat()})", decision.approver, config)
+    switch_endpoint(db, port, f"primary (restored to {before.isoformat()})", decision.approver, config)
     record(db, "corruption.switched", decision.approver, detail, config)
     create_markdown_artifact(
         markdown=f"# {db} switched to the restored standby\n\n" + "\n".join(f"* {k}: {v}" for k, v in detail.items()),

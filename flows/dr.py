@@ -15,12 +15,14 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from drkit.config import load_policy
+from drkit.dr import PrimaryProbe, TrafficStep
+from drkit.engines.base import Promotion, ReplicaLag, Switchover
 from drkit.errors import ApprovalError
 from flows.approvals import FailbackChoice, FailoverApproval, wait_for_approval
 from tasks.common import artifact_key, record
 from tasks.dr import (
-    FAILBACK_SLOT,
     confirm_writes,
+    dr_methods,
     fence_primary,
     point_clients,
     probe_primary,
@@ -39,17 +41,17 @@ from tasks.dr import (
 from tasks.notify import notify
 
 
-def _loss_window(probes: dict[str, Any], lag: dict[str, Any]) -> float | None:
-    """Upper bound of the data-loss window: from the replica's last replayed commit to the first failed probe.
+def _loss_window(probes: PrimaryProbe, lag: ReplicaLag) -> float | None:
+    """Upper bound of the data-loss window: from the replica's newest applied commit to the first failed probe.
 
     Measured before the approval wait (a DBA's thinking time is not data loss). It overstates the loss
     when the primary was idle before it died: then nothing was committed after that last commit.
     """
-    first = probes["series"]["database"]["first_failure_at"]
-    last = lag.get("last_replay_at")
-    if not first or not last:
+    first = probes.database.first_failure_at
+    last = lag.last_applied_at
+    if first is None or last is None:
         return None
-    return max(0.0, round((datetime.fromisoformat(first) - datetime.fromisoformat(last)).total_seconds(), 3))
+    return max(0.0, round((first - last).total_seconds(), 3))
 
 
 def _timeline(events: list[tuple[str, str]], what: str) -> None:
@@ -68,35 +70,40 @@ def dr_failover(
     policy = load_policy(config)
     events: list[tuple[str, str]] = []
     state = replica_state(db, config)
-    resumed = bool(state["already_primary"])
+    resumed = state.already_primary
+    promotion: Promotion | None = None
     if resumed:
         _timeline(events, "the replica is already primary: a previous run promoted it; continuing from there")
         decision_by, decision_reason, waited = "(earlier run)", "resumed after a crash", 0.0
-        promotion: dict[str, Any] = {"already_primary": True}
         loss_window = None
     else:
         probes = probe_primary(db, config, probe_interval_seconds)
-        _timeline(events, "probed the primary: " + "; ".join(probes["summary"]))
-        if not probes["down"]:
-            log.info("the primary answers; no failover: %s", "; ".join(probes["summary"]))
-            return {"failed_over": False, "why": "primary healthy", "probes": probes["summary"]}
-        lag = state["lag"]
+        _timeline(events, "probed the primary: " + "; ".join(probes.summary))
+        if not probes.down:
+            log.info("the primary answers; no failover: %s", "; ".join(probes.summary))
+            return {"failed_over": False, "why": "primary healthy", "probes": probes.summary}
+        lag = state.lag
+        methods = dr_methods(db, config)
         loss_window = _loss_window(probes, lag)
+        applied = lag.last_applied_at.isoformat() if lag.last_applied_at else "unknown"
         notify("p1", f"P1: {db} primary is DOWN — failover awaiting approval",
-               f"database: {db}\nprobes: {'; '.join(probes['summary'])}\nreplica lag: {lag['bytes']} bytes, "
-               f"{lag['seconds']} s (last replayed {lag['last_replay_at']})\n"
+               f"database: {db}\nprobes: {'; '.join(probes.summary)}\nreplica lag: {lag.bytes} bytes, "
+               f"{lag.seconds} s (newest applied commit {applied})\n"
                "A DBA must approve the failover in the Prefect UI (Resume) or with `drkit approve`.", config)
         _timeline(events, "P1 opened; waiting for approval")
+        evidence = "".join(f"\n* {line}" for line in lag.details)
         description = (
             f"## Fail {db} over to the DR replica?\n\n"
-            f"**Evidence.** {'; '.join(probes['summary'])}.\n\n"
-            f"Replica: {lag['state']} (no WAL receiver once the primary is gone), "
-            f"{lag['bytes'] if lag['bytes'] is not None else 'unknown'} bytes received but not yet replayed, "
-            f"newest replayed transaction from {lag['last_replay_at'] or 'before the replica started'}.\n\n"
-            f"**Approving** (tick *confirm_region_failure*) fences the old primary where reachable, promotes the "
-            f"replica, and points clients at it. Writes not yet replicated are lost. **Rejecting** (leave it "
-            f"unticked) changes nothing. Approvers: {', '.join(policy.approvals.approvers) or '(none)'}; "
-            f"times out after {policy.approvals.failover_timeout} and then promotes nothing.")
+            f"**Evidence.** {'; '.join(probes.summary)}.\n\n"
+            f"Replica: {lag.state}, {lag.bytes if lag.bytes is not None else 'unknown'} bytes received but not "
+            f"yet applied, newest applied transaction from {lag.last_applied_at or 'before the replica started'}"
+            f"{f' (data-loss window up to {loss_window} s before the first failed probe)' if loss_window else ''}."
+            f"{evidence}\n\n"
+            f"**Approving** (tick *confirm_region_failure*) fences the old primary where reachable ({methods.fence}), "
+            f"promotes the replica ({methods.promote}), and points clients at it. Writes not yet replicated are "
+            f"lost. **Rejecting** (leave it unticked) changes nothing. Approvers: "
+            f"{', '.join(policy.approvals.approvers) or '(none)'}; times out after "
+            f"{policy.approvals.failover_timeout} and then promotes nothing.")
         timeout = (timedelta(seconds=approval_timeout_seconds) if approval_timeout_seconds is not None
                    else policy.approvals.failover_timeout)
         try:
@@ -116,30 +123,31 @@ def dr_failover(
         _timeline(events, f"approved by {decision.approver}: {decision.reason}")
         t_approved = time.monotonic()
         fenced = fence_primary(db, config)
-        _timeline(events, f"fenced the old primary: {fenced['action']} ({fenced['detail']})")
+        _timeline(events, f"fenced the old primary: {fenced.action} ({fenced.detail})")
         promotion = promote_replica(db, config)
-        _timeline(events, f"promoted the replica: timeline {promotion.get('timeline')} at {promotion.get('lsn')}")
+        _timeline(events, f"promoted the replica: {promotion.summary()}")
     t_switch = time.monotonic()
     first_write = confirm_writes(db, "dr", config)
-    _timeline(events, f"DR accepts writes ({first_write})")
+    _timeline(events, f"DR accepts writes ({first_write.isoformat()})")
     pointed = point_clients(db, "dr", config)
     rto = None if resumed else round(time.monotonic() - t_approved, 3)
-    _timeline(events, f"clients repointed to {pointed['endpoint']}")
+    _timeline(events, f"clients repointed to {pointed.endpoint}")
     publish_endpoint(db, pointed)
     probe = probe_side(db, "dr", config)
     _timeline(events, "DR side probed healthy")
     detail = {"approver": decision_by, "reason": decision_reason, "data_loss_window_seconds": loss_window,
               "time_to_recover_seconds_excluding_approval": rto, "waited_for_approval_seconds": round(waited, 1),
-              "promotion": promotion, "endpoint": pointed["endpoint"], "resumed": resumed,
+              "promotion": promotion.as_dict() if promotion else {"already_primary": True},
+              "endpoint": pointed.endpoint, "resumed": resumed,
               "switch_seconds": round(time.monotonic() - t_switch, 3), "timeline": events}
     record(db, "failover.completed", decision_by, detail, config)
-    notify("p1", f"{db} failed over to DR", f"database: {db}\nnow served from {pointed['endpoint']}\n"
+    notify("p1", f"{db} failed over to DR", f"database: {db}\nnow served from {pointed.endpoint}\n"
            f"approved by {decision_by}; data-loss window ≈ {loss_window} s; time to recover {rto} s", config)
     create_markdown_artifact(
         markdown=f"# Failover of {db}\n\n" + "\n".join(f"* **{k}**: {v}" for k, v in detail.items() if k != "timeline")
         + "\n\n## Timeline\n\n| at | what |\n|---|---|\n" + "\n".join(f"| {a} | {w} |" for a, w in events),
         key=artifact_key(db, "failover-report"), description=f"failover of {db}")
-    return {"failed_over": True, **detail, "probe": probe}
+    return {"failed_over": True, **detail, "probe": probe.as_dict()}
 
 
 @flow(name="dr-failback", flow_run_name="failback-{db}")
@@ -158,14 +166,15 @@ def dr_failback(
     _timeline(events, f"the database is written on: {where}")
     if where not in ("dr", "primary"):
         raise RuntimeError(f"cannot fail back {db}: writable sides are {where!r}; resolve by hand first")
+    methods = dr_methods(db, config)
     timeout = (timedelta(seconds=approval_timeout_seconds) if approval_timeout_seconds is not None
                else policy.approvals.failover_timeout)
     description = (
         f"## {db}: fail back to the primary region, or stay on DR?\n\n"
         f"The database is now written on **{where}**. *fail back* resynchronises the old primary as a "
-        f"replica of DR (pg_rewind, or a fresh base backup), waits for zero lag, switches the database back "
-        f"with no data loss (writes pause for a moment), makes DR a replica again, then moves application "
-        f"traffic back {' → '.join(f'{p}%' for p in cfg.failback.steps)}, each step held "
+        f"replica of DR ({methods.resync}), waits until it has caught up, switches the database back with no "
+        f"data loss ({methods.switch_back}; writes pause for a moment), makes DR a replica again, then moves "
+        f"application traffic back {' → '.join(f'{p}%' for p in cfg.failback.steps)}, each step held "
         f"{cfg.failback.hold} while the error rate stays ≤ {cfg.failback.max_error_rate:.1%} and p95 latency "
         f"≤ {cfg.failback.max_latency_ms:.0f} ms (a breach routes traffic back to DR and stops). "
         f"*stay on DR* records the decision and makes the old primary a replica of DR.")
@@ -180,59 +189,62 @@ def dr_failback(
     _timeline(events, f"{decision.approver} chose {'fail back' if decision.approve else 'stay on DR'}: "
                       f"{decision.reason}")
     if not decision.approve:
-        outcome = resync_as_standby(db, "primary", config) if where == "dr" else "nothing to do"
+        outcome = resync_as_standby(db, "primary", config).outcome if where == "dr" else "nothing to do"
         record(db, "failback.stay", decision.approver, {"reason": decision.reason, "resync": outcome}, config)
         return {"failed_back": False, "decision": "stay on DR", "resync": outcome, "by": decision.approver}
-    switch: dict[str, Any] = {}
+    switch: Switchover | None = None
     if where == "dr":
-        outcome = resync_as_standby(db, "primary", config)
-        _timeline(events, f"old primary resynchronised as a replica of DR ({outcome})")
-        wait_zero_lag(db, "dr", FAILBACK_SLOT, config)
-        _timeline(events, "zero lag")
+        resynced = resync_as_standby(db, "primary", config)
+        _timeline(events, f"old primary resynchronised as a replica of DR ({resynced.outcome}: {resynced.detail})")
+        caught_up = wait_zero_lag(db, "primary", config)
+        _timeline(events, f"caught up ({caught_up.position})")
         # Point new connections at the primary first: until its promotion they fail fast (read-only)
         # instead of hanging on DR's closing port through HAProxy's retries.
         point_clients(db, "primary", config, app_weight=None)
         switch = switch_database_back(db, config)
-        _timeline(events, f"database switched back; writes paused {switch['write_unavailable_seconds']} s")
-        dr_outcome = resync_as_standby(db, "dr", config)
-        _timeline(events, f"DR is a replica again ({dr_outcome})")
-    steps: list[dict[str, Any]] = []
+        _timeline(events, f"database switched back ({switch.promotion.summary()}); writes paused "
+                          f"{round(switch.write_unavailable_seconds, 3)} s")
+        dr_resync = resync_as_standby(db, "dr", config)
+        _timeline(events, f"DR is a replica again ({dr_resync.outcome}: {dr_resync.detail})")
+    steps: list[TrafficStep] = []
     if cfg.traffic.router == "endpoint":
         _timeline(events, "no application router configured: the database switch is the whole failback")
     for pct in cfg.failback.steps if cfg.traffic.router != "endpoint" else []:
         step = traffic_step(db, pct, config, hold_seconds)
         steps.append(step)
-        _timeline(events, f"{pct}% of traffic on the primary region: error rate {step['error_rate']}, "
-                          f"p95 {step['p95_ms']} ms, served {step['served']}")
-        if step["breach"]:
+        _timeline(events, f"{pct}% of traffic on the primary region: error rate {step.error_rate}, "
+                          f"p95 {step.p95_ms} ms, served {step.served}")
+        if step.breach:
             weights = route_back_to_dr(db, config)
             _timeline(events, f"BREACH at {pct}%: traffic routed back to DR ({weights})")
-            record(db, "failback.breach", "drkit", {"step": step, "timeline": events}, config)
+            record(db, "failback.breach", "drkit", {"step": step.as_dict(), "timeline": events}, config)
             notify("p1", f"P1: failback of {db} stopped at {pct}%",
-                   f"database: {db}\nerror rate {step['error_rate']}, p95 {step['p95_ms']} ms at {pct}%\n"
+                   f"database: {db}\nerror rate {step.error_rate}, p95 {step.p95_ms} ms at {pct}%\n"
                    "application traffic is back on DR; the database stays on the primary region.", config)
             _postmortem(db, events, steps, switch, decision.approver, breached=True)
             raise RuntimeError(f"failback of {db} breached its bounds at {pct}% (error rate "
-                               f"{step['error_rate']}, p95 {step['p95_ms']} ms): traffic routed back to DR")
+                               f"{step.error_rate}, p95 {step.p95_ms} ms): traffic routed back to DR")
+    report = {"switch": switch.as_dict() if switch else {}, "steps": [s.as_dict() for s in steps]}
     record(db, "failback.completed", decision.approver,
-           {"reason": decision.reason, "switch": switch, "steps": steps, "timeline": events}, config)
+           {"reason": decision.reason, **report, "timeline": events}, config)
     notify("p1", f"{db} failed back: incident closed",
            f"database: {db}\nback on the primary region; DR is a replica again.", config)
     log.info("failback of %s complete", db)
     _postmortem(db, events, steps, switch, decision.approver, breached=False)
-    return {"failed_back": True, "switch": switch, "steps": steps, "by": decision.approver}
+    return {"failed_back": True, **report, "by": decision.approver}
 
 
-def _postmortem(db: str, events: list[tuple[str, str]], steps: list[dict[str, Any]], switch: dict[str, Any],
+def _postmortem(db: str, events: list[tuple[str, str]], steps: list[TrafficStep], switch: Switchover | None,
                 approver: str, *, breached: bool) -> None:
+    unavailable = round(switch.write_unavailable_seconds, 3) if switch else "n/a"
     lines = [f"# Post-mortem: {db} failover and failback", "",
              "## Summary", "", "_What happened, impact, detection (fill in)._", "",
              f"* failback approved by {approver}; outcome: {'stopped on a breach' if breached else 'complete'}",
-             f"* write unavailability at the switch back: {switch.get('write_unavailable_seconds', 'n/a')} s", "",
+             f"* write unavailability at the switch back: {unavailable} s", "",
              "## Timeline", "", "| at (UTC) | what |", "|---|---|"]
     lines += [f"| {a} | {w} |" for a, w in events]
     lines += ["", "## Traffic steps", "", "| % primary | error rate | p95 ms | served |", "|---|---|---|---|"]
-    lines += [f"| {s['percent']} | {s['error_rate']} | {s['p95_ms']} | {s['served']} |" for s in steps]
+    lines += [f"| {s.percent} | {s.error_rate} | {s.p95_ms} | {s.served} |" for s in steps]
     lines += ["", "## Root cause", "", "_(fill in)_", "", "## Action items", "", "- [ ] _(fill in)_"]
     create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(db, "postmortem"),
                              description=f"post-mortem skeleton for {db}")
@@ -242,8 +254,8 @@ def _postmortem(db: str, events: list[tuple[str, str]], steps: list[dict[str, An
 def replica_lag_check(db: str, config: str | None = None) -> dict[str, Any]:
     """Measure the DR replica's lag; alert (p1) when it passes ``replica.max_lag_seconds``."""
     lag = replica_lag(db, config)
-    if lag["too_far"]:
-        notify("p1", f"{db}: DR replica lag {lag['seconds']} s exceeds {lag['max_lag_seconds']} s",
-               f"database: {db}\nreplica state: {lag['state']}, {lag['bytes']} bytes behind\n"
+    if lag.too_far:
+        notify("p1", f"{db}: DR replica lag {lag.seconds} s exceeds {lag.max_lag_seconds} s",
+               f"database: {db}\nreplica state: {lag.state}, {lag.bytes} bytes behind\n"
                "a failover now would lose more than the policy allows", config)
-    return lag
+    return lag.as_dict()

@@ -6,9 +6,8 @@ from datetime import datetime
 
 from prefect import flow
 
-from drkit.config import load_policy
 from drkit.errors import VerificationError
-from tasks.restore import execute_restore, plan_restore, publish_restore_report, restore_sqlserver, stop_cluster
+from tasks.restore import execute_restore, plan_restore, publish_restore_report, release_restored
 from tasks.tiers import rearchive, start_rehydration, wait_rehydrated
 from tasks.verify import validate_restored
 
@@ -24,12 +23,11 @@ def restore_point_in_time(
     target_lsn: str | None = None,
     run_checks: bool = True,
 ) -> dict[str, object]:
-    """Restore ``db`` into the new directory ``into`` at ``target`` (None: latest), then validate it.
+    """Restore ``db`` into ``into`` at ``target`` (None: latest), then validate it.
 
-    SQL Server: ``into`` is the new database's name; the restore runs on the server itself.
+    ``into`` is where the engine restores to: PostgreSQL a new, empty directory on this host (the cluster
+    listens on its Unix socket only); SQL Server the name of a new database on its server.
     """
-    if load_policy(config).database(db).engine == "sqlserver":
-        return restore_sqlserver(db, into, target, config)
     plan = plan_restore(db, target, config, target_lsn)
     archived = start_rehydration(plan, config)
     if archived:
@@ -37,15 +35,16 @@ def restore_point_in_time(
     result = execute_restore(db, plan, into, port, True, config)
     if archived:
         rearchive(archived, config)
-    checks = validate_restored(db, result.port, config, str(result.data_dir)) if run_checks else []
+    checks = validate_restored(db, result, config) if run_checks else []
     publish_restore_report(result, checks)
     if not keep_running:
-        stop_cluster(db, str(result.data_dir), result.port, config)
+        release_restored(db, result, config)
     failed = [c for c in checks if not c.ok]
     if failed:
-        raise VerificationError(f"the restored cluster in {result.data_dir} failed validation: "
+        raise VerificationError(f"the database restored into {result.location} failed validation: "
                                 + "; ".join(f"{c.name}: {c.detail[:200]}" for c in failed))
-    return {"data_dir": str(result.data_dir), "port": result.port, "running": keep_running,
+    return {"into": result.location, "data_dir": result.location, "port": result.port,
+            "running": keep_running or result.running and result.port is None, "connect": result.connect,
             "reaches": plan.reaches.isoformat(), "pieces": [p.backup.id for p in plan.pieces],
             "seconds": round(result.seconds, 2), "checks": [c.name for c in checks],
             "read_from": result.read_from, "warnings": result.warnings}

@@ -8,20 +8,13 @@ from prefect.cache_policies import NO_CACHE
 
 from drkit import backup as core
 from drkit.catalog.records import BackupRecord
-from drkit.engines.sqlserver import operations as backup_mssql
 from tasks.common import artifact_key, finish_progress, progress_reporter, retry_transient, runtime
 
 
 @task(name="check-prerequisites", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
       retry_condition_fn=retry_transient)
 def check_prerequisites(db: str, config: str | None) -> None:
-    rt = runtime(config)
-    rt.policy.database(db)
-    if rt.is_sqlserver(db):
-        backup_mssql.sqlserver_engine(rt, db).require_ready()
-        return
-    _ = rt.key  # a missing key fails here, before anything is written
-    rt.engine(db).require_ready()
+    runtime(config).engine(db).require_ready()
 
 
 @task(name="clear-interrupted", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
@@ -45,10 +38,8 @@ def base_backup(db: str, kind: str, config: str | None) -> BackupRecord:
     rt = runtime(config)
     report = progress_reporter(artifact_key(db, kind, "backup-progress"), f"{kind} backup of {db}")
     try:
-        if rt.is_sqlserver(db):
-            rec = backup_mssql.take_backup(rt, db, "full" if kind == "full" else "diff", progress=report)
-        else:
-            rec = core.take_base_backup(rt, db, kind, progress=report)
+        rec = rt.engine(db).take_backup("full" if kind == "full" else "diff", progress=report)
+        assert rec is not None  # only a log backup may find nothing to do
     finally:
         rt.close()
     finish_progress(report)
@@ -60,9 +51,7 @@ def base_backup(db: str, kind: str, config: str | None) -> BackupRecord:
 def log_backup(db: str, config: str | None) -> BackupRecord | None:
     rt = runtime(config)
     try:
-        if rt.is_sqlserver(db):
-            return backup_mssql.take_backup(rt, db, "log")
-        return core.take_log_backup(rt, db)
+        return rt.engine(db).take_backup("log")
     finally:
         rt.close()
 
@@ -71,7 +60,7 @@ def log_backup(db: str, config: str | None) -> BackupRecord | None:
 def publish_backup_report(rec: BackupRecord) -> None:
     row = {
         "backup": rec.id, "kind": rec.kind, "status": rec.status,
-        "wal": f"{rec.start_wal} .. {rec.end_wal}", "raw_bytes": rec.raw_bytes,
+        "positions": f"{rec.start_wal or rec.start_lsn} .. {rec.end_wal or rec.end_lsn}", "raw_bytes": rec.raw_bytes,
         "stored_bytes": rec.stored_bytes, "sha256": rec.sha256,
         "seconds": round(((rec.finished_at or rec.started_at) - rec.started_at).total_seconds(), 2),
         "covers_until": rec.end_time.isoformat() if rec.end_time else None,

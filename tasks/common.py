@@ -28,15 +28,13 @@ from prefect.exceptions import MissingContextError, ObjectNotFound
 from prefect.variables import Variable
 
 from drkit.config import load_policy
-from drkit.engines.sqlserver.engine import BackupMediaError, CorruptionFoundError, LogChainError, RestoreTargetError
-from drkit.engines.sqlserver.tsql import NameRefusedError
 from drkit.errors import (
     BackupInProgressError,
     ConfigError,
     DatabaseUnreachableError,
-    DrkitError,
     EncryptionKeyError,
     IntegrityError,
+    NotRetryable,
     PrerequisiteError,
     RestorePlanError,
     StoreError,
@@ -50,7 +48,7 @@ from drkit.runtime import Runtime
 
 _PERMANENT: tuple[type[BaseException], ...] = (
     ConfigError, EncryptionKeyError, PrerequisiteError, WalGapError, WalConflictError, IntegrityError,
-    RestorePlanError, LogChainError, NameRefusedError, RestoreTargetError, BackupMediaError, CorruptionFoundError)
+    RestorePlanError)
 
 
 def runtime(config: str | None) -> Runtime:
@@ -80,12 +78,10 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
         state.result()
     except _PERMANENT:
         return False
-    except (DatabaseUnreachableError, StoreError, OSError, ConnectionError, TimeoutError):
-        return True
-    except DrkitError:
-        return False
-    except Exception:
-        return False
+    except Exception as exc:
+        if isinstance(exc, NotRetryable):  # an engine's error that retrying cannot fix
+            return False
+        return isinstance(exc, (DatabaseUnreachableError, StoreError, OSError, ConnectionError, TimeoutError))
     return False
 
 

@@ -1,191 +1,205 @@
-"""DR runbook steps: each a task with its own retry policy, each idempotent."""
+"""DR runbook steps: each a task with its own retry policy, each idempotent, each returning a typed result.
+
+What a step does to a database server goes through :class:`drkit.engines.base.DrOperations` (the one
+``drkit.engines.dr_operations`` picks for the database's engine); the router and the catalog's endpoint
+record are engine-neutral (:mod:`drkit.dr`).
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from datetime import datetime
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
 from drkit import dr, health
-from drkit.engines.postgres import replica
-from drkit.engines.postgres.lsn import format_lsn
+from drkit.engines import dr_operations
+from drkit.engines.base import (
+    CaughtUp,
+    DrMethods,
+    Fencing,
+    Promotion,
+    ReplicaLag,
+    ReplicaState,
+    Resync,
+    Side,
+    Switchover,
+)
 from tasks.common import artifact_key, runtime
 
 
 @task(name="probe-primary", cache_policy=NO_CACHE)
-def probe_primary(db: str, config: str | None, interval: float | None = None) -> dict[str, Any]:
+def probe_primary(db: str, config: str | None, interval: float | None = None) -> dr.PrimaryProbe:
     """The primary's database (and application URL, if set) probed with the policy's retries."""
     rt = runtime(config)
-    cfg = rt.policy.database(db)
-    s = dr.sides(rt, db)
+    try:
+        cfg = rt.policy.database(db)
+        ops = dr_operations(rt, db)
+    finally:
+        rt.close()
     wait = cfg.health.interval.total_seconds() if interval is None else interval
     timeout = cfg.health.timeout.total_seconds()
-    series = {"database": health.probe_with_retries(
-        lambda: health.probe_db(s.primary_dsn, timeout=timeout, require_writable=True),
-        retries=cfg.health.retries, interval=wait)}
+    database = health.probe_with_retries(lambda: ops.probe("primary", timeout=timeout, require_writable=True),
+                                         retries=cfg.health.retries, interval=wait)
+    application = None
     if cfg.health.primary_url:
         url = cfg.health.primary_url
-        series["application"] = health.probe_with_retries(
-            lambda: health.probe_http(url, timeout=timeout), retries=cfg.health.retries, interval=wait)
-    rt.close()
-    # Only the database failing every attempt justifies a failover; the application probe is evidence.
-    return {"down": series["database"].failed_all,
-            "series": {k: v.as_dict() for k, v in series.items()},
-            "summary": [v.summary() for v in series.values()]}
+        application = health.probe_with_retries(lambda: health.probe_http(url, timeout=timeout),
+                                                retries=cfg.health.retries, interval=wait)
+    return dr.PrimaryProbe(database, application)
+
+
+@task(name="dr-methods", cache_policy=NO_CACHE)
+def dr_methods(db: str, config: str | None) -> DrMethods:
+    """How the database's engine promotes, fences, resynchronises and switches back (for the forms)."""
+    rt = runtime(config)
+    try:
+        return dr_operations(rt, db).methods
+    finally:
+        rt.close()
 
 
 @task(name="replica-state", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
-def replica_state(db: str, config: str | None) -> dict[str, Any]:
+def replica_state(db: str, config: str | None) -> ReplicaState:
     rt = runtime(config)
-    s = dr.sides(rt, db)
-    rt.close()
-    lag = replica.standby_lag(s.replica_dsn)
-    return {"already_primary": lag.state == "primary", "lag": lag.as_dict(), "seconds": lag.seconds,
-            "bytes": lag.bytes}
+    try:
+        ops = dr_operations(rt, db)
+    finally:
+        rt.close()
+    return ops.replica_state()
 
 
 @task(name="fence-old-primary", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
-def fence_primary(db: str, config: str | None) -> dict[str, str]:
+def fence_primary(db: str, config: str | None) -> Fencing:
     rt = runtime(config)
-    s = dr.sides(rt, db)
-    rt.close()
-    f = replica.fence(s.primary_local if s.primary_local is not None else s.primary_dsn)
-    return {"action": f.action, "detail": f.detail}
+    try:
+        ops = dr_operations(rt, db)
+    finally:
+        rt.close()
+    return ops.fence_primary()
 
 
 @task(name="promote-replica", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
-def promote_replica(db: str, config: str | None) -> dict[str, Any]:
-    """pg_promote + CHECKPOINT; a replica that is already primary is left alone (never promoted twice)."""
+def promote_replica(db: str, config: str | None) -> Promotion:
+    """Promote the DR replica; one that is already the primary is left alone (never promoted twice)."""
     rt = runtime(config)
-    s = dr.sides(rt, db)
-    rt.close()
-    return replica.promote(s.replica_dsn).as_dict()
+    try:
+        ops = dr_operations(rt, db)
+    finally:
+        rt.close()
+    return ops.promote_replica()
 
 
 @task(name="confirm-writes", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 2, 5])
-def confirm_writes(db: str, side: str, config: str | None) -> str:
+def confirm_writes(db: str, side: Side, config: str | None) -> datetime:
     rt = runtime(config)
-    s = dr.sides(rt, db)
-    rt.close()
-    return replica.confirm_writable(s.replica_dsn if side == "dr" else s.primary_dsn).isoformat()
+    try:
+        ops = dr_operations(rt, db)
+    finally:
+        rt.close()
+    return ops.confirm_writable(side)
 
 
 @task(name="point-clients", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
-def point_clients(db: str, side: str, config: str | None, app_weight: int | None = 100) -> dict[str, Any]:
-    """The database frontend to ``side`` (atomic), application weights, the endpoint record and Variable."""
+def point_clients(db: str, side: Side, config: str | None, app_weight: int | None = 100) -> dr.Pointed:
+    """The database frontend to ``side`` (atomic), application weights, and the catalog's endpoint record."""
     rt = runtime(config)
     try:
-        s = dr.sides(rt, db)
-        active = s.dr_name if side == "dr" else s.primary_name
-        other = s.primary_name if side == "dr" else s.dr_name
-        r = dr.router(rt, db)
+        ops = dr_operations(rt, db)
+        active = dr.side_name(rt, db, side)
+        other = dr.side_name(rt, db, "primary" if side == "dr" else "dr")
+        r = dr.router(rt, db, ops)
         r.switch_database(active)
         if app_weight is not None and rt.policy.database(db).traffic.router != "endpoint":
             r.set_app_weights({active: app_weight, other: 100 - app_weight})
-        dsn = s.replica_dsn if side == "dr" else s.primary_dsn
-        rt.catalog.set_endpoint(db, dsn_hint=dr.host_port(dsn), role=f"primary ({side})", actor="drkit-dr")
-        return {"active": active, "endpoint": dr.host_port(dsn)}
+        endpoint = ops.endpoint(side)
+        rt.catalog.set_endpoint(db, dsn_hint=endpoint, role=f"primary ({side})", actor="drkit-dr")
+        return dr.Pointed(active, endpoint)
     finally:
         rt.close()
 
 
 @task(name="publish-endpoint", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
-def publish_endpoint(db: str, pointed: dict[str, Any]) -> None:
+def publish_endpoint(db: str, pointed: dr.Pointed) -> None:
     """A Prefect Variable with the active endpoint, for clients that read it (the catalog has the record)."""
-    Variable.set(artifact_key("drkit-endpoint", db).replace("-", "_"), {"database": db, **pointed}, overwrite=True)
+    Variable.set(artifact_key("drkit-endpoint", db).replace("-", "_"), {"database": db, **pointed.as_dict()},
+                 overwrite=True)
 
 
 @task(name="probe-side", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 2, 5])
-def probe_side(db: str, side: str, config: str | None) -> dict[str, Any]:
+def probe_side(db: str, side: Side, config: str | None) -> dr.SideProbe:
     rt = runtime(config)
-    s = dr.sides(rt, db)
-    cfg = rt.policy.database(db)
-    rt.close()
-    result = health.probe_db(s.replica_dsn if side == "dr" else s.primary_dsn, require_writable=True)
+    try:
+        cfg = rt.policy.database(db)
+        ops = dr_operations(rt, db)
+    finally:
+        rt.close()
+    result = ops.probe(side, timeout=cfg.health.timeout.total_seconds(), require_writable=True)
     if not result.ok:
         raise RuntimeError(f"{side} side is not healthy after the switch: {result.detail}")
-    out = {"database": result.as_dict()}
     url = cfg.health.dr_url if side == "dr" else cfg.health.primary_url
-    if url:
-        out["application"] = health.probe_http(url).as_dict()
-    return out
-
-
-FAILBACK_SLOT = "drkit_primary"  # the old primary's slot on DR while it catches up as DR's standby
+    return dr.SideProbe(result, health.probe_http(url) if url else None)
 
 
 @task(name="where-is-primary", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
-def where_is_primary(db: str, config: str | None) -> str:
-    """'primary' when the original primary writes and DR replays, 'dr' when DR writes, else 'split'."""
+def where_is_primary(db: str, config: str | None) -> dr.WritableSides:
+    """'primary' when the original primary takes writes and DR does not, 'dr' the other way, else 'split'/'none'."""
     rt = runtime(config)
-    s = dr.sides(rt, db)
-    rt.close()
-    p = health.probe_db(s.primary_dsn, require_writable=True)
-    d = health.probe_db(s.replica_dsn, require_writable=True)
-    if p.ok and not d.ok:
-        return "primary"
-    if d.ok and not p.ok:
-        return "dr"
-    return "split" if p.ok and d.ok else "none"
+    try:
+        timeout = rt.policy.database(db).health.timeout.total_seconds()
+        ops = dr_operations(rt, db)
+    finally:
+        rt.close()
+    return dr.writable_sides(ops.probe("primary", timeout=timeout), ops.probe("dr", timeout=timeout))
 
 
 @task(name="resync-as-standby", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=[10])
-def resync_as_standby(db: str, node: str, config: str | None) -> str:
-    """pg_rewind ``node`` ('primary' or 'dr') into a standby of the other side (or rebuild it)."""
+def resync_as_standby(db: str, node: Side, config: str | None) -> Resync:
+    """Make ``node`` a replica of the other side again (PostgreSQL: pg_rewind or a rebuild; SQL Server: resume)."""
     rt = runtime(config)
-    s = dr.sides(rt, db)
-    rt.close()
-    target = s.primary_local if node == "primary" else s.replica_local
-    if target is None:
-        raise RuntimeError(f"the {node} side's data directory is not managed on this host; resync it there")
-    source = s.replica_dsn if node == "primary" else s.primary_dsn
-    slot = FAILBACK_SLOT if node == "primary" else s.slot
-    return str(replica.rewind_as_standby(target, source, slot=slot, port=target.port, timeout=600))
+    try:
+        ops = dr_operations(rt, db)
+    finally:
+        rt.close()
+    return ops.resync(node)
 
 
 @task(name="wait-zero-lag", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 15])
-def wait_zero_lag(db: str, source: str, slot: str, config: str | None) -> int:
+def wait_zero_lag(db: str, node: Side, config: str | None) -> CaughtUp:
+    """Wait until replica ``node`` has applied everything the other side had."""
     rt = runtime(config)
-    s = dr.sides(rt, db)
-    rt.close()
-    return replica.wait_caught_up(s.replica_dsn if source == "dr" else s.primary_dsn, slot, timeout=300)
+    try:
+        ops = dr_operations(rt, db)
+    finally:
+        rt.close()
+    return ops.wait_caught_up(node, timeout=300)
 
 
 @task(name="switch-database-back", cache_policy=NO_CACHE)
-def switch_database_back(db: str, config: str | None) -> dict[str, Any]:
-    """Stop writes on DR, wait until the primary replayed DR's last record, promote the primary, repoint.
+def switch_database_back(db: str, config: str | None) -> Switchover:
+    """Move writes from DR back to the primary with no acknowledged write lost.
 
     Not retried blindly: each part checks where it stands (a stopped DR, a promoted primary).
     """
     rt = runtime(config)
-    s = dr.sides(rt, db)
-    rt.close()
-    if s.replica_local is None:
-        raise RuntimeError("DR's data directory is not managed on this host; stop it there first")
-    t0 = time.monotonic()
-    lsn = replica.stop_for_switchover(s.replica_local)
-    if replica.standby_lag(s.primary_dsn).state != "primary":
-        replica.wait_replayed(s.primary_dsn, lsn, inclusive=False, timeout=120)
-    promotion = replica.promote(s.primary_dsn)
-    replica.confirm_writable(s.primary_dsn)
-    return {"promotion": promotion.as_dict(), "dr_stop_lsn": format_lsn(lsn),
-            "write_unavailable_seconds": round(time.monotonic() - t0, 3)}
+    try:
+        ops = dr_operations(rt, db)
+    finally:
+        rt.close()
+    return ops.switch_back()
 
 
 @task(name="traffic-step", cache_policy=NO_CACHE)
-def traffic_step(db: str, percent: int, config: str | None, hold_seconds: float | None = None) -> dict[str, Any]:
+def traffic_step(db: str, percent: int, config: str | None, hold_seconds: float | None = None) -> dr.TrafficStep:
     """Send ``percent`` of application traffic to the primary region and hold while probes stay in bounds."""
     rt = runtime(config)
     try:
         cfg = rt.policy.database(db)
-        s = dr.sides(rt, db)
-        r = dr.router(rt, db)
-        r.set_app_weights({s.primary_name: percent, s.dr_name: 100 - percent})
-        stats = getattr(r, "app_stats", None)
-        before = stats() if stats else {}
+        r = dr.router(rt, db, dr_operations(rt, db))
+        r.set_app_weights({cfg.traffic.primary: percent, cfg.traffic.dr: 100 - percent})
+        before = r.app_stats()
         hold = cfg.failback.hold.total_seconds() if hold_seconds is None else hold_seconds
         url = cfg.health.primary_url
         results: list[health.ProbeResult] = []
@@ -194,12 +208,12 @@ def traffic_step(db: str, percent: int, config: str | None, hold_seconds: float 
             if url:
                 results.append(health.probe_http(url, timeout=cfg.health.timeout.total_seconds()))
             time.sleep(cfg.failback.probe_interval.total_seconds())
-        after = stats() if stats else {}
+        after = r.app_stats()
         error_rate, p95 = health.error_rate_and_latency(results) if results else (0.0, 0.0)
         breach = error_rate > cfg.failback.max_error_rate or p95 > cfg.failback.max_latency_ms
-        return {"percent": percent, "weights": r.app_weights(), "probes": len(results),
-                "error_rate": round(error_rate, 4), "p95_ms": round(p95, 1), "breach": breach,
-                "served": {k: after.get(k, 0) - before.get(k, 0) for k in after}}
+        return dr.TrafficStep(percent=percent, weights=r.app_weights(), probes=len(results),
+                              error_rate=round(error_rate, 4), p95_ms=round(p95, 1), breach=breach,
+                              served={k: after.get(k, 0) - before.get(k, 0) for k in after})
     finally:
         rt.close()
 
@@ -208,23 +222,20 @@ def traffic_step(db: str, percent: int, config: str | None, hold_seconds: float 
 def route_back_to_dr(db: str, config: str | None) -> dict[str, int]:
     rt = runtime(config)
     try:
-        s = dr.sides(rt, db)
-        r = dr.router(rt, db)
-        r.set_app_weights({s.primary_name: 0, s.dr_name: 100})
+        traffic = rt.policy.database(db).traffic
+        r = dr.router(rt, db, dr_operations(rt, db))
+        r.set_app_weights({traffic.primary: 0, traffic.dr: 100})
         return r.app_weights()
     finally:
         rt.close()
 
 
 @task(name="replica-lag", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
-def replica_lag(db: str, config: str | None) -> dict[str, Any]:
-    """Lag of the DR replica: from the primary while it answers, else from the replica itself."""
+def replica_lag(db: str, config: str | None) -> ReplicaLag:
+    """Lag of the DR replica, as its engine measures it best (see ``DrOperations.lag``)."""
     rt = runtime(config)
-    s = dr.sides(rt, db)
-    rt.close()
     try:
-        lag = replica.replication_lag(s.primary_dsn, s.slot)
-    except Exception:  # the primary does not answer: ask the replica itself
-        lag = replica.standby_lag(s.replica_dsn)
-    return {**lag.as_dict(), "max_lag_seconds": s.max_lag_seconds,
-            "too_far": lag.seconds is None or lag.seconds > s.max_lag_seconds or lag.state in ("absent",)}
+        ops = dr_operations(rt, db)
+    finally:
+        rt.close()
+    return ops.lag()

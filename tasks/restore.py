@@ -10,13 +10,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from drkit import restore as core
 from drkit.engines.postgres import pgrestore
-from drkit.engines.postgres.chain import RestorePlan
-from drkit.engines.postgres.lsn import parse_lsn
 from drkit.engines.postgres.pgctl import LocalCluster
-from drkit.engines.sqlserver import operations as backup_mssql
-from drkit.restore import RestoreResult
+from drkit.plans import RestorePlan, RestoreResult
 from drkit.verify import CheckResult
 from tasks.common import artifact_key, runtime
 
@@ -25,7 +21,7 @@ from tasks.common import artifact_key, runtime
 def plan_restore(db: str, target: datetime | None, config: str | None, target_lsn: str | None = None) -> RestorePlan:
     rt = runtime(config)
     try:
-        return core.make_plan(rt, db, target, target_lsn=parse_lsn(target_lsn) if target_lsn else None)
+        return rt.engine(db).plan_restore(target, position=target_lsn)
     finally:
         rt.close()
 
@@ -42,8 +38,7 @@ def execute_restore(db: str, plan: RestorePlan, into: str, port: int | None, kee
         update_progress_artifact(artifact_id=pid, progress=round(frac * 100, 1))
 
     try:
-        return core.restore(rt, db, into=Path(into), plan=plan, port=port, keep_running=keep_running,
-                            on_step=on_step)
+        return rt.engine(db).restore(plan, into, port=port, keep_running=keep_running, on_step=on_step)
     finally:
         rt.close()
 
@@ -54,8 +49,8 @@ def publish_restore_report(result: RestoreResult, checks: list[CheckResult] | No
     lines = [f"# Restore of {plan.database}", "",
              f"* target: **{plan.target_time.isoformat() if plan.target_time else 'latest'}**"
              f" (recovery: {plan.recovery}, reaches {plan.reaches.isoformat()})",
-             f"* into: `{result.data_dir}`, port {result.port} on its Unix socket only (no TCP) "
-             f"({'running' if result.running else 'stopped'}), timeline {result.timeline}",
+             f"* into: `{result.location}` ({'running' if result.running else 'stopped'}); "
+             f"to connect: `{result.connect}`",
              f"* {result.bytes_read} bytes restored in {result.seconds:.1f} s", "",
              "| piece | backup | tier | bytes |", "|---|---|---|---|"]
     lines += [f"| {p.role} | {p.backup.id} | {result.read_from.get(p.backup.id, p.tier)} | {p.stored_bytes} |"
@@ -71,27 +66,14 @@ def publish_restore_report(result: RestoreResult, checks: list[CheckResult] | No
                              description=f"restore of {plan.database}")
 
 
-@task(name="restore-sqlserver", cache_policy=NO_CACHE)
-def restore_sqlserver(db: str, into: str, target: datetime | None, config: str | None) -> dict[str, object]:
-    """RESTORE … NORECOVERY (full, diff, logs) then WITH RECOVERY/STOPAT, into the new database ``into``."""
+@task(name="release-restored", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+def release_restored(db: str, result: RestoreResult, config: str | None) -> None:
+    """Stop what the restore left running (a restored PostgreSQL cluster); nothing for a server-side restore."""
     rt = runtime(config)
     try:
-        result = backup_mssql.restore_to_point(rt, db, into=into, target=target)
+        rt.engine(db).release_restored(result)
     finally:
         rt.close()
-    create_markdown_artifact(
-        markdown=f"# Restore of {db} as {result.database}\n\n* reaches {result.plan.reaches.isoformat()} "
-                 f"in {result.seconds:.1f} s\n* pieces: {', '.join(p.backup.id for p in result.plan.pieces)}\n"
-                 + "\n".join(f"* {step}" for step in result.steps),
-        key=artifact_key(db, "restore-report"), description=f"restore of {db}")
-    return {"database": result.database, "reaches": result.plan.reaches.isoformat(),
-            "pieces": [p.backup.id for p in result.plan.pieces], "seconds": round(result.seconds, 2)}
-
-
-@task(name="stop-cluster", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
-def stop_cluster(db: str, data_dir: str, port: int, config: str | None) -> None:
-    rt = runtime(config)
-    LocalCluster(Path(data_dir), port, rt.bin_dir(db), rt.os_user(db)).stop()
 
 
 @task(name="open-to-clients", cache_policy=NO_CACHE)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 
-from drkit import tiers as core
-from drkit.engines.postgres.chain import RestorePlan
+from drkit.plans import RestorePlan
 from drkit.retention import Action
+from drkit.tiers import moves as core
 from tasks.common import retry_transient, runtime
 
 
@@ -53,9 +55,9 @@ class StillArchived(Exception):
     """Raised by the polling task so Prefect retries it later."""
 
 
-def _poll_condition(task: object, task_run: object, state: object) -> bool:
+def _poll_condition(task: object, task_run: object, state: State[Any]) -> bool:
     try:
-        state.result()  # type: ignore[attr-defined]
+        state.result()
     except StillArchived:
         return True
     except Exception:

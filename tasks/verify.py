@@ -6,8 +6,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from drkit import verify as core
-from drkit.engines.sqlserver import operations as backup_mssql
+from drkit.plans import RestoreResult
 from drkit.verify import CheckResult, VerifyReport
 from tasks.common import artifact_key, runtime
 
@@ -16,9 +15,7 @@ from tasks.common import artifact_key, runtime
 def verify_backup(db: str, backup_id: str | None, config: str | None) -> VerifyReport:
     rt = runtime(config)
     try:
-        if rt.is_sqlserver(db):
-            return backup_mssql.verify_backup_mssql(rt, db, backup_id)
-        return core.verify_backup(rt, db, backup_id)
+        return rt.engine(db).verify(backup_id)
     finally:
         rt.close()
 
@@ -27,25 +24,17 @@ def verify_backup(db: str, backup_id: str | None, config: str | None) -> VerifyR
 def verify_chain(db: str, config: str | None) -> VerifyReport:
     rt = runtime(config)
     try:
-        if rt.is_sqlserver(db):
-            # The newest backup's own plan is the newest chain (full + diff + logs up to it).
-            newest = max((b for b in rt.catalog.list_backups(db) if b.restorable),
-                         key=lambda b: b.end_time or b.started_at, default=None)
-            return backup_mssql.verify_backup_mssql(rt, db, newest.id if newest else None)
-        return core.verify_chain(rt, db)
+        return rt.engine(db).verify_chain()
     finally:
         rt.close()
 
 
 @task(name="validate-restored", cache_policy=NO_CACHE)
-def validate_restored(db: str, port: int, config: str | None, data_dir: str) -> list[CheckResult]:
-    """amcheck, visibility map and the policy's SQL checks against a running restored cluster.
-
-    It listens only on the Unix socket in its data directory (``data_dir``), on ``port``.
-    """
+def validate_restored(db: str, result: RestoreResult, config: str | None) -> list[CheckResult]:
+    """The engine's integrity checks and the policy's SQL checks against a restored database."""
     rt = runtime(config)
     try:
-        return core.run_checks(rt, db, port, data_dir)
+        return rt.engine(db).validate_restored(result)
     finally:
         rt.close()
 

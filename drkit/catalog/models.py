@@ -6,7 +6,9 @@ itself is owned by the migrations in ``migrations/versions``: when you change a 
 migration too (``alembic revision --autogenerate`` compares against this metadata).
 
 Datetimes go through :class:`UTCDateTime` so callers always get timezone-aware UTC values back, even on
-SQLite, which stores datetimes without an offset.
+SQLite, which stores datetimes without an offset. Log positions go through :class:`Position`, so that
+both engines' positions (PostgreSQL LSNs, SQL Server's ``numeric(25,0)`` LSNs, beyond BIGINT) fit and sort
+numerically in SQL on both SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ NAMING_CONVENTION: dict[str, str] = {
 BACKUP_ID_LENGTH = 80
 """Width of ``backups.id`` (``{database}-{kind}-{started_at:%Y%m%dT%H%M%S%fZ}``)."""
 
+POSITION_DIGITS = 30
+"""Width of a stored log position: zero-padded decimal digits (SQL Server LSNs have at most 25)."""
+
+LINEAGE_LENGTH = 64
+"""Width of ``backups.lineage`` (a PostgreSQL timeline as text, or a SQL Server recovery fork GUID)."""
+
 VERSION_TABLE = "drkit_catalog_version"
 """Alembic's revision table; drkit-specific so a catalog can share a database with other Alembic users."""
 
@@ -81,6 +89,39 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+class Position(TypeDecorator[int]):
+    """A log position: a non-negative int on the Python side, stored as fixed-width zero-padded decimal text.
+
+    Text of one width sorts like the numbers it spells, so ``ORDER BY`` and comparisons in SQL are numeric
+    on every backend, for values far beyond BIGINT. Negative or wider values are refused.
+    """
+
+    impl = String(POSITION_DIGITS)
+    cache_ok = True
+
+    def process_bind_param(self, value: int | None, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"a catalog log position must be an int, got {type(value).__name__}")
+        if value < 0:
+            raise ValueError(f"a catalog log position is never negative, got {value}")
+        digits = str(value)
+        if len(digits) > POSITION_DIGITS:
+            raise ValueError(f"a catalog log position has at most {POSITION_DIGITS} digits, got {digits}")
+        return digits.zfill(POSITION_DIGITS)
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> int | None:
+        if value is None:
+            return None
+        return int(value)
+
+
+def position_fits(value: int | None) -> bool:
+    """True when :class:`Position` can store ``value`` (None, or 0 up to :data:`POSITION_DIGITS` digits)."""
+    return value is None or (not isinstance(value, bool) and 0 <= value < 10**POSITION_DIGITS)
+
+
 class Base(DeclarativeBase):
     """Declarative base of the catalog schema."""
 
@@ -103,8 +144,8 @@ class Backup(Base):
     status: Mapped[str] = mapped_column(String(16))
     base_id: Mapped[str | None] = mapped_column(String(BACKUP_ID_LENGTH), ForeignKey("backups.id"))
     timeline: Mapped[int | None] = mapped_column(Integer)
-    start_lsn: Mapped[int | None] = mapped_column(BigInteger)
-    end_lsn: Mapped[int | None] = mapped_column(BigInteger)
+    start_lsn: Mapped[int | None] = mapped_column(Position())
+    end_lsn: Mapped[int | None] = mapped_column(Position())
     start_wal: Mapped[str | None] = mapped_column(String(24))
     end_wal: Mapped[str | None] = mapped_column(String(24))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -119,6 +160,7 @@ class Backup(Base):
     error: Mapped[str | None] = mapped_column(Text)
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
+    lineage: Mapped[str | None] = mapped_column(String(LINEAGE_LENGTH))
 
 
 class Copy(Base):

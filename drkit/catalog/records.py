@@ -32,7 +32,18 @@ complete -> missing | corrupt when a restore or ``catalog check`` finds its obje
 
 @dataclass(frozen=True)
 class BackupRecord:
-    """One backup (full, diff or log segment range) of one database."""
+    """One backup (full, diff or log range) of one database, in fields both engines fill.
+
+    * ``start_lsn`` / ``end_lsn``: the engine's log positions the backup spans, as comparable ints
+      (PostgreSQL: its LSNs; SQL Server: the backup set's ``first_lsn`` / ``last_lsn``, which exceed
+      64 bits). Positions compare only within one ``lineage``.
+    * ``base_id``: the full a differential is based on.
+    * ``lineage``: the log chain link, the history a log continues: PostgreSQL's timeline as text
+      (``"1"``), SQL Server's ``last_recovery_fork_guid`` (lowercase). None when unknown.
+    * ``timeline``, ``start_wal``, ``end_wal``: PostgreSQL's own fields (None for SQL Server).
+    * ``meta``: everything else the engine recorded; :mod:`drkit.engines.postgres.records` and
+      :mod:`drkit.engines.sqlserver.records` read it as typed values.
+    """
 
     id: str
     database: str
@@ -56,6 +67,7 @@ class BackupRecord:
     error: str | None
     verified_at: datetime | None
     meta: Mapping[str, Any] = field(hash=False)
+    lineage: str | None = None
 
     @property
     def restorable(self) -> bool:

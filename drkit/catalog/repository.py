@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,12 +27,22 @@ from typing import Any, Self
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import URL, Engine, create_engine, event, make_url, select, text
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
-from drkit.catalog.models import BACKUP_ID_LENGTH, AuditEvent, Backup, Copy, Endpoint, Hold
+from drkit.catalog.models import (
+    BACKUP_ID_LENGTH,
+    LINEAGE_LENGTH,
+    POSITION_DIGITS,
+    AuditEvent,
+    Backup,
+    Copy,
+    Endpoint,
+    Hold,
+    position_fits,
+)
 from drkit.catalog.records import (
     BACKUP_KINDS,
     BACKUP_STATUSES,
@@ -87,6 +97,30 @@ def _use_wal(cursor: Any) -> None:
             time.sleep(0.05)
 
 
+def _sqlite_foreign_keys(connection: Connection, *, enforced: bool) -> None:
+    """Switch SQLite's foreign key enforcement on this connection, outside any transaction.
+
+    If switching it back on fails, the connection is discarded rather than pooled without enforcement.
+    """
+    try:
+        driver = connection.connection.driver_connection  # the sqlite3 connection, outside any transaction
+        if driver is None:
+            raise CatalogError("the catalog's SQLite connection is closed")
+        driver.execute(f"PRAGMA foreign_keys = {'ON' if enforced else 'OFF'}")
+    except BaseException:
+        if enforced:
+            connection.invalidate()
+        raise
+
+
+def _refuse_orphans(connection: Connection) -> None:
+    """Raise (rolling the migration back) if any row refers to a row that does not exist."""
+    orphans = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if orphans:
+        found = ", ".join(f"{row[0]} row {row[1]} -> {row[2]}" for row in orphans[:5])
+        raise CatalogError(f"the migration would leave {len(orphans)} row(s) referring to missing rows: {found}")
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -97,6 +131,18 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be a timezone-aware datetime, got naive {value.isoformat()}")
     return value.astimezone(UTC)
+
+
+def _position(name: str, value: int | None) -> int | None:
+    if not position_fits(value):
+        raise CatalogError(f"{name} must be a log position from 0 to {POSITION_DIGITS} digits, got {value!r}")
+    return value
+
+
+def _lineage(value: str | None) -> str | None:
+    if value is not None and not 0 < len(value) <= LINEAGE_LENGTH:
+        raise CatalogError(f"lineage must be 1 to {LINEAGE_LENGTH} characters, got {value!r}")
+    return value
 
 
 def _one_of(what: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -129,6 +175,7 @@ def _backup_record(row: Backup) -> BackupRecord:
         error=row.error,
         verified_at=row.verified_at,
         meta=dict(row.meta or {}),
+        lineage=row.lineage,
     )
 
 
@@ -323,17 +370,46 @@ class Catalog:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def migrate(self) -> None:
-        """Upgrade the catalog schema to the newest revision bundled with drkit (idempotent)."""
+    def migrate(self, revision: str = "head") -> None:
+        """Upgrade the catalog schema to ``revision``, by default the newest bundled with drkit (idempotent)."""
+        self._run_migrations(command.upgrade, revision)
+
+    def downgrade(self, revision: str) -> None:
+        """Take the schema back to an older ``revision`` (to run an older drkit on this catalog).
+
+        Facts the newer revisions added and the older schema cannot hold are dropped (e.g. revision 0004's
+        ``lineage``, and SQL Server log positions, which do not fit the older BIGINT columns).
+        """
+        self._run_migrations(command.downgrade, revision)
+
+    def _run_migrations(self, step: Callable[[Config, str], None], revision: str) -> None:
+        """Run one Alembic command in one transaction (concurrent callers queue up; see below).
+
+        On SQLite, a migration that rebuilds a table others refer to (``backups``) cannot run while
+        foreign keys are enforced: dropping the old table would orphan every copy. So, as SQLite's own
+        procedure for schema changes prescribes, enforcement is switched off around the transaction
+        (it can only be switched outside one), and ``PRAGMA foreign_key_check`` must find nothing before
+        the transaction commits.
+        """
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         try:
-            with self._engine.begin() as connection:
-                if connection.dialect.name == "postgresql":
-                    lock = text("SELECT pg_advisory_xact_lock(:key)")
-                    connection.execute(lock, {"key": _MIGRATION_LOCK_KEY})
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+            with self._engine.connect() as connection:
+                sqlite = connection.dialect.name == "sqlite"
+                if sqlite:
+                    _sqlite_foreign_keys(connection, enforced=False)
+                try:
+                    with connection.begin():
+                        if connection.dialect.name == "postgresql":
+                            lock = text("SELECT pg_advisory_xact_lock(:key)")
+                            connection.execute(lock, {"key": _MIGRATION_LOCK_KEY})
+                        config.attributes["connection"] = connection
+                        step(config, revision)
+                        if sqlite:
+                            _refuse_orphans(connection)
+                finally:
+                    if sqlite:
+                        _sqlite_foreign_keys(connection, enforced=True)
         except Exception as exc:
             raise CatalogError(
                 f"cannot migrate catalog {self._safe_url}: {self._describe(exc)}; "
@@ -400,14 +476,19 @@ class Catalog:
         meta: Mapping[str, Any] | None = None,
         copies: Sequence[tuple[str, str, int, str | None]] = (),
         finished_at: datetime | None = None,
+        lineage: str | None = None,
     ) -> BackupRecord:
         """Mark a running backup completed and record its copies, all in one transaction.
 
         ``copies`` are ``(tier, store_key, stored_bytes, sha256)`` tuples, inserted with status
         ``complete``. If anything fails (e.g. a tier already has a copy) nothing is written and the
         backup stays ``running``. ``finished_at`` (default: now) lets a caller record the instant it
-        already wrote into the backup's self-description.
+        already wrote into the backup's self-description. ``start_lsn`` / ``end_lsn`` are the engine's
+        log positions and ``lineage`` its log chain link (see :class:`BackupRecord`).
         """
+        _position("start_lsn", start_lsn)
+        _position("end_lsn", end_lsn)
+        _lineage(lineage)
         start = _aware("start_time", start_time)
         end = _aware("end_time", end_time)
         finished = _aware("finished_at", finished_at)
@@ -421,6 +502,7 @@ class Catalog:
             row.timeline = timeline
             row.start_lsn = start_lsn
             row.end_lsn = end_lsn
+            row.lineage = lineage
             row.start_wal = start_wal
             row.end_wal = end_wal
             row.start_time = start
@@ -789,6 +871,9 @@ class Catalog:
         diff's full) must be imported first.
         """
         _one_of("backup kind", record.kind, BACKUP_KINDS)
+        _position("start_lsn", record.start_lsn)
+        _position("end_lsn", record.end_lsn)
+        _lineage(record.lineage)
         with self._session() as session:
             if session.get(Backup, record.id) is not None:
                 return False
@@ -803,7 +888,8 @@ class Catalog:
                 start_time=_aware("start_time", record.start_time), end_time=_aware("end_time", record.end_time),
                 raw_bytes=record.raw_bytes, stored_bytes=record.stored_bytes, sha256=record.sha256,
                 format=record.format, key_id=record.key_id, error=record.error,
-                verified_at=_aware("verified_at", record.verified_at), meta=dict(record.meta)))
+                verified_at=_aware("verified_at", record.verified_at), meta=dict(record.meta),
+                lineage=record.lineage))
             self._flush(session, f"cannot import backup {record.id}")
             now = _now()
             for tier, store_key, copy_bytes, copy_sha256 in copies:

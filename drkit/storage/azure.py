@@ -96,7 +96,7 @@ from azure.storage.blob import (
 
 from drkit.errors import ConfigError, StoreError
 from drkit.errors import ObjectNotFoundError as ObjectNotFoundError
-from drkit.storage.base import validate_key
+from drkit.storage.base import AccessTiers, ObjectLabels, StoreFeatures, TierState, validate_key
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -106,6 +106,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCESS_TIERS",
+    "AZURE_FEATURES",
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_MAX_CONCURRENCY",
     "AzureStore",
@@ -124,6 +125,9 @@ DEFAULT_MAX_CONCURRENCY = 4
 MAX_BLOCK_SIZE = 4000 * MiB  # Azure's limit for one block (API 2019-12-12 and later)
 MAX_BLOCKS = 50_000  # Azure's limit of committed blocks per blob
 BLOCKS_PER_SIZE_STEP = 10_000  # the block size doubles after this many blocks
+
+AZURE_FEATURES = StoreFeatures(access_tiers=True, rehydration=True, metadata=True, index_tags=True)
+"""What every AzureStore declares: Hot/Cool/Cold/Archive access tiers, rehydration, blob metadata, index tags."""
 
 AccessTier = Literal["Hot", "Cool", "Cold", "Archive"]
 ACCESS_TIERS: tuple[str, ...] = ("Hot", "Cool", "Cold", "Archive")
@@ -153,29 +157,6 @@ def rehydration_hint(priority: str | None = None) -> str:
     if priority == "High":
         return f"Azure says rehydration takes {high}; {standard}"
     return f"Azure says rehydration takes {standard}; {high}"
-
-
-@dataclass(frozen=True)
-class TierState:
-    """A blob's access tier as Azure reports it.
-
-    ``archive_status`` is e.g. ``"rehydrate-pending-to-hot"`` while a rehydration runs
-    (the tier stays ``"Archive"`` until it completes); Azurite never reports one.
-    """
-
-    tier: str | None
-    archive_status: str | None = None
-    rehydrate_priority: str | None = None
-    changed_at: datetime | None = None
-
-    @property
-    def archived(self) -> bool:
-        """True while the blob cannot be read (in Archive, rehydrating or not)."""
-        return self.tier == "Archive"
-
-    @property
-    def rehydrating(self) -> bool:
-        return bool(self.archive_status and self.archive_status.startswith("rehydrate-pending-"))
 
 
 @dataclass(frozen=True)
@@ -849,6 +830,18 @@ class AzureStore:
         except AzureError as exc:
             raise self._error(exc, doing, key) from None
 
+    # -- declared features: access tiers with Archive and rehydration, blob metadata, index tags
+
+    @property
+    def features(self) -> StoreFeatures:
+        return AZURE_FEATURES
+
+    def access_tiers(self) -> AccessTiers:
+        return self
+
+    def labels(self) -> ObjectLabels:
+        return self
+
     # -- Store protocol
 
     @contextmanager
@@ -1050,6 +1043,10 @@ class AzureStore:
 
     def is_rehydrating(self, key: str) -> bool:
         return self.get_tier(key).rehydrating
+
+    def rehydration_time(self, priority: str | None = None) -> str:
+        """What Azure documents about rehydration times (see :func:`rehydration_hint`)."""
+        return rehydration_hint(priority)
 
     def _archived_message(self, key: str, state: TierState) -> str:
         if state.rehydrating:

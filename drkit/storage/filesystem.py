@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
 
 from drkit.errors import ObjectNotFoundError, StoreError
-from drkit.storage.base import validate_key
+from drkit.storage.base import NO_FEATURES, AccessTiers, ObjectLabels, StoreFeatures, validate_key
 
 if TYPE_CHECKING:
     from drkit.storage.base import Store
@@ -83,6 +83,18 @@ class FilesystemStore:
 
     def describe(self) -> str:
         return f"filesystem store {self.name!r} at {self.root}"
+
+    # -- declared features: none beyond the core (no access tiers, no labels)
+
+    @property
+    def features(self) -> StoreFeatures:
+        return NO_FEATURES
+
+    def access_tiers(self) -> AccessTiers | None:
+        return None
+
+    def labels(self) -> ObjectLabels | None:
+        return None
 
     # -- paths
 

@@ -8,7 +8,7 @@ section names.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from drkit.errors import ConfigError
 from drkit.traffic.base import Router, TrafficError, check_app_weights
@@ -46,10 +46,10 @@ def build_router(
     * ``haproxy``: :class:`~drkit.traffic.haproxy.HAProxyRouter` on ``socket`` (paths as given: resolve relative
       ones against the policy file first), ``app_backend`` / ``db_backend``, ``state_file``. Its servers must be
       named ``traffic.primary`` / ``traffic.dr``.
-    * ``azure_tm``: :class:`~drkit.traffic.azure_tm.AzureTrafficManagerRouter` from ``traffic.azure``:
-      ``subscription``, ``resource_group``, ``profile``, ``endpoints`` (``{primary: "name" or
-      "externalEndpoints/name", dr: ...}`` keyed by ``traffic.primary`` / ``traffic.dr``), optional
-      ``api_version``. The token comes from ``credential_token`` or azure-identity's DefaultAzureCredential.
+    * ``azure_tm``: :class:`~drkit.traffic.azure_tm.AzureTrafficManagerRouter` from ``traffic.azure`` (the
+      policy's typed :class:`~drkit.config.AzureTrafficConfig`, checked on load: ``subscription``,
+      ``resource_group``, ``profile``, ``endpoints`` keyed by ``traffic.primary`` / ``traffic.dr``,
+      ``api_version``). The token comes from ``credential_token`` or azure-identity's DefaultAzureCredential.
     * ``endpoint``: :class:`~drkit.traffic.endpoint.EndpointRecordRouter` over ``catalog`` with ``db_endpoints``
       (``{traffic.primary: "host:port", traffic.dr: "host:port"}``, e.g. from the primary's and the replica's DSN).
     """
@@ -68,24 +68,18 @@ def build_router(
     if traffic.router == "azure_tm":
         from drkit.traffic.azure_tm import AzureTrafficManagerRouter
 
-        azure: dict[str, Any] = dict(traffic.azure or {})
-        missing = [k for k in ("subscription", "resource_group", "profile", "endpoints") if not azure.get(k)]
-        if missing:
-            raise ConfigError(f"{where}.azure: missing {', '.join(missing)}")
-        endpoints = azure["endpoints"]
-        if not isinstance(endpoints, Mapping) or not all(isinstance(v, str) for v in endpoints.values()):
-            raise ConfigError(f"{where}.azure.endpoints: expected a mapping of names to endpoint resource names")
-        absent = [n for n in (traffic.primary, traffic.dr) if n not in endpoints]
-        if absent:
-            raise ConfigError(f"{where}.azure.endpoints: no endpoint for {', '.join(absent)}")
+        azure = traffic.azure
+        if azure is None:  # the policy refuses this on load; a TrafficConfig built in code may still lack it
+            raise ConfigError(f"{where}.azure: an azure_tm router needs subscription, resource_group, profile "
+                              "and endpoints")
         return AzureTrafficManagerRouter(
-            str(azure["subscription"]),
-            str(azure["resource_group"]),
-            str(azure["profile"]),
-            endpoints={str(k): v for k, v in endpoints.items()},
+            azure.subscription,
+            azure.resource_group,
+            azure.profile,
+            endpoints=azure.endpoints,
             credential_token=credential_token or _default_azure_token(),
             transport=transport,
-            api_version=str(azure.get("api_version") or "2022-04-01"),
+            api_version=azure.api_version,
         )
     from drkit.traffic.endpoint import EndpointRecordRouter
 

@@ -34,14 +34,14 @@ from urllib.parse import quote
 
 import httpx
 
-from drkit.traffic.base import TrafficError, check_app_weights, check_name
+from drkit.traffic.base import ATM_ENDPOINT_TYPES, TrafficError, check_app_weights, check_name
 
 __all__ = ["ENDPOINT_TYPES", "AtmEndpoint", "AzureTrafficManagerRouter", "weight_properties"]
 
 log = logging.getLogger(__name__)
 
 ARM = "https://management.azure.com"
-ENDPOINT_TYPES = ("azureEndpoints", "externalEndpoints", "nestedEndpoints")
+ENDPOINT_TYPES = ATM_ENDPOINT_TYPES
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
@@ -208,6 +208,10 @@ class AzureTrafficManagerRouter:
     def app_weights(self) -> dict[str, int]:
         """Each endpoint's share in percent: its weight over the enabled endpoints' total (Disabled → 0)."""
         return _shares(self._current(self.get_profile()))
+
+    def app_stats(self) -> dict[str, int]:
+        """Empty: Traffic Manager answers DNS queries and never sees the requests."""
+        return {}
 
     def switch_database(self, active: str) -> None:
         raise TrafficError(

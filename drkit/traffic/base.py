@@ -23,7 +23,10 @@ from typing import Protocol, runtime_checkable
 
 from drkit.errors import DrkitError
 
-__all__ = ["Router", "TrafficError", "check_app_weights", "check_name"]
+__all__ = ["ATM_ENDPOINT_TYPES", "Router", "TrafficError", "check_app_weights", "check_name"]
+
+ATM_ENDPOINT_TYPES = ("azureEndpoints", "externalEndpoints", "nestedEndpoints")
+"""The kinds of Azure Traffic Manager endpoint (the policy's ``traffic.azure.endpoints`` are checked on load)."""
 
 
 class TrafficError(DrkitError):
@@ -47,6 +50,11 @@ class Router(Protocol):
 
     def app_weights(self) -> dict[str, int]:
         """The current application split, name → percent (empty if the router does not split application traffic)."""
+        ...
+
+    def app_stats(self) -> dict[str, int]:
+        """Requests each application server has answered so far, name → count (empty if the router does not
+        count them); the failback runbook reports the difference over each traffic step."""
         ...
 
     def switch_database(self, active: str) -> None:

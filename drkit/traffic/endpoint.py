@@ -78,6 +78,10 @@ class EndpointRecordRouter:
         """Empty: the record does not split application traffic."""
         return {}
 
+    def app_stats(self) -> dict[str, int]:
+        """Empty: the endpoint record carries no application traffic."""
+        return {}
+
     def switch_database(self, active: str) -> None:
         """Record ``active``'s host:port as the database's endpoint (nothing is written if it already is)."""
         if active not in self.endpoints:

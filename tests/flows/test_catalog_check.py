@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from prefect.artifacts import Artifact
 
-from drkit import backup
 from drkit.runtime import Runtime
 from drkit.sandbox import Sandbox
 from flows.catalog_check import catalog_check
@@ -15,7 +14,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 def test_the_flow_reports_repairs_and_fails_while_findings_remain(sandbox: Sandbox, rt: Runtime) -> None:
     cfg = str(sandbox.policy_path)
-    full = backup.take_base_backup(rt, "app", "full")
+    full = rt.engine("app").take_backup("full")
     result = catalog_check(config=cfg)
     assert result["clean"] is True
     report = Artifact.get("catalog-check")

@@ -79,8 +79,7 @@ def test_backup_list_status_plan_and_restore_to_a_time(sandbox: Sandbox, rt: Run
 
 
 def test_operator_mistakes_get_one_clear_line(sandbox: Sandbox, rt: Runtime, scratch: Path) -> None:
-    from drkit import backup
-    backup.take_base_backup(rt, "app", "full")
+    rt.engine("app").take_backup("full")
     code, _, err = drkit(sandbox, "backup", "full", "nosuch")
     assert code == 2 and "unknown database 'nosuch'" in err and "app" in err
     code, _, err = drkit(sandbox, "restore-plan", "app", "--to", "yesterday")

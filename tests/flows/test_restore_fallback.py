@@ -17,17 +17,19 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from drkit import backup
 from drkit.catalog.records import BackupRecord
 from drkit.cli import app
 from drkit.config import load_policy
 from drkit.engines.postgres.pgctl import LocalCluster
+from drkit.engines.postgres.restore import restore, restored_dsn
+from drkit.engines.postgres.verify import verify_backup
 from drkit.errors import RestoreError
-from drkit.restore import RestoreResult, make_plan, restore
+from drkit.plans import RestoreResult
+from drkit.restore import make_plan
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox
-from drkit.tiers import DATA_OBJECT, MANIFEST_OBJECT, OBJECTS, copy_backup, object_key
-from drkit.verify import verify_backup
+from drkit.tiers.moves import copy_backup
+from drkit.tiers.naming import DATA_OBJECT, MANIFEST_OBJECT, OBJECTS, object_key
 from tests.support.azure_policy import CONN_ENV, azure_policy
 from tests.support.azurite import Azurite, azurite  # noqa: F401 - the fixture
 from tests.support.pgdata import connect, table_hashes
@@ -70,7 +72,7 @@ def _full_in_local_and_blob(w: World, rows: range) -> BackupRecord:
         conn.execute("CREATE TABLE IF NOT EXISTS fallback_rows(id int PRIMARY KEY, note text)")
         conn.execute("INSERT INTO fallback_rows SELECT g, md5(g::text) FROM generate_series(%s::int, %s::int) g",
                      [rows.start, rows.stop - 1])
-    full = backup.take_base_backup(w.rt, "app", "full")
+    full = w.rt.engine("app").take_backup("full")
     copy_backup(w.rt, full.id, "local", "blob")
     assert w.status(full) == {"local": "complete", "blob": "complete"}
     return full
@@ -86,7 +88,7 @@ def _restore_and_compare(w: World, into: Path) -> RestoreResult:
     """Restore the latest point; assert the data equals the source's and every warning was a step."""
     res = restore(w.rt, "app", into=into, plan=make_plan(w.rt, "app", None), keep_running=True)
     try:
-        assert table_hashes(res.dsn()) == table_hashes(w.sandbox.dsn)
+        assert table_hashes(restored_dsn(res)) == table_hashes(w.sandbox.dsn)
     finally:
         LocalCluster(res.data_dir, res.port, w.rt.bin_dir("app"), w.rt.os_user("app")).stop()
     assert res.warnings and all(line in [s for s, _ in res.steps] for line in
@@ -188,13 +190,13 @@ def test_a_diff_reads_its_full_manifest_from_blob_and_the_chain_restores(world: 
     w.local_path(full, MANIFEST_OBJECT).unlink()
     with connect(w.sandbox.dsn) as conn:
         conn.execute("INSERT INTO fallback_rows SELECT g, 'diff' FROM generate_series(4301, 4400) g")
-    diff = backup.take_base_backup(w.rt, "app", "diff")
+    diff = w.rt.engine("app").take_backup("diff")
     assert diff.base_id == full.id
     assert w.status(full) == {"local": "missing", "blob": "complete"}
     plan = make_plan(w.rt, "app", None)
     assert [(p.backup.id, p.tier) for p in plan.pieces] == [(full.id, "blob"), (diff.id, "local")]
     res = restore(w.rt, "app", into=w.root / "diff-chain", plan=plan, keep_running=True)
     try:
-        assert table_hashes(res.dsn()) == table_hashes(w.sandbox.dsn)
+        assert table_hashes(restored_dsn(res)) == table_hashes(w.sandbox.dsn)
     finally:
         LocalCluster(res.data_dir, res.port, w.rt.bin_dir("app"), w.rt.os_user("app")).stop()

@@ -12,13 +12,12 @@ import pytest
 import yaml
 from prefect import flow
 
-from drkit import backup
 from drkit.config import load_policy
+from drkit.engines.postgres.verify import verify_backup
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox
 from drkit.storage.azure import ObjectArchivedError
-from drkit.tiers import DATA_OBJECT, object_key
-from drkit.verify import verify_backup
+from drkit.tiers.naming import DATA_OBJECT, object_key
 from flows.restore import restore_point_in_time
 from flows.retention import retention_sweep
 from tasks.backup import base_backup
@@ -42,7 +41,7 @@ def test_local_then_blob_once_verified_then_archive_then_expiry(
     cfg = str(azure_policy(sandbox, scratch, f"t{uuid.uuid4().hex[:12]}",
                            catalog=f"sqlite:///{scratch}/tiers.db", verify={"after": []}))
     rt = Runtime(load_policy(cfg))
-    first = backup.take_base_backup(rt, "app", "full")
+    first = rt.engine("app").take_backup("full")
     t0 = datetime.now(UTC)
 
     retention_sweep(config=cfg, now=t0)
@@ -55,7 +54,7 @@ def test_local_then_blob_once_verified_then_archive_then_expiry(
     with connect(sandbox.dsn) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS tier_rows(id int)")
         conn.execute("INSERT INTO tier_rows VALUES (1)")
-    second = backup.take_base_backup(rt, "app", "full")
+    second = rt.engine("app").take_backup("full")
     assert verify_backup(rt, "app", second.id).passed
     retention_sweep(config=cfg, now=t0)
 
@@ -64,15 +63,17 @@ def test_local_then_blob_once_verified_then_archive_then_expiry(
     assert _tiers_of(rt, first.id) == {"archive"}
     assert _tiers_of(rt, second.id)  # the newest verified full keeps a copy
     archive = rt.store("archive")
+    access = archive.access_tiers()
+    assert access is not None  # an Azure tier declares access tiers
     key = object_key(first, DATA_OBJECT)
-    assert archive.get_tier(key).archived  # type: ignore[attr-defined]
+    assert access.get_tier(key).archived
     with pytest.raises(ObjectArchivedError), archive.reader(key):
         pass
 
     # A restore to the old full's time rehydrates it first, then reads it, then archives it again.
     out = restore_point_in_time(db="app", into=str(scratch / "from-archive"), target=first.end_time, config=cfg)
     assert out["pieces"] == [first.id]
-    assert archive.get_tier(key).archived  # type: ignore[attr-defined]
+    assert access.get_tier(key).archived
 
     # Seven years on it expires, unless a legal hold says otherwise.
     later = t0 + timedelta(days=2556)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from drkit import backup
 from drkit.config import load_policy
 from drkit.engines.postgres.pgctl import LocalCluster
-from drkit.restore import make_plan, restore
+from drkit.engines.postgres.restore import restore, restored_dsn
+from drkit.restore import make_plan
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox
-from drkit.tiers import rebuild_catalog
+from drkit.tiers.rebuild import rebuild_catalog
 from tests.support.azure_policy import CONN_ENV, azure_policy
 from tests.support.azurite import Azurite, azurite  # noqa: F401 - the fixture
 from tests.support.pgdata import connect
@@ -40,7 +40,7 @@ def _restored_ids(rt: Runtime, into: Path, target: datetime | None) -> tuple[lis
     plan = make_plan(rt, "app", target)
     res = restore(rt, "app", into=into, plan=plan, keep_running=True)
     try:
-        with connect(res.dsn()) as conn:
+        with connect(restored_dsn(res)) as conn:
             ids = [r[0] for r in conn.execute("SELECT id FROM az_marker ORDER BY id").fetchall()]
     finally:
         LocalCluster(res.data_dir, res.port, rt.bin_dir("app"), rt.os_user("app")).stop()
@@ -56,14 +56,15 @@ def test_full_diff_log_in_azurite_restore_exactly_and_the_catalog_rebuilds_from_
     cfg = azure_policy(sandbox, scratch, container, backup_tier="blob",
                        catalog=f"sqlite:///{scratch}/first-catalog.db")
     rt = Runtime(load_policy(cfg))
-    full = backup.take_base_backup(rt, "app", "full")
+    full = rt.engine("app").take_backup("full")
     first = _markers(sandbox.dsn, range(1, 4))
-    diff = backup.take_base_backup(rt, "app", "diff")
+    diff = rt.engine("app").take_backup("diff")
     second = _markers(sandbox.dsn, range(4, 7))
-    log = backup.take_log_backup(rt, "app")
+    log = rt.engine("app").take_backup("log")
     assert log is not None
-    store = rt.store("blob")
-    assert store.exists(f"app/{full.id}/data.drk") and store.tags(f"app/{full.id}/data.drk")["kind"] == "full"  # type: ignore[attr-defined]
+    store, labels = rt.store("blob"), rt.store("blob").labels()
+    assert labels is not None  # an Azure tier declares labels
+    assert store.exists(f"app/{full.id}/data.drk") and labels.tags(f"app/{full.id}/data.drk")["kind"] == "full"
     ids, tiers = _restored_ids(rt, scratch / "r1", first[2])
     assert ids == [1, 2] and tiers == ["blob"]
     ids, _ = _restored_ids(rt, scratch / "r2", second[5])

@@ -17,18 +17,20 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from drkit import backup
 from drkit.catalog.records import BackupRecord
 from drkit.cli import app
 from drkit.config import load_policy
 from drkit.engines.postgres.chain import plan_for_backup
+from drkit.engines.postgres.restore import restore
+from drkit.engines.postgres.verify import verify_backup
 from drkit.errors import DrkitError, EncryptionKeyError
-from drkit.restore import make_plan, restore
+from drkit.restore import make_plan
 from drkit.retention import Action
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox
-from drkit.tiers import DATA_OBJECT, DESCRIPTOR_OBJECT, apply_action, object_key, rebuild_catalog, write_descriptor
-from drkit.verify import verify_backup
+from drkit.tiers.moves import apply_action
+from drkit.tiers.naming import DATA_OBJECT, DESCRIPTOR_OBJECT, object_key
+from drkit.tiers.rebuild import rebuild_catalog, write_descriptor
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 runner = CliRunner()
@@ -65,8 +67,8 @@ def get_object(rt: Runtime, key: str) -> bytes:
 
 def test_a_swapped_data_object_is_refused_by_name_at_restore_and_at_verify(sandbox: Sandbox, scratch: Path) -> None:
     rt = runtime(policy(sandbox, scratch, "catalog.db"), sandbox.key_b64)
-    a = backup.take_base_backup(rt, "app", "full")
-    b = backup.take_base_backup(rt, "app", "full")
+    a = rt.engine("app").take_backup("full")
+    b = rt.engine("app").take_backup("full")
     # B's data put in A's place, and a catalog that agrees with it (size and SHA-256), as a catalog
     # rebuilt from a tampered store or edited would: only the binding of the stream to A can tell.
     put_object(rt, object_key(a, DATA_OBJECT), get_object(rt, object_key(b, DATA_OBJECT)))
@@ -95,7 +97,7 @@ def test_a_catalog_record_that_does_not_match_the_manifest_is_refused_at_restore
     sandbox: Sandbox, scratch: Path
 ) -> None:
     rt = runtime(policy(sandbox, scratch, "catalog.db"), sandbox.key_b64)
-    a = backup.take_base_backup(rt, "app", "full")
+    a = rt.engine("app").take_backup("full")
     assert a.start_lsn is not None
     with sqlite3.connect(scratch / "catalog.db") as db:  # the catalog altered behind drkit's back
         db.execute("UPDATE backups SET start_lsn = ? WHERE id = ?", [a.start_lsn + 8, a.id])
@@ -118,8 +120,8 @@ def test_a_wrong_key_is_refused_in_one_line_wherever_a_backup_is_first_touched(
 ) -> None:
     path = policy(sandbox, scratch, "catalog.db")
     rt = runtime(path, sandbox.key_b64)
-    full = backup.take_base_backup(rt, "app", "full")
-    assert backup.take_log_backup(rt, "app") is not None
+    full = rt.engine("app").take_backup("full")
+    assert rt.engine("app").take_backup("log") is not None
     good_id = rt.key.key_id
     wrong = runtime(path, WRONG_KEY)
     wrong_id = wrong.key.key_id
@@ -137,7 +139,7 @@ def test_a_wrong_key_is_refused_in_one_line_wherever_a_backup_is_first_touched(
         verify_backup(wrong, "app", full.id)
     one_line_naming(info.value, full.id)
     with pytest.raises(EncryptionKeyError) as info:  # a diff refuses before it starts
-        backup.take_base_backup(wrong, "app", "diff")
+        wrong.engine("app").take_backup("diff")
     one_line_naming(info.value, full.id)
     assert [(b.id, b.status) for b in _backups(rt)] == before  # nothing marked corrupt, no failed row
 
@@ -167,9 +169,9 @@ def test_a_wrong_key_is_refused_in_one_line_wherever_a_backup_is_first_touched(
 
 def test_a_forged_backup_json_is_refused_at_rebuild(sandbox: Sandbox, scratch: Path) -> None:
     rt = runtime(policy(sandbox, scratch, "catalog.db"), sandbox.key_b64)
-    kept = backup.take_base_backup(rt, "app", "full")
-    forged = backup.take_base_backup(rt, "app", "full")
-    other = backup.take_base_backup(rt, "app", "full")
+    kept = rt.engine("app").take_backup("full")
+    forged = rt.engine("app").take_backup("full")
+    other = rt.engine("app").take_backup("full")
     # Someone with write access to the store: a bad backup made to look verified, another moved.
     desc = object_key(forged, DESCRIPTOR_OBJECT)
     body = json.loads(get_object(rt, desc))
@@ -206,7 +208,7 @@ def test_retention_copies_without_the_key_and_the_copied_backup_json_stays_authe
 ) -> None:
     path = policy(sandbox, scratch, "catalog.db", far=True)
     rt = runtime(path, sandbox.key_b64)
-    full = backup.take_base_backup(rt, "app", "full")
+    full = rt.engine("app").take_backup("full")
     rt.catalog.set_status(full.id, "verified", actor="test", reason="as if verified")
     rt.close()
 

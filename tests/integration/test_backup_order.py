@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
-from drkit import backup
 from drkit.config import load_policy
 from drkit.errors import StoreError
 from drkit.runtime import Runtime
@@ -40,7 +39,7 @@ def test_a_sas_without_the_tag_permission_fails_the_backup_with_azures_error_and
     rt = Runtime(load_policy(cfg))
     try:
         with pytest.raises(StoreError) as failed:
-            backup.take_base_backup(rt, "app", "full")
+            rt.engine("app").take_backup("full")
         assert "cannot set the tags of" in str(failed.value) and "access denied" in str(failed.value)
         (row,) = rt.catalog.list_backups("app")
         assert row.status == "failed" and row.error is not None and "cannot set the tags of" in row.error
@@ -52,12 +51,13 @@ def test_a_sas_without_the_tag_permission_fails_the_backup_with_azures_error_and
     monkeypatch.setenv(CONN_ENV, _sas_connection_string(azurite, tags=True))
     rt = Runtime(load_policy(cfg))
     try:
-        done = backup.take_base_backup(rt, "app", "full")
+        done = rt.engine("app").take_backup("full")
         assert done.status == "completed"
         store = rt.store("blob")
         assert list(store.list(f"app/{done.id}/")) == [f"app/{done.id}/{n}"
                                                       for n in ("backup.json", "data.drk", "manifest.drk")]
-        assert store.tags(f"app/{done.id}/data.drk")["backup"] == done.id  # type: ignore[attr-defined]
+        labels = store.labels()
+        assert labels is not None and labels.tags(f"app/{done.id}/data.drk")["backup"] == done.id
         (copy,) = rt.catalog.copies(done.id)
         assert (copy.tier, copy.status, copy.stored_bytes) == ("blob", "complete", store.size(copy.store_key))
     finally:
@@ -68,14 +68,14 @@ def test_a_deep_check_lists_a_shared_container_once_and_leaves_archived_objects_
     sandbox: Sandbox, azurite: Azurite, scratch: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     from drkit.catalog_check import run_check
-    from drkit.tiers import copy_backup
+    from drkit.tiers.moves import copy_backup
 
     monkeypatch.setenv(KEY_ENV, sandbox.key_b64)
     monkeypatch.setenv(CONN_ENV, azurite.connection_string)
     cfg = azure_policy(sandbox, scratch, f"t{uuid.uuid4().hex[:12]}", catalog=f"sqlite:///{scratch}/catalog.db")
     rt = Runtime(load_policy(cfg))
     try:
-        done = backup.take_base_backup(rt, "app", "full")
+        done = rt.engine("app").take_backup("full")
         copy_backup(rt, done.id, "local", "blob")
         copy_backup(rt, done.id, "blob", "archive")  # one container: the blob now sits in the Archive tier
         report = run_check(rt, deep=True)

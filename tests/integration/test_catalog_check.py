@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from drkit import backup
 from drkit.cli import app
 from drkit.config import load_policy
 from drkit.runtime import Runtime
@@ -41,11 +40,11 @@ def test_catalog_check_finds_repairs_and_reports_what_is_lost(
     try:
         with connect(sandbox.dsn) as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS cc(id int)")
-        older = backup.take_base_backup(rt, "app", "full")
-        newer = backup.take_base_backup(rt, "app", "full")
+        older = rt.engine("app").take_backup("full")
+        newer = rt.engine("app").take_backup("full")
         with connect(sandbox.dsn) as conn:
             conn.execute("INSERT INTO cc SELECT generate_series(1, 100)")
-        assert backup.take_log_backup(rt, "app") is not None
+        assert rt.engine("app").take_backup("log") is not None
         clean = check()
         assert clean.exit_code == 0, clean.output
         assert "catalog check: clean" in clean.stdout
@@ -102,7 +101,7 @@ def test_catalog_check_finds_repairs_and_reports_what_is_lost(
         young.unlink()
 
         # A lost backup.json is written again.
-        third = backup.take_base_backup(rt, "app", "full")
+        third = rt.engine("app").take_backup("full")
         descriptor = local / "app" / third.id / "backup.json"
         descriptor.unlink()
         rewritten = check("--repair", "--json")

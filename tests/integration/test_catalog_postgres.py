@@ -190,5 +190,6 @@ def test_schema_uses_timestamptz_and_bigint(catalog: Catalog, catalog_url: str) 
     finally:
         engine.dispose()
     assert types["started_at"] == "timestamp with time zone"
-    assert types["end_lsn"] == "bigint"
+    assert types["end_lsn"] == "character varying"  # a Position: fixed-width decimal text (0004)
+    assert types["raw_bytes"] == "bigint"
     assert types["meta"] == "json"

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from drkit import backup
 from drkit.config import load_policy
 from drkit.engines.postgres.pgctl import LocalCluster, make_owned_dir
+from drkit.engines.postgres.restore import restore, restored_dsn
 from drkit.errors import WalGapError
-from drkit.restore import make_plan, restore
+from drkit.restore import make_plan
 from drkit.runtime import Runtime
 from drkit.sandbox import Sandbox
 from tests.support.pgdata import connect
@@ -39,7 +39,7 @@ def _ids_at(rt: Runtime, into: Path, target: datetime, table: str) -> tuple[list
     plan = make_plan(rt, "app", target)
     res = restore(rt, "app", into=into, plan=plan, keep_running=True)
     try:
-        with connect(res.dsn()) as conn:
+        with connect(restored_dsn(res)) as conn:
             ids = [r[0] for r in conn.execute(f"SELECT id FROM {table} ORDER BY id").fetchall()]
     finally:
         LocalCluster(res.data_dir, res.port, rt.bin_dir("app"), rt.os_user("app")).stop()
@@ -47,11 +47,11 @@ def _ids_at(rt: Runtime, into: Path, target: datetime, table: str) -> tuple[list
 
 
 def test_markers_across_full_diff_and_logs(sandbox: Sandbox, rt: Runtime, scratch: Path) -> None:
-    backup.take_base_backup(rt, "app", "full")
+    rt.engine("app").take_backup("full")
     first = _markers(sandbox.dsn, "m1", range(1, 5))
-    backup.take_base_backup(rt, "app", "diff")
+    rt.engine("app").take_backup("diff")
     second = _markers(sandbox.dsn, "m1", range(5, 9))
-    backup.take_log_backup(rt, "app")
+    rt.engine("app").take_backup("log")
     ids, roles = _ids_at(rt, scratch / "a", first[2], "m1")
     assert ids == [1, 2] and roles[0] == "full" and "diff" not in roles and "log" in roles
     ids, roles = _ids_at(rt, scratch / "b", second[6], "m1")
@@ -59,15 +59,15 @@ def test_markers_across_full_diff_and_logs(sandbox: Sandbox, rt: Runtime, scratc
 
 
 def test_markers_across_a_timeline_switch(sandbox: Sandbox, rt: Runtime, scratch: Path) -> None:
-    backup.take_base_backup(rt, "app", "full")
+    rt.engine("app").take_backup("full")
     old = _markers(sandbox.dsn, "m2", range(1, 4))
-    backup.take_log_backup(rt, "app")
+    rt.engine("app").take_backup("log")
 
     # PITR to marker 2, promote (timeline 2), and make the restored cluster the database.
     plan = make_plan(rt, "app", old[2])
     res = restore(rt, "app", into=scratch / "newprimary", plan=plan, keep_running=True)
     spool = make_owned_dir(scratch / "spool2", rt.os_user("app"))
-    cfg = policy_variant(sandbox, scratch, {"dsn": res.dsn(), "data_dir": str(res.data_dir),
+    cfg = policy_variant(sandbox, scratch, {"dsn": restored_dsn(res), "data_dir": str(res.data_dir),
                                              "wal_spool": str(spool)})
     rt2 = Runtime(load_policy(cfg), environ=rt.environ)
     new_primary = LocalCluster(res.data_dir, res.port, rt.bin_dir("app"), rt.os_user("app"),
@@ -76,13 +76,13 @@ def test_markers_across_a_timeline_switch(sandbox: Sandbox, rt: Runtime, scratch
         assert rt2.engine("app").setup().restart_needed
         new_primary.stop()
         new_primary.start()
-        new = _markers(res.dsn(), "m2", range(10, 14))
+        new = _markers(restored_dsn(res), "m2", range(10, 14))
         with pytest.raises(WalGapError, match="timeline"):
-            backup.take_log_backup(rt2, "app")
-        full2 = backup.take_base_backup(rt2, "app", "full")
+            rt2.engine("app").take_backup("log")
+        full2 = rt2.engine("app").take_backup("full")
         assert full2.timeline == 2
-        later = _markers(res.dsn(), "m2", range(20, 23))
-        log2 = backup.take_log_backup(rt2, "app")
+        later = _markers(restored_dsn(res), "m2", range(20, 23))
+        log2 = rt2.engine("app").take_backup("log")
         assert log2 is not None and log2.timeline == 2
         ids, roles = _ids_at(rt2, scratch / "c", later[21], "m2")
         assert ids == [1, 2, 10, 11, 12, 13, 20, 21]

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drkit import backup
 from drkit.config import load_policy
-from drkit.restore import make_plan, restore
+from drkit.engines.postgres.restore import restore, restored_dsn
+from drkit.restore import make_plan
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox
 from tests.support.pgdata import connect, table_hashes
@@ -32,18 +32,18 @@ def test_backups_and_restore_with_a_postgresql_catalog(
     monkeypatch.setenv(KEY_ENV, sandbox.key_b64)
     rt = Runtime(load_policy(path))
     try:
-        full = backup.take_base_backup(rt, "app", "full")
+        full = rt.engine("app").take_backup("full")
         with connect(sandbox.dsn) as conn:
             conn.execute("INSERT INTO pgcat SELECT generate_series(501, 900)")
-        diff = backup.take_base_backup(rt, "app", "diff")
-        log = backup.take_log_backup(rt, "app")
+        diff = rt.engine("app").take_backup("diff")
+        log = rt.engine("app").take_backup("log")
         assert log is not None
         expected = {k: v for k, v in table_hashes(sandbox.dsn).items() if k == "public.pgcat"}
         plan = make_plan(rt, "app", None)
         assert [p.backup.id for p in plan.pieces][:2] == [full.id, diff.id]
         res = restore(rt, "app", into=scratch / "r", plan=plan, keep_running=True)
         try:
-            got = {k: v for k, v in table_hashes(res.dsn()).items() if k == "public.pgcat"}
+            got = {k: v for k, v in table_hashes(restored_dsn(res)).items() if k == "public.pgcat"}
         finally:
             from drkit.engines.postgres.pgctl import LocalCluster
             LocalCluster(res.data_dir, res.port, rt.bin_dir("app"), rt.os_user("app")).stop()

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drkit import backup
 from drkit.config import load_policy
 from drkit.engines.postgres.lsn import parse_segment_name, segment_name
 from drkit.errors import (
@@ -41,9 +40,9 @@ def _policy_variant(sandbox: Sandbox, scratch: Path, **changes: object) -> Path:
 
 
 def test_log_backups_join_and_a_missing_segment_is_a_gap(sandbox: Sandbox, rt: Runtime) -> None:
-    backup.take_base_backup(rt, "app", "full")
-    first = backup.take_log_backup(rt, "app")
-    second = backup.take_log_backup(rt, "app")
+    rt.engine("app").take_backup("full")
+    first = rt.engine("app").take_backup("log")
+    second = rt.engine("app").take_backup("log")
     assert first is not None and second is not None
     assert first.end_wal is not None and second.start_wal is not None
     tli, end = parse_segment_name(first.end_wal)
@@ -62,18 +61,18 @@ def test_log_backups_join_and_a_missing_segment_is_a_gap(sandbox: Sandbox, rt: R
     os.unlink(sandbox.spool / missing)
     before = rt.catalog.list_backups("app")
     with pytest.raises(WalGapError, match=missing):
-        backup.take_log_backup(rt, "app")
+        rt.engine("app").take_backup("log")
     assert rt.catalog.list_backups("app") == before  # nothing recorded for the failed attempt
 
     # A new full re-anchors the chain; log backups work again.
-    backup.take_base_backup(rt, "app", "full")
-    assert backup.take_log_backup(rt, "app") is not None
+    rt.engine("app").take_backup("full")
+    assert rt.engine("app").take_backup("log") is not None
 
 
 def test_unknown_database_is_refused_before_anything_is_written(rt: Runtime) -> None:
     before = _objects(rt)
     with pytest.raises(UnknownDatabaseError, match="app"):
-        backup.take_base_backup(rt, "nosuchdb", "full")
+        rt.engine("nosuchdb").take_backup("full")
     assert _objects(rt) == before
 
 
@@ -82,7 +81,7 @@ def test_missing_key_is_refused_and_names_the_variable(sandbox: Sandbox, monkeyp
     runtime = Runtime(load_policy(sandbox.policy_path))
     before = runtime.catalog.list_backups("app")
     with pytest.raises(EncryptionKeyError, match=KEY_ENV):
-        backup.take_base_backup(runtime, "app", "full")
+        runtime.engine("app").take_backup("full")
     assert runtime.catalog.list_backups("app") == before
 
 
@@ -94,7 +93,7 @@ def test_unreachable_dsn_is_a_clear_error_without_the_password(
     runtime = Runtime(load_policy(path))
     before = runtime.catalog.list_backups("app")
     with pytest.raises(DatabaseUnreachableError) as exc:
-        backup.take_base_backup(runtime, "app", "full")
+        runtime.engine("app").take_backup("full")
     assert "127.0.0.1:1" in str(exc.value) and "hunter2" not in str(exc.value)
     assert runtime.catalog.list_backups("app") == before
 
@@ -107,7 +106,7 @@ def test_wrong_data_dir_is_refused_with_the_servers_own(
     runtime = Runtime(load_policy(path))
     before = (runtime.catalog.list_backups("app"), list(runtime.store("local").list()))
     with pytest.raises(PrerequisiteError, match=str(sandbox.primary.data_dir)):
-        backup.take_base_backup(runtime, "app", "full")
+        runtime.engine("app").take_backup("full")
     assert (runtime.catalog.list_backups("app"), list(runtime.store("local").list())) == before
 
 
@@ -136,21 +135,21 @@ def test_a_failure_mid_stream_leaves_no_object_and_marks_the_row_failed(
     monkeypatch.setattr(pgfiles.ArchiveWriter, "add_file", failing)
     before = _objects(rt)
     with pytest.raises(OSError, match="disk full"):
-        backup.take_base_backup(rt, "app", "full")
+        rt.engine("app").take_backup("full")
     assert _objects(rt) == before
     failed = rt.catalog.list_backups("app", statuses=["failed"])
     assert failed and "disk full" in (failed[0].error or "")
     assert not rt.catalog.copies(failed[0].id)
     # The server's backup was aborted: a new one starts cleanly.
     monkeypatch.setattr(pgfiles.ArchiveWriter, "add_file", real)
-    assert backup.take_base_backup(rt, "app", "full").status == "completed"
+    assert rt.engine("app").take_backup("full").status == "completed"
 
 
 def test_restore_refuses_a_target_dir_it_cannot_use_and_changes_nothing(rt: Runtime, scratch: Path) -> None:
+    from drkit.engines.postgres.restore import restore
     from drkit.errors import RestoreError
-    from drkit.restore import restore
 
-    backup.take_base_backup(rt, "app", "full")
+    rt.engine("app").take_backup("full")
     busy = scratch / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("precious")

@@ -19,14 +19,14 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from drkit import backup
 from drkit.config import load_policy
 from drkit.engines.postgres.pgctl import LocalCluster, run_as
+from drkit.engines.postgres.restore import restore, restored_dsn
+from drkit.engines.postgres.verify import run_checks, verify_backup
 from drkit.errors import DrkitError, RestoreError
-from drkit.restore import RestoreResult, restore
+from drkit.plans import RestoreResult
 from drkit.runtime import Runtime
 from drkit.sandbox import Sandbox
-from drkit.verify import run_checks, verify_backup
 from tests.support.pgdata import connect, table_hashes
 from tests.support.policies import policy_variant
 
@@ -85,10 +85,10 @@ def chain(sandbox: Sandbox, rt: Runtime) -> Iterator[dict[str, tuple[int, str]]]
         conn.execute("CREATE TABLE IF NOT EXISTS hardening(id int PRIMARY KEY)")
         conn.execute("TRUNCATE hardening")
         conn.execute("INSERT INTO hardening SELECT generate_series(1, 100)")
-    backup.take_base_backup(rt, "app", "full")
+    rt.engine("app").take_backup("full")
     with connect(sandbox.dsn) as conn:
         conn.execute("INSERT INTO hardening SELECT generate_series(101, 150)")
-    backup.take_log_backup(rt, "app")
+    rt.engine("app").take_backup("log")
     yield table_hashes(sandbox.dsn)
 
 
@@ -116,7 +116,7 @@ def test_links_the_os_user_plants_before_and_during_a_restore_are_never_followed
     try:
         assert {p for p, _ in planted} >= {"postgresql.auto.conf", "pg_wal"}
         assert not any(ok for _, ok in planted), f"the OS user could write where root was working: {planted}"
-        assert table_hashes(res.dsn())["public.hardening"] == chain["public.hardening"]
+        assert table_hashes(restored_dsn(res))["public.hardening"] == chain["public.hardening"]
         st = os.lstat(home / "r.log")
         assert not os.path.islink(home / "r.log") and st.st_uid == PG.pw_uid
         assert os.lstat(into).st_uid == PG.pw_uid and os.lstat(into).st_mode & 0o777 == 0o700
@@ -162,7 +162,7 @@ def test_a_restored_cluster_refuses_tcp_and_its_socket_is_private(
                                           dbname="postgres", connect_timeout="3")).close()
         sock = res.data_dir / f".s.PGSQL.{res.port}"
         assert os.stat(sock).st_mode & 0o777 == 0o700 and os.stat(res.data_dir).st_mode & 0o777 == 0o700
-        with connect(res.dsn()) as conn:  # root, through the socket, as the operator would
+        with connect(restored_dsn(res)) as conn:  # root, through the socket, as the operator would
             assert conn.execute("SHOW listen_addresses").fetchone() == ("",)
         # another local user cannot log in, even as postgres without a password
         nobody = subprocess.run(
@@ -182,7 +182,7 @@ def test_database_names_are_quoted_in_verification(sandbox: Sandbox, rt: Runtime
     with connect(make_conninfo(sandbox.dsn, dbname="x port=1")) as conn:
         conn.execute("CREATE TABLE only_here AS SELECT generate_series(1, 3) AS id")
         conn.execute("CREATE INDEX ON only_here(id)")
-    full = backup.take_base_backup(rt, "app", "full")
+    full = rt.engine("app").take_backup("full")
     # The SQL checks run in the DSN's database, "x port=1": on the restored server, not on port 1.
     cfg = policy_variant(sandbox, scratch, {
         "dsn": make_conninfo(sandbox.dsn, dbname="x port=1"),
@@ -213,7 +213,7 @@ def test_validation_leaves_the_restored_databases_as_backed_up(sandbox: Sandbox,
             conn.execute("CREATE INDEX ON t(id)")
     with connect(make_conninfo(sandbox.dsn, dbname="has_amcheck")) as conn:
         conn.execute("CREATE EXTENSION amcheck")  # the user's own: it must stay
-    backup.take_base_backup(rt, "app", "full")
+    rt.engine("app").take_backup("full")
     try:
         # `drkit restore` then validates the restored cluster (the restore flow's validate-restored task)
         res = restore(rt, "app", into=scratch / "r", keep_running=True)
@@ -223,8 +223,9 @@ def test_validation_leaves_the_restored_databases_as_backed_up(sandbox: Sandbox,
             assert all(c.ok for c in checks), [(c.name, c.detail) for c in checks]
             pg_dump = str(rt.bin_dir("app") / "pg_dump")
             for db in ("postgres", "template1", "plain", "has_amcheck"):
-                assert _schema(pg_dump, res.dsn(db)) == _schema(pg_dump, make_conninfo(sandbox.dsn, dbname=db)), db
-            with connect(res.dsn("has_amcheck")) as conn:
+                theirs = _schema(pg_dump, make_conninfo(sandbox.dsn, dbname=db))
+                assert _schema(pg_dump, restored_dsn(res, db)) == theirs, db
+            with connect(restored_dsn(res, "has_amcheck")) as conn:
                 assert conn.execute("SELECT extname FROM pg_extension WHERE extname IN ('amcheck', 'pg_visibility')"
                                     ).fetchall() == [("amcheck",)]
         finally:
@@ -264,11 +265,11 @@ def test_a_backup_without_pg_hba_conf_gets_peer_auth_on_the_socket_only(
             conn.execute("CREATE TABLE IF NOT EXISTS debianlike(id int)")
             conn.execute("TRUNCATE debianlike")
             conn.execute("INSERT INTO debianlike VALUES (1), (2)")
-        backup.take_base_backup(rt, "app", "full")
+        rt.engine("app").take_backup("full")
         (etc / "files.conf").unlink()  # another host: the restored server must not find the source's files
         res = restore(rt, "app", into=scratch / "r", keep_running=True)
         try:
-            with connect(res.dsn()) as conn:
+            with connect(restored_dsn(res)) as conn:
                 assert conn.execute("SELECT count(*) FROM debianlike").fetchone() == (2,)
                 rules = conn.execute("SELECT type, database, user_name, auth_method, options "
                                      "FROM pg_hba_file_rules WHERE error IS NULL").fetchall()
@@ -294,7 +295,7 @@ def test_a_backup_whose_pg_hba_shuts_drkit_out_fails_at_once_with_one_line(
     original = hba.read_bytes()
     hba.write_bytes(b"local all all peer\n" + original)  # first match wins: root is refused on the socket
     try:
-        backup.take_base_backup(rt, "app", "full")  # (the sandbox's DSN is TCP: the backup still works)
+        rt.engine("app").take_backup("full")  # (the sandbox's DSN is TCP: the backup still works)
     finally:
         hba.write_bytes(original)
     with pytest.raises(RestoreError) as info:

@@ -29,9 +29,14 @@ from typing import Any
 import pytest
 
 from drkit.config import parse_policy
-from drkit.engines.sqlserver import operations as bm
 from drkit.engines.sqlserver import tsql
-from drkit.engines.sqlserver.engine import SqlServerEngine, SqlServerSettings, pyodbc_driver
+from drkit.engines.sqlserver.backup import take_backup
+from drkit.engines.sqlserver.engine import SqlServerEngine
+from drkit.engines.sqlserver.history import import_history
+from drkit.engines.sqlserver.odbc import pyodbc_driver
+from drkit.engines.sqlserver.restore import restore_to_point
+from drkit.engines.sqlserver.settings import SqlServerSettings
+from drkit.engines.sqlserver.verify import verify_backup_mssql
 from drkit.runtime import Runtime
 
 DSN = os.environ.get("DRKIT_TEST_MSSQL_DSN", "")
@@ -91,26 +96,26 @@ def _count(engine: SqlServerEngine, db: str) -> int:
 def test_full_cycle(live: tuple[Runtime, SqlServerEngine, str]) -> None:
     rt, engine, name = live
     assert all(i.ok for i in engine.check() if i.name in ("database", "recovery model")), engine.check()
-    full = bm.take_backup(rt, "orders", "full", engine=engine)
+    full = take_backup(rt, "orders", "full", engine=engine)
     _rows(engine, name, 10)
-    diff = bm.take_backup(rt, "orders", "diff", engine=engine)
+    diff = take_backup(rt, "orders", "diff", engine=engine)
     assert diff.base_id == full.id
     _rows(engine, name, 10)
-    first_log = bm.take_backup(rt, "orders", "log", engine=engine)
+    first_log = take_backup(rt, "orders", "log", engine=engine)
     time.sleep(2)
     marker = datetime.now(UTC)
     time.sleep(2)
     _rows(engine, name, 10)
-    second_log = bm.take_backup(rt, "orders", "log", engine=engine)
+    second_log = take_backup(rt, "orders", "log", engine=engine)
     assert second_log.meta["first_lsn"] == first_log.meta["last_lsn"]
 
-    report = bm.verify_backup_mssql(rt, "orders", engine=engine)
+    report = verify_backup_mssql(rt, "orders", engine=engine)
     assert report.passed, report.error
     assert rt.catalog.get(full.id).status == "verified"
 
-    result = bm.restore_to_point(rt, "orders", into=f"{name}_pitr", target=marker, engine=engine)
+    result = restore_to_point(rt, "orders", into=f"{name}_pitr", target=marker, engine=engine)
     assert [p.backup.id for p in result.plan.pieces][:2] == [full.id, diff.id]
     assert _count(engine, f"{name}_pitr") == 20
 
-    imported = bm.import_history(rt, "orders", engine=engine)
+    imported = import_history(rt, "orders", engine=engine)
     assert imported.imported == [] and imported.already_known >= 4

@@ -443,26 +443,27 @@ def make_world(tmp: Path, *, target: str = "disk", database: str = "Orders", che
     import base64
 
     from drkit.config import parse_policy
-    from drkit.engines.sqlserver.engine import SqlServerEngine, SqlServerSettings
+    from drkit.engines.sqlserver.engine import SqlServerEngine
     from drkit.runtime import Runtime
 
     stage = tmp / "stage"
     stage.mkdir(parents=True, exist_ok=True)
-    policy = parse_policy({
-        "catalog": f"sqlite:///{tmp}/catalog.db",
-        "tiers": {"local": {"path": str(tmp / "local")}, **(tiers or {})},
-        "databases": {"orders": {"engine": "sqlserver", "dsn_env": "ORDERS_DSN",
-                                 "verify": {"after": ["full"], "checks": list(checks)}}},
-    }, base_dir=tmp)
-    environ = {"DRKIT_BACKUP_KEY": base64.b64encode(bytes(range(32))).decode(), "ORDERS_DSN": DSN,
-               "ORDERS_SAS": "?" + SAS_TOKEN}
-    rt = Runtime(policy, environ=environ)
     base: dict[str, Any] = {"database": database, "disk_path": "/var/opt/mssql/backup/drkit",
                             "local_path": str(stage)}
     if target == "url":
         base.update(target="url", url=CONTAINER + "/prod", sas_token_env="ORDERS_SAS")
     base.update(settings or {})
-    cfg = SqlServerSettings.from_mapping("orders", base)
+    policy = parse_policy({
+        "catalog": f"sqlite:///{tmp}/catalog.db",
+        "tiers": {"local": {"path": str(tmp / "local")}, **(tiers or {})},
+        "databases": {"orders": {"engine": "sqlserver", "dsn_env": "ORDERS_DSN", "sqlserver": base,
+                                 "verify": {"after": ["full"], "checks": list(checks)}}},
+    }, base_dir=tmp)
+    environ = {"DRKIT_BACKUP_KEY": base64.b64encode(bytes(range(32))).decode(), "ORDERS_DSN": DSN,
+               "ORDERS_SAS": "?" + SAS_TOKEN}
+    rt = Runtime(policy, environ=environ)
+    cfg = policy.database("orders").sqlserver  # the policy's block, as `drkit` loads it
+    assert cfg is not None
     driver = FakeDriver()
     sim = SimulatedServer(driver, database=database, server_dir=cfg.disk_path, local_dir=stage, **server)
     engine = SqlServerEngine("orders", dsn=DSN, settings=cfg,

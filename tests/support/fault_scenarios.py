@@ -49,10 +49,11 @@ import yaml
 
 from drkit.config import load_policy
 from drkit.engines.postgres.pgctl import LocalCluster, free_port
+from drkit.engines.postgres.restore import restored_dsn
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox, create_sandbox
 from drkit.storage.filesystem import is_partial_name
-from drkit.tiers import DATA_OBJECT, DESCRIPTOR_OBJECT, MANIFEST_OBJECT, object_key
+from drkit.tiers.naming import DATA_OBJECT, DESCRIPTOR_OBJECT, MANIFEST_OBJECT, object_key
 from tests.support.azurite import Azurite, azurite_binary, start_azurite
 from tests.support.prefect_process import PrefectProcess
 from tests.support.tcpproxy import TcpProxy
@@ -416,7 +417,8 @@ def partial_writes(directory: Path) -> list[Path]:
 
 def restore_exact(world: World, out: Outcome, policy: str = "main") -> bool:
     """Restore the newest chain (to its latest point) in a new directory; compare with what was written."""
-    from drkit.restore import make_plan, restore
+    from drkit.engines.postgres.restore import restore
+    from drkit.restore import make_plan
 
     world.restores += 1
     into = world.root / "restores" / f"r{world.restores}"
@@ -432,7 +434,7 @@ def restore_exact(world: World, out: Outcome, policy: str = "main") -> bool:
             return False
         cluster = LocalCluster(res.data_dir, res.port, rt.bin_dir(DB), rt.os_user(DB))
         try:
-            with psycopg.connect(res.dsn(), autocommit=True) as conn:
+            with psycopg.connect(restored_dsn(res), autocommit=True) as conn:
                 ids = [r[0] for r in conn.execute("SELECT id FROM fault_marker ORDER BY id").fetchall()]
                 digest = ballast_digest(conn)
         finally:

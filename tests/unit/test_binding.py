@@ -13,12 +13,14 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from drkit.binding import check_manifest, open_descriptor, require_keys, stream_context
+from drkit.binding import open_descriptor, require_keys, stream_context
 from drkit.catalog.records import BackupRecord
 from drkit.engines.postgres.lsn import format_lsn
+from drkit.engines.postgres.manifest import check_manifest
 from drkit.errors import EncryptionKeyError, IntegrityError
 from drkit.pipeline import EncryptionKey
-from drkit.tiers import DESCRIPTOR_OBJECT, descriptor_bytes, object_key
+from drkit.tiers.naming import DESCRIPTOR_OBJECT, object_key
+from drkit.tiers.rebuild import descriptor_bytes
 
 KEY = EncryptionKey.from_bytes(bytes(range(32)))
 OTHER_KEY = EncryptionKey.from_bytes(bytes(range(1, 33)))

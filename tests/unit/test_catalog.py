@@ -494,6 +494,53 @@ def test_datetimes_round_trip_as_aware_utc(catalog: Catalog) -> None:
         catalog.complete_backup(backup.id, **completion(end_time=datetime(2024, 1, 1)))
 
 
+def test_positions_beyond_bigint_and_lineage_round_trip(catalog: Catalog) -> None:
+    # SQL Server LSNs are numeric(25,0): the catalog must hold them exactly, not only PostgreSQL's 64 bits.
+    lsn = 98_765_432_109_876_543_210_001
+    backup = catalog.begin_backup("sales", "log", started_at=T0, meta={"engine": "sqlserver"})
+    done = catalog.complete_backup(backup.id, **completion(timeline=None, start_lsn=lsn, end_lsn=lsn + 7,
+                                                           start_wal=None, end_wal=None),
+                                   lineage="6f1c4a2e-0b7d-4e55-9a51-3c2d7e8f9a10")
+    assert (done.start_lsn, done.end_lsn, done.lineage) == (lsn, lsn + 7, "6f1c4a2e-0b7d-4e55-9a51-3c2d7e8f9a10")
+    assert catalog.get(backup.id) == done
+    pg = _finished(catalog, "orders", "full", T0)
+    assert (pg.start_lsn, pg.lineage) == (LOCATION["start_lsn"], None)  # lineage is optional
+
+
+def test_positions_sort_numerically_in_sql(catalog: Catalog, catalog_url: str) -> None:
+    values = [2**64 + 1, 9, 10**24, 0, 2**63 - 1, 10]
+    ids = []
+    for n, value in enumerate(values):
+        backup = catalog.begin_backup("sales", "log", started_at=T0 + timedelta(minutes=n))
+        catalog.complete_backup(backup.id, **completion(start_lsn=value, end_lsn=value))
+        ids.append(backup.id)
+    engine = create_engine(catalog_url)
+    try:
+        with engine.connect() as conn:
+            ordered = list(conn.execute(text("SELECT id FROM backups ORDER BY start_lsn")).scalars())
+            above = conn.execute(text("SELECT count(*) FROM backups WHERE end_lsn > (SELECT end_lsn FROM backups "
+                                      "WHERE id = :id)"), {"id": ids[4]}).scalar_one()
+    finally:
+        engine.dispose()
+    assert ordered == [ids[i] for i in sorted(range(len(values)), key=values.__getitem__)]
+    assert above == 2
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("start_lsn", -1, "start_lsn must be a log position"),
+    ("end_lsn", 10**30, "end_lsn must be a log position"),
+    ("lineage", "x" * 65, "lineage must be 1 to 64 characters"),
+    ("lineage", "", "lineage must be 1 to 64 characters"),
+])
+def test_complete_backup_refuses_positions_and_lineage_it_cannot_store(
+    catalog: Catalog, field: str, value: Any, message: str
+) -> None:
+    backup = catalog.begin_backup("orders", "full", started_at=T0)
+    with pytest.raises(CatalogError, match=message):
+        catalog.complete_backup(backup.id, **completion(**{field: value}))
+    assert catalog.get(backup.id) == backup
+
+
 def test_records_are_immutable_plain_values(catalog: Catalog) -> None:
     backup = _finished(catalog, "orders", "full", T0)
     with pytest.raises(FrozenInstanceError):

@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 from drkit.catalog.records import AuditRecord, BackupRecord, CopyRecord
 from drkit.catalog_check import GRACE, STALE_AFTER, Deep, Finding, Inventory, StoredObject, plan
+from drkit.engines.postgres.chain import POSTGRES_CHAIN
 from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, segment_name
 from drkit.status import check_status
-from drkit.tiers import DATA_OBJECT, DESCRIPTOR_OBJECT, MANIFEST_OBJECT, object_key
+from drkit.tiers.naming import DATA_OBJECT, DESCRIPTOR_OBJECT, MANIFEST_OBJECT, object_key
 
 SEG = DEFAULT_SEGMENT_SIZE
 DB = "app"
@@ -58,7 +59,8 @@ def inventories(local: dict[str, StoredObject] | None = None, blob: dict[str, St
 
 def check(backups: Sequence[BackupRecord], copies: Sequence[CopyRecord], invs: dict[str, Inventory],
           **kw: object) -> list[Finding]:
-    return plan(backups, copies, LOCATIONS, invs, now=NOW, tier_order=TIERS, **kw)  # type: ignore[arg-type]
+    return plan(backups, copies, LOCATIONS, invs, now=NOW, tier_order=TIERS, chains=lambda db: POSTGRES_CHAIN,
+                **kw)  # type: ignore[arg-type]
 
 
 def kinds(findings: Sequence[Finding]) -> list[tuple[str, str]]:

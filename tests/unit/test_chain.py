@@ -19,9 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
-from drkit.engines.postgres.chain import RestorePlan, plan_restore
+from drkit.engines.postgres.chain import plan_restore
 from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, parse_segment_name, segment_name
 from drkit.errors import RestorePlanError
+from drkit.plans import RestorePlan
 
 SEG = DEFAULT_SEGMENT_SIZE
 DB = "orders"

@@ -16,10 +16,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
-from drkit.engines.postgres.chain import RestorePlan
-from drkit.engines.sqlserver.chain import NATIVE_TIER, plan_for_backup_mssql, plan_restore_mssql
+from drkit import retention, retention_reference
+from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord, HoldRecord
+from drkit.engines.sqlserver.chain import NATIVE_TIER, SQLSERVER_CHAIN
 from drkit.errors import RestorePlanError
+from drkit.plans import RestorePlan
+from drkit.retention import TierSpec
+from tests.support.histories import Policy, policies
+
+plan_restore = SQLSERVER_CHAIN.plan_restore
+plan_for_backup = SQLSERVER_CHAIN.plan_for_backup
 
 DB = "orders"
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -81,7 +87,7 @@ class Msdb:
         return self.add(id, "log", first, last, end, **kw)
 
     def plan(self, target: datetime | None, now: datetime = NOW) -> RestorePlan:
-        return plan_restore_mssql(DB, self.backups, self.copies, target=target, now=now, tier_order=TIERS)
+        return plan_restore(DB, self.backups, self.copies, target=target, now=now, tier_order=TIERS)
 
 
 def ids(plan: RestorePlan) -> list[str]:
@@ -212,13 +218,13 @@ def test_cheapest_tier_and_unusable_copies() -> None:
 def test_plan_for_one_backup() -> None:
     c = standard()
     byid = {b.id: b for b in c.backups}
-    assert ids(plan_for_backup_mssql(byid["F1"], c.backups, c.copies, tier_order=TIERS)) == ["F1"]
-    assert ids(plan_for_backup_mssql(byid["D1"], c.backups, c.copies, tier_order=TIERS)) == ["F1", "D1"]
-    plan = plan_for_backup_mssql(byid["L3"], c.backups, c.copies, tier_order=TIERS)
+    assert ids(plan_for_backup(byid["F1"], c.backups, c.copies, tier_order=TIERS)) == ["F1"]
+    assert ids(plan_for_backup(byid["D1"], c.backups, c.copies, tier_order=TIERS)) == ["F1", "D1"]
+    plan = plan_for_backup(byid["L3"], c.backups, c.copies, tier_order=TIERS)
     assert ids(plan) == ["F1", "D1", "L2", "L3"] and plan.recovery == "end"
     orphan = c.add("DX", "diff", lsn(36, 1), lsn(36, 9), m(70), diff_base=lsn(1, 1))
     with pytest.raises(RestorePlanError, match="differential base"):
-        plan_for_backup_mssql(orphan, c.backups, c.copies, tier_order=TIERS)
+        plan_for_backup(orphan, c.backups, c.copies, tier_order=TIERS)
 
 
 # -- generated histories -----------------------------------------------------------------------------------
@@ -436,7 +442,7 @@ def test_every_restorable_log_can_be_verified_with_a_valid_chain(w: World, data:
         return
     log = data.draw(st.sampled_from(o.logs))
     try:
-        plan = plan_for_backup_mssql(log, w.cat.backups, w.cat.copies, tier_order=TIERS)
+        plan = plan_for_backup(log, w.cat.backups, w.cat.copies, tier_order=TIERS)
     except RestorePlanError:
         assert not any(log.id in self_path for self_path in _paths_to(o, log))
         return
@@ -462,26 +468,74 @@ def _paths_to(o: Oracle, goal: BackupRecord) -> list[set[str]]:
     return found
 
 
-def test_a_long_history_plans_fast() -> None:
-    """Four months of 15-minute logs, daily fulls, 6-hourly diffs (11,500 backups): planning takes well under 1 s."""
-    import time
+# -- the retention index: the same rules, indexed once ----------------------------------------------------
 
+
+def _usable(w: World, tiers: Sequence[str]) -> set[str]:
+    return {c.backup_id for c in w.cat.copies if c.status == "complete" and c.tier in tiers}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.integers(0, 200))
+def test_the_restore_index_needs_exactly_what_plan_restore_reads(w: World, window_minutes: int) -> None:
+    since = w.now - timedelta(minutes=window_minutes)
+    index = SQLSERVER_CHAIN.index(w.cat.backups, _usable(w, TIERS).__contains__)
+    needs = index.needs(w.now, since)
+    points = {since, w.now, *(x + timedelta(microseconds=e) for x in w.times for e in (-1, 0, 1))}
+    for target in [None, *sorted(p for p in points if since <= p <= w.now)]:
+        try:
+            got = w.cat.plan(target, now=w.now)
+        except RestorePlanError:
+            continue
+        for piece in got.pieces:
+            assert piece.backup.id in needs, f"{piece.backup.id} is read for {target} but not needed"
+            assert target is None or needs[piece.backup.id].until >= target
+            assert target is not None or needs[piece.backup.id].latest
+    for backup_id, need in needs.items():
+        if need.until < since:
+            assert need.latest
+            continue
+        got = w.cat.plan(min(need.until, w.now), now=w.now)
+        assert {backup_id, need.base.id} <= {p.backup.id for p in got.pieces}, (backup_id, need)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.data())
+def test_the_restore_index_chain_of_a_backup_is_its_plan_for_backup(w: World, data: st.DataObject) -> None:
+    b = data.draw(st.sampled_from(w.cat.backups))
+    index = SQLSERVER_CHAIN.index(w.cat.backups, _usable(w, TIERS).__contains__)
+    try:
+        want = [p.backup.id for p in plan_for_backup(b, w.cat.backups, w.cat.copies, tier_order=TIERS).pieces]
+    except RestorePlanError:
+        want = [b.id]
+    assert [x.id for x in index.chain_of(b, {x.id: x for x in w.cat.backups})] == want
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), policies(), st.integers(0, 60 * 24 * 3))
+def test_fast_and_reference_retention_agree_on_msdb_histories(w: World, p: Policy, later: int) -> None:
+    """Forks, copy-only backups and natively readable ones included (both planners read the chain model)."""
+    tiers = {t: TierSpec(k) for t, k in p.keep_days.items()}
+    holds = [HoldRecord(id=n, backup_id=b.id, database=DB, reason="INC-1", created_at=T0, created_by="alice",
+                        removed_at=None, removed_by=None, removed_reason=None)
+             for n, b in enumerate(w.cat.backups[::7], 1)]
+    now = w.now + timedelta(minutes=later)
+    fast = retention.plan(w.cat.backups, w.cat.copies, holds, tiers, now, chains=lambda db: SQLSERVER_CHAIN,
+                          **p.options)
+    ref = retention_reference.plan(w.cat.backups, w.cat.copies, holds, tiers, now,
+                                   chains=lambda db: SQLSERVER_CHAIN, **p.options)
+    assert [(a.kind, a.backup_id, a.tier_from, a.tier_to) for a in fast] == [
+        (a.kind, a.backup_id, a.tier_from, a.tier_to) for a in ref]
+
+
+def test_retention_keeps_logs_that_a_full_on_the_servers_own_device_needs() -> None:
+    """F1 was written by SQL Server to its own disk (drkit holds no copy); the logs after it are the only
+    way to restore past it, so retention keeps their last copies."""
     c = Msdb()
-    cur, chain_at = lsn(34, 1), lsn(34, 1)
-    full: BackupRecord | None = None
-    for i in range(120 * 96):
-        t = m(i * 15)
-        if i % 96 == 0:
-            full = c.full(f"F{i}", cur, cur + 50, t, checkpoint=cur + 10)
-        elif i % 24 == 0 and full is not None:
-            c.diff(f"D{i}", full, cur, cur + 50, t)
-        else:
-            c.log(f"L{i}", chain_at, cur + 60, t)
-            chain_at = cur + 60
-        cur += 100
-    now = m(120 * 96 * 15)
-    t0 = time.monotonic()
-    plan = c.plan(m(70 * 96 * 15 + 7), now=now)
-    latest = c.plan(None, now=now)
-    assert time.monotonic() - t0 < 1.0
-    assert plan.recovery == "time" and latest.recovery == "end" and len(plan.logs) == 1
+    c.full("F1", lsn(34, 100), lsn(34, 400), m(10), native=True, status="verified")
+    c.log("L1", lsn(34, 50), lsn(34, 900), m(20))
+    c.log("L2", lsn(34, 900), lsn(35, 200), m(30))
+    now = m(3 * 24 * 60)
+    actions = retention.plan(c.backups, c.copies, [], {"local": TierSpec(1)}, now, chains=lambda db: SQLSERVER_CHAIN)
+    assert [(a.kind, a.backup_id) for a in actions] == [("keep", "L1"), ("keep", "L2")]
+    assert actions[0].reason.startswith("kept: the only copy left; the latest restore point of orders")

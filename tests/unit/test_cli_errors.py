@@ -19,10 +19,10 @@ import yaml
 from typer.testing import CliRunner
 
 from drkit import cli as cli_module
-from drkit import tiers
 from drkit.catalog import Catalog
 from drkit.cli import app
 from drkit.errors import EncryptionKeyError
+from drkit.tiers import moves as tier_moves
 
 runner = CliRunner()
 DRKIT = str(Path(sys.executable).with_name("drkit"))
@@ -126,7 +126,7 @@ def test_an_unexpected_error_is_one_line_with_its_type(policy: Path, monkeypatch
 
 
 def test_an_error_outside_a_commands_guard_is_one_line(policy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tiers, "plan_retention", lambda *a, **k: [object()])  # breaks the table code
+    monkeypatch.setattr(tier_moves, "plan_retention", lambda *a, **k: [object()])  # breaks the table code
     code, _, err = drkit(policy, "retention", "plan")
     assert code == 1 and one_error_line(err).startswith("error: AttributeError: ")
 

@@ -12,8 +12,8 @@ import pytest
 from drkit.catalog.records import BackupRecord
 from drkit.config import parse_policy
 from drkit.copies import CopyPicker, complete_copies, record_damage
-from drkit.engines.postgres.chain import RestorePiece
 from drkit.errors import IntegrityError, ObjectNotFoundError, RestoreError, StoreError
+from drkit.plans import RestorePiece
 from drkit.runtime import Runtime
 
 KEY = "DRKIT_BACKUP_KEY"

@@ -20,16 +20,47 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from drkit import retention_reference
 from drkit.catalog.records import BackupRecord, CopyRecord, HoldRecord
-from drkit.engines.postgres.chain import plan_restore
+from drkit.engines.base import ChainModel
+from drkit.engines.postgres.chain import POSTGRES_CHAIN, plan_restore
 from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, segment_name
 from drkit.errors import RestorePlanError
-from drkit.retention import Action, TierSpec, plan, restore_needs
+from drkit.plans import Need
+from drkit.retention import Action, TierSpec
+from drkit.retention import plan as retention_plan
 
 SEG = DEFAULT_SEGMENT_SIZE
 DB = "orders"
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
 TIERS = {"local": TierSpec(7), "blob": TierSpec(30), "archive": TierSpec(2555)}
+
+
+def postgres(database: str) -> ChainModel:
+    return POSTGRES_CHAIN
+
+
+def plan(backups: Iterable[BackupRecord], copies: Iterable[CopyRecord], holds: Iterable[HoldRecord],
+         tiers: Mapping[str, TierSpec], now: datetime, **kw: Any) -> list[Action]:
+    """drkit.retention.plan with every database on PostgreSQL."""
+    return retention_plan(backups, copies, holds, tiers, now, chains=postgres, **kw)
+
+
+def same_as_reference(actions: Sequence[Action], backups: Sequence[BackupRecord], copies: Sequence[CopyRecord],
+                      holds: Sequence[HoldRecord], tiers: Mapping[str, TierSpec], now: datetime, **kw: Any) -> bool:
+    """True when drkit.retention_reference plans the same actions (kinds, backups, tiers; not the reasons)."""
+    ref = retention_reference.plan(backups, copies, holds, tiers, now, chains=postgres, **kw)
+    got = [(a.kind, a.backup_id, a.tier_from, a.tier_to) for a in actions]
+    want = [(a.kind, a.backup_id, a.tier_from, a.tier_to) for a in ref]
+    assert got == want
+    return True
+
+
+def restore_needs(backups: Sequence[BackupRecord], copies: Iterable[CopyRecord], *, tier_order: Sequence[str],
+                  now: datetime, since: datetime) -> dict[str, Need]:
+    """What the PostgreSQL restore index says the targets in ``[since, now]`` read (one database)."""
+    ok = {c.backup_id for c in copies if c.status == "complete" and c.tier in tier_order}
+    return POSTGRES_CHAIN.index(backups, ok.__contains__).needs(now, since)
 
 
 def d(days: float) -> datetime:
@@ -96,7 +127,10 @@ class Cat:
         return copies_of(self.state)
 
     def plan(self, now: datetime, tiers: Mapping[str, TierSpec] = TIERS, **kw: Any) -> list[Action]:
-        return plan(self.backups, self.copies, self.holds, tiers, now, **kw)
+        """The fast planner's actions, checked against the reference planner's."""
+        actions = plan(self.backups, self.copies, self.holds, tiers, now, **kw)
+        assert same_as_reference(actions, self.backups, self.copies, self.holds, tiers, now, **kw)
+        return actions
 
     def where(self, backup_id: str) -> set[str]:
         return {t for (b, t), s in self.state.items() if b == backup_id and s == "complete"}
@@ -547,19 +581,17 @@ def newest_verified_full(w: World, state: State) -> BackupRecord | None:
 
 
 def protected(w: World) -> set[str]:
-    """The held backups and every piece their own restore reads (from plan_restore, when it plans)."""
+    """The held backups and every piece their own restore reads (plan_for_backup, when it plans; for a diff
+    of any status and for a restorable backup)."""
     held = {hd.backup_id for hd in w.cat.holds if hd.active}
     out = set(held)
     copies = w.cat.copies
     by_id = {b.id: b for b in w.cat.backups}
     for backup_id in held:
         b = by_id[backup_id]
-        if b.kind == "diff" and b.base_id:
-            out.add(b.base_id)
-        elif b.kind == "log" and b.end_time is not None and b.status in ("completed", "verified"):
+        if b.kind == "diff" or b.status in ("completed", "verified"):
             try:
-                got = plan_restore(DB, w.cat.backups, copies, target=b.end_time, now=max(w.now, b.end_time),
-                                   tier_order=w.order)
+                got = POSTGRES_CHAIN.plan_for_backup(b, w.cat.backups, copies, tier_order=w.order)
             except RestorePlanError:
                 continue
             out.update(p.backup.id for p in got.pieces)
@@ -656,6 +688,12 @@ def test_the_last_copy_of_a_needed_or_promised_backup_is_never_deleted(w: World)
 
 @SETTINGS
 @given(worlds())
+def test_the_reference_planner_gives_the_same_actions(w: World) -> None:
+    assert same_as_reference(w.plan(), w.cat.backups, w.cat.copies, w.cat.holds, w.tiers, w.now, **w.options)
+
+
+@SETTINGS
+@given(worlds())
 def test_planning_again_changes_nothing(w: World) -> None:
     after = apply(w.cat.state, w.plan())
     again = w.plan(after)
@@ -695,6 +733,22 @@ def test_restore_needs_are_exactly_what_plan_restore_reads(w: World) -> None:
         got = plan_restore(DB, w.cat.backups, copies, target=need.until, now=w.now, tier_order=w.order)
         assert backup_id in [p.backup.id for p in got.pieces], (backup_id, need)
         assert need.base.id in [p.backup.id for p in got.pieces]
+
+
+@SETTINGS
+@given(worlds(), st.data())
+def test_the_chain_of_a_held_backup_is_its_plan_for_backup(w: World, data: st.DataObject) -> None:
+    b = data.draw(st.sampled_from(w.cat.backups))
+    copies = w.cat.copies
+    ok = {c.backup_id for c in copies if c.status == "complete" and c.tier in w.order}
+    index = POSTGRES_CHAIN.index(w.cat.backups, ok.__contains__)
+    try:
+        want = [p.backup.id for p in POSTGRES_CHAIN.plan_for_backup(b, w.cat.backups, copies, tier_order=w.order).pieces]
+    except RestorePlanError:
+        want = [b.id]
+    if b.kind == "log" and b.status not in ("completed", "verified"):
+        return  # retention asks only for a diff of any status or a restorable backup
+    assert [x.id for x in index.chain_of(b, {x.id: x for x in w.cat.backups})] == want
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

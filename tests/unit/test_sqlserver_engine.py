@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from drkit.engines.sqlserver import engine as ms
-from drkit.engines.sqlserver import operations as bm
-from drkit.engines.sqlserver import tsql
+from drkit.engines.sqlserver import errors, msdb, settings, tsql
+from drkit.engines.sqlserver.backup import take_backup
+from drkit.engines.sqlserver.history import import_history
+from drkit.engines.sqlserver.restore import restore_to_point
+from drkit.engines.sqlserver.verify import verify_backup_mssql
 from drkit.errors import ConfigError, DatabaseUnreachableError, PrerequisiteError, RestorePlanError
+from drkit.restore import make_plan
 from tests.support.fake_odbc import DSN, DSN_PASSWORD, SAS_TOKEN, FakeDriver, World, make_world, odbc_error
 
 NOW = datetime(2026, 5, 18, 12, 0, tzinfo=UTC)
@@ -57,54 +60,54 @@ def test_bad_names_are_refused(bad: object) -> None:
 
 def test_a_bad_name_is_refused_before_any_sql_is_sent(tmp_path: Path) -> None:
     w = make_world(tmp_path)
-    bm.take_backup(w.rt, "orders", "full", engine=w.engine)
+    take_backup(w.rt, "orders", "full", engine=w.engine)
     sent = len(w.driver.executed)
     for bad in ("x\x00y", "n" * 200, "new\nline", "q?"):
         with pytest.raises(tsql.NameRefusedError):
-            bm.restore_to_point(w.rt, "orders", into=bad, engine=w.engine, now=NOW)
+            restore_to_point(w.rt, "orders", into=bad, engine=w.engine, now=NOW)
     assert len(w.driver.executed) == sent
     with pytest.raises(ConfigError, match="sqlserver"):
-        ms.SqlServerSettings.from_mapping("orders", {"database": "bad\x01name", "disk_path": "/b"})
+        settings.SqlServerSettings.from_mapping("orders", {"database": "bad\x01name", "disk_path": "/b"})
     with pytest.raises(tsql.NameRefusedError):
         tsql.backup("ok", "full", device_type="URL", devices=["https://a/" + "x" * 300], name="n", description="d")
 
 
 def test_settings_validation_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"databases\.orders\.sqlserver\.colour: unknown key"):
-        ms.SqlServerSettings.from_mapping("orders", {"colour": "blue", "disk_path": "/b"})
+        settings.SqlServerSettings.from_mapping("orders", {"colour": "blue", "disk_path": "/b"})
     with pytest.raises(ConfigError, match=r"sqlserver\.url: the URL must not hold a SAS token"):
-        ms.SqlServerSettings.from_mapping("orders", {"target": "url", "url": "https://a.blob.core.windows.net/c?sv=1&sig=abc"})
+        settings.SqlServerSettings.from_mapping("orders", {"target": "url", "url": "https://a.blob.core.windows.net/c?sv=1&sig=abc"})
     with pytest.raises(ConfigError, match="https"):
-        ms.SqlServerSettings.from_mapping("orders", {"target": "url", "url": "http://127.0.0.1:10000/c"})
+        settings.SqlServerSettings.from_mapping("orders", {"target": "url", "url": "http://127.0.0.1:10000/c"})
     with pytest.raises(ConfigError, match="disk_path"):
-        ms.SqlServerSettings.from_mapping("orders", {})
+        settings.SqlServerSettings.from_mapping("orders", {})
     with pytest.raises(ConfigError, match="max_stripe_gib"):
-        ms.SqlServerSettings.from_mapping("orders", {"disk_path": "/b", "max_stripe_gib": 500})
-    s = ms.SqlServerSettings.from_mapping("orders", {"disk_path": "D:\\Backup"})
-    assert s.database == "orders" and ms.join_server_path("D:\\Backup\\", "x.bak") == "D:\\Backup\\x.bak"
+        settings.SqlServerSettings.from_mapping("orders", {"disk_path": "/b", "max_stripe_gib": 500})
+    s = settings.SqlServerSettings.from_mapping("orders", {"disk_path": "D:\\Backup"})
+    assert s.database == "orders" and settings.join_server_path("D:\\Backup\\", "x.bak") == "D:\\Backup\\x.bak"
 
 
 def test_stripes_keep_each_blob_under_the_limit() -> None:
     gib = 2**30
-    assert ms.stripe_count(0, 100 * gib) == 1
-    assert ms.stripe_count(100 * gib, 100 * gib) == 1
-    assert ms.stripe_count(100 * gib + 1, 100 * gib) == 2
-    assert ms.stripe_count(6400 * gib, 100 * gib) == 64
-    assert ms.stripe_count(9000 * gib, 100 * gib) == 64  # 140 GiB each: still under the blob limit
+    assert settings.stripe_count(0, 100 * gib) == 1
+    assert settings.stripe_count(100 * gib, 100 * gib) == 1
+    assert settings.stripe_count(100 * gib + 1, 100 * gib) == 2
+    assert settings.stripe_count(6400 * gib, 100 * gib) == 64
+    assert settings.stripe_count(9000 * gib, 100 * gib) == 64  # 140 GiB each: still under the blob limit
     with pytest.raises(PrerequisiteError, match="target: disk"):
-        ms.stripe_count(64 * 200 * gib, 100 * gib)
+        settings.stripe_count(64 * 200 * gib, 100 * gib)
 
 
 def test_dsn_hint_and_scrub_never_show_the_password() -> None:
-    assert ms.dsn_hint(DSN) == "tcp:sql1.example.internal,1433/master"
-    text = ms.scrub(f"login failed; {DSN}; url?sv=1&sig=abcDEF%2B; SECRET = N'tok'", [SAS_TOKEN])
+    assert settings.dsn_hint(DSN) == "tcp:sql1.example.internal,1433/master"
+    text = errors.scrub(f"login failed; {DSN}; url?sv=1&sig=abcDEF%2B; SECRET = N'tok'", [SAS_TOKEN])
     assert DSN_PASSWORD not in text and "abcDEF" not in text and "'tok'" not in text
 
 
 def test_driver_error_parsing() -> None:
     exc = odbc_error(3201, "Cannot open backup device 'x'. Operating system error 5(Access is denied.).",
                      more=[(3013, "BACKUP DATABASE is terminating abnormally.")])
-    sqlstate, numbers, text = ms.parse_driver_error(exc)
+    sqlstate, numbers, text = errors.parse_driver_error(exc)
     assert (sqlstate, numbers) == ("42000", (3201, 3013))
     assert text.startswith("Cannot open backup device 'x'.") and "[Microsoft]" not in text
     assert "terminating abnormally" in text
@@ -119,8 +122,8 @@ def test_backup_device_error_after_progress_messages_fails_the_backup(tmp_path: 
                 error=odbc_error(3201, "Cannot open backup device '/var/opt/mssql/backup/drkit/x.bak'. Operating "
                                        "system error 5(Access is denied.).", function="SQLMoreResults"),
                 error_at=2)
-    with pytest.raises(ms.BackupDeviceError) as err:
-        bm.take_backup(w.rt, "orders", "full", engine=w.engine)
+    with pytest.raises(errors.BackupDeviceError) as err:
+        take_backup(w.rt, "orders", "full", engine=w.engine)
     msg = str(err.value)
     assert "3201" in msg and "Access is denied" in msg and "service account" in msg
     rec = w.rt.catalog.list_backups("orders")[0]
@@ -135,16 +138,16 @@ def test_failed_url_backup_reports_its_leased_blobs_and_cleanup_runs(
     w = make_world(tmp_path, target="url", data_bytes=250 * 2**30)
     w.driver.on(r"\nBACKUP DATABASE", first=True, error_at=1, messages=["10 percent processed."],
                 error=odbc_error(3013, "BACKUP DATABASE is terminating abnormally."))
-    with pytest.raises(ms.SqlServerError) as err:
-        bm.take_backup(w.rt, "orders", "full", engine=w.engine)
+    with pytest.raises(errors.SqlServerError) as err:
+        take_backup(w.rt, "orders", "full", engine=w.engine)
     msg = str(err.value)
     assert "3 blob(s) with active leases" in msg and "lease break" in msg and "_03of03.bak" in msg
     assert "3013" in (w.rt.catalog.list_backups("orders")[0].error or "")
     removed: list[str] = []
     w.driver.on(r"\nBACKUP DATABASE", first=True, times=1, error=odbc_error(3013, "BACKUP DATABASE is terminating "
                                                                                "abnormally."))
-    with pytest.raises(ms.SqlServerError, match="were removed"):
-        bm.take_backup(w.rt, "orders", "full", engine=w.engine, cleanup=removed.extend)
+    with pytest.raises(errors.SqlServerError, match="were removed"):
+        take_backup(w.rt, "orders", "full", engine=w.engine, cleanup=removed.extend)
     assert len(removed) == 3
     assert_no_secret(msg, everything_recorded(w), caplog.text)
 
@@ -152,12 +155,12 @@ def test_failed_url_backup_reports_its_leased_blobs_and_cleanup_runs(
 def test_log_too_recent_4305_is_a_log_chain_error_with_what_to_do(tmp_path: Path) -> None:
     w = make_world(tmp_path)
     for kind in ("full", "log", "log"):
-        bm.take_backup(w.rt, "orders", kind, engine=w.engine)
+        take_backup(w.rt, "orders", kind, engine=w.engine)
     w.driver.on(r"RESTORE LOG", first=True, error=odbc_error(4305, LSN_4305, "42000",
                                                              more=[(3013, "RESTORE LOG is terminating abnormally.")]))
     sent = len(w.driver.executed)
-    with pytest.raises(ms.LogChainError) as err:
-        bm.restore_to_point(w.rt, "orders", into="Orders_copy", engine=w.engine, now=NOW)
+    with pytest.raises(errors.LogChainError) as err:
+        restore_to_point(w.rt, "orders", into="Orders_copy", engine=w.engine, now=NOW)
     msg = str(err.value)
     assert "4305" in msg and "too recent" in msg and "import-history" in msg and "new full backup" in msg
     assert "partial restore is left as database 'Orders_copy'" in msg
@@ -167,21 +170,21 @@ def test_log_too_recent_4305_is_a_log_chain_error_with_what_to_do(tmp_path: Path
 
 @pytest.mark.parametrize(("error", "kind"), [
     (odbc_error(4208, "The statement BACKUP LOG is not allowed while the recovery model is SIMPLE."),
-     ms.LogBackupNotPossibleError),
+     errors.LogBackupNotPossibleError),
     (odbc_error(4214, "BACKUP LOG cannot be performed because there is no current database backup."),
-     ms.LogBackupNotPossibleError),
-    (odbc_error(3013, "BACKUP LOG is terminating abnormally."), ms.SqlServerError),
-    (ms_timeout := odbc_error(0, "Query timeout expired", "HYT00"), ms.QueryTimeoutError),
+     errors.LogBackupNotPossibleError),
+    (odbc_error(3013, "BACKUP LOG is terminating abnormally."), errors.SqlServerError),
+    (ms_timeout := odbc_error(0, "Query timeout expired", "HYT00"), errors.QueryTimeoutError),
 ])
 def test_log_backup_errors(tmp_path: Path, error: Exception, kind: type[Exception]) -> None:
     w = make_world(tmp_path)
-    bm.take_backup(w.rt, "orders", "full", engine=w.engine)
+    take_backup(w.rt, "orders", "full", engine=w.engine)
     w.driver.on(r"\nBACKUP LOG", first=True, error=error)  # type: ignore[arg-type]
     with pytest.raises(kind) as err:
-        bm.take_backup(w.rt, "orders", "log", engine=w.engine)
-    if kind is ms.LogBackupNotPossibleError:
+        take_backup(w.rt, "orders", "log", engine=w.engine)
+    if kind is errors.LogBackupNotPossibleError:
         assert isinstance(err.value, PrerequisiteError) and "full" in str(err.value).lower()
-    if kind is ms.QueryTimeoutError:
+    if kind is errors.QueryTimeoutError:
         assert "long_timeout_s" in str(err.value)
     assert ms_timeout is not None
 
@@ -198,7 +201,7 @@ def test_unreachable_server_never_shows_the_password(tmp_path: Path) -> None:
 def test_every_batch_runs_in_autocommit_with_a_timeout(tmp_path: Path) -> None:
     w = make_world(tmp_path, settings={"query_timeout_s": 30, "long_timeout_s": 7200})
     for kind in ("full", "diff", "log"):
-        bm.take_backup(w.rt, "orders", kind, engine=w.engine)
+        take_backup(w.rt, "orders", kind, engine=w.engine)
     assert all(e.autocommit for e in w.driver.executed)
     for e in w.driver.executed:
         assert e.timeout == (7200 if e.sql.split(";\n")[-1].lstrip().startswith(("BACKUP", "RESTORE", "DBCC"))
@@ -219,7 +222,7 @@ def test_check_lists_what_is_missing_and_how_to_fix_it(tmp_path: Path) -> None:
     assert "SET RECOVERY FULL" in items["recovery model"].fix and "dbcreator" in items[
         "CREATE ANY DATABASE (restores)"].fix
     with pytest.raises(PrerequisiteError, match="drkit check orders"):
-        bm.take_backup(w.rt, "orders", "full", engine=w.engine)
+        take_backup(w.rt, "orders", "full", engine=w.engine)
 
 
 # -- secrets, end to end -----------------------------------------------------------------------------
@@ -230,13 +233,13 @@ def test_no_secret_reaches_catalog_logs_or_errors(tmp_path: Path, caplog: pytest
     w = make_world(tmp_path, target="url", settings={"url_tier": "blob"},
                    tiers={"blob": {"store": "azure", "container": "sqlbackups", "connection_string_env": "AZURE_CONN"}})
     for kind in ("full", "diff", "log", "log"):
-        bm.take_backup(w.rt, "orders", kind, engine=w.engine)
-    assert bm.verify_backup_mssql(w.rt, "orders", engine=w.engine, now=NOW).passed
-    bm.restore_to_point(w.rt, "orders", into="Orders_copy", engine=w.engine, now=NOW)
+        take_backup(w.rt, "orders", kind, engine=w.engine)
+    assert verify_backup_mssql(w.rt, "orders", engine=w.engine, now=NOW).passed
+    restore_to_point(w.rt, "orders", into="Orders_copy", engine=w.engine, now=NOW)
     w.driver.on(r"N' CREDENTIAL", first=True, error=odbc_error(
         15151, f"Cannot alter the credential, because SECRET = N'{SAS_TOKEN}' is invalid."))
-    with pytest.raises(ms.SqlServerError) as err:
-        bm.take_backup(w.rt, "orders", "full", engine=w.engine)
+    with pytest.raises(errors.SqlServerError) as err:
+        take_backup(w.rt, "orders", "full", engine=w.engine)
     sent = [e for e in w.driver.executed if SAS_TOKEN in e.params]
     assert sent and all(SAS_TOKEN not in e.sql for e in w.driver.executed)  # sent only as a parameter
     assert_no_secret(str(err.value), everything_recorded(w), caplog.text, repr(w.engine))
@@ -254,17 +257,18 @@ def test_import_history_adopts_a_running_server_and_is_idempotent(tmp_path: Path
     sim.foreign_backup("L", "D:\\Backup\\Orders_2.trn")
     sim.foreign_backup("D", "{5A3C-VDI}", copy_only=True)
     sim.backups[-1].devices = [("{5A3C-VDI}", 7)]
-    result = bm.import_history(w.rt, "orders", engine=w.engine)
+    result = import_history(w.rt, "orders", engine=w.engine)
     assert len(result.imported) == 5 and result.already_known == 0 and len(result.unrestorable) == 1
-    again = bm.import_history(w.rt, "orders", engine=w.engine)
+    again = import_history(w.rt, "orders", engine=w.engine)
     assert again.imported == [] and again.already_known == 5
     recs = {b.kind + str(i): b for i, b in enumerate(sorted(w.rt.catalog.list_backups("orders"),
                                                             key=lambda b: b.started_at))}
     full, diff = recs["full0"], recs["diff2"]
-    assert diff.base_id == full.id and full.format == ms.FORMAT_DISK and recs["log1"].format == ms.FORMAT_URL
+    assert diff.base_id == full.id and full.format == msdb.FORMAT_DISK and recs["log1"].format == msdb.FORMAT_URL
     assert full.meta["imported"] and int(full.meta["first_lsn"]) > 2**64  # LSNs beyond BIGINT, kept as text
-    assert full.start_lsn is None and full.end_lsn is None
-    plan = bm.make_plan_mssql(w.rt, "orders", None, NOW)
+    assert full.start_lsn == int(full.meta["first_lsn"]) and full.end_lsn == int(full.meta["last_lsn"])
+    assert full.lineage == full.meta["last_recovery_fork_guid"]  # the log chain link both engines fill
+    plan = make_plan(w.rt, "orders", None, NOW)
     assert [p.backup.id for p in plan.pieces] == [full.id, diff.id, recs["log3"].id]
     assert plan.pieces[0].tier == "sqlserver" and plan.pieces[0].store_key == "D:\\Backup\\Orders_full.bak"
     assert w.rt.catalog.audit_events(action="history.import")
@@ -272,33 +276,33 @@ def test_import_history_adopts_a_running_server_and_is_idempotent(tmp_path: Path
 
 def test_a_log_backup_taken_outside_drkit_is_reported_then_healed_by_import(tmp_path: Path) -> None:
     w = make_world(tmp_path)
-    bm.take_backup(w.rt, "orders", "full", engine=w.engine)
-    first = bm.take_backup(w.rt, "orders", "log", engine=w.engine)
+    take_backup(w.rt, "orders", "full", engine=w.engine)
+    first = take_backup(w.rt, "orders", "log", engine=w.engine)
     w.server.foreign_backup("L", "D:\\Backup\\agent_job.trn")
-    with pytest.raises(ms.LogChainError, match="outside drkit") as err:
-        bm.take_backup(w.rt, "orders", "log", engine=w.engine)
+    with pytest.raises(errors.LogChainError, match="outside drkit") as err:
+        take_backup(w.rt, "orders", "log", engine=w.engine)
     assert "import-history" in str(err.value)
     logs = w.rt.catalog.list_backups("orders", kinds=["log"])
     assert len(logs) == 2 and all(b.status == "completed" for b in logs)  # the new log is kept: it is real
     newest = max(logs, key=lambda b: b.started_at)
     assert first.end_time is not None and newest.end_time is not None
     with pytest.raises(RestorePlanError, match="gap"):
-        bm.make_plan_mssql(w.rt, "orders", newest.end_time, NOW)
-    assert bm.import_history(w.rt, "orders", engine=w.engine).imported
-    plan = bm.make_plan_mssql(w.rt, "orders", newest.end_time, NOW)
+        make_plan(w.rt, "orders", newest.end_time, NOW)
+    assert import_history(w.rt, "orders", engine=w.engine).imported
+    plan = make_plan(w.rt, "orders", newest.end_time, NOW)
     assert len(plan.logs) == 3
 
 
 def test_a_differential_on_a_full_drkit_does_not_know_is_refused(tmp_path: Path) -> None:
     w = make_world(tmp_path)
-    bm.take_backup(w.rt, "orders", "full", engine=w.engine)
+    take_backup(w.rt, "orders", "full", engine=w.engine)
     w.server.foreign_backup("D", "D:\\Backup\\nightly.bak")  # not copy-only: it moves the differential base
     sent = len(w.driver.executed)
-    with pytest.raises(ms.LogChainError, match="does not know"):
-        bm.take_backup(w.rt, "orders", "diff", engine=w.engine)
+    with pytest.raises(errors.LogChainError, match="does not know"):
+        take_backup(w.rt, "orders", "diff", engine=w.engine)
     assert not any("\nBACKUP DATABASE" in e.sql for e in w.driver.executed[sent:])
-    bm.import_history(w.rt, "orders", engine=w.engine)
-    diff = bm.take_backup(w.rt, "orders", "diff", engine=w.engine)
+    import_history(w.rt, "orders", engine=w.engine)
+    diff = take_backup(w.rt, "orders", "diff", engine=w.engine)
     assert diff.base_id is not None and w.rt.catalog.get(diff.base_id).meta["imported"]
 
 
@@ -307,11 +311,11 @@ def test_a_differential_on_a_full_drkit_does_not_know_is_refused(tmp_path: Path)
 
 def test_checkdb_errors_mark_the_backup_corrupt_and_the_scratch_is_dropped(tmp_path: Path) -> None:
     w = make_world(tmp_path)
-    rec = bm.take_backup(w.rt, "orders", "full", engine=w.engine)
+    rec = take_backup(w.rt, "orders", "full", engine=w.engine)
     w.driver.on(r"DBCC CHECKDB", first=True, error=odbc_error(
         8928, "Object ID 581577110, index ID 1, partition ID 72057594041401344: Page (1:312) could not be "
               "processed.  See other errors for details.", "42000"))
-    report = bm.verify_backup_mssql(w.rt, "orders", engine=w.engine, now=NOW)
+    report = verify_backup_mssql(w.rt, "orders", engine=w.engine, now=NOW)
     assert not report.passed and "8928" in (report.error or "")
     assert w.rt.catalog.get(rec.id).status == "corrupt"
     assert "DROP DATABASE" in w.driver.executed[-1].sql
@@ -319,11 +323,11 @@ def test_checkdb_errors_mark_the_backup_corrupt_and_the_scratch_is_dropped(tmp_p
 
 def test_verifyonly_rejecting_the_media_marks_it_corrupt(tmp_path: Path) -> None:
     w = make_world(tmp_path)
-    rec = bm.take_backup(w.rt, "orders", "full", engine=w.engine)
+    rec = take_backup(w.rt, "orders", "full", engine=w.engine)
     w.driver.on(r"RESTORE VERIFYONLY", first=True, error=odbc_error(
         3241, "The media family on device '/x.bak' is incorrectly formed. SQL Server cannot process this media "
               "family."))
-    report = bm.verify_backup_mssql(w.rt, "orders", engine=w.engine, now=NOW)
+    report = verify_backup_mssql(w.rt, "orders", engine=w.engine, now=NOW)
     assert not report.passed and rec.id in report.corrupt_pieces
     assert w.rt.catalog.get(rec.id).status == "corrupt"
     assert not any("RESTORE DATABASE" in e.sql for e in w.driver.executed)
@@ -332,31 +336,71 @@ def test_verifyonly_rejecting_the_media_marks_it_corrupt(tmp_path: Path) -> None
 
 def test_an_access_error_during_verification_proves_nothing_either_way(tmp_path: Path) -> None:
     w = make_world(tmp_path, target="url")
-    rec = bm.take_backup(w.rt, "orders", "full", engine=w.engine)
+    rec = take_backup(w.rt, "orders", "full", engine=w.engine)
     w.driver.on(r"RESTORE VERIFYONLY", first=True, error=odbc_error(
         3201, "Cannot open backup device 'https://drkitbackups.blob.core.windows.net/x'. Operating system error "
               "86(The specified network password is not correct.)."))
-    report = bm.verify_backup_mssql(w.rt, "orders", engine=w.engine, now=NOW)
+    report = verify_backup_mssql(w.rt, "orders", engine=w.engine, now=NOW)
     assert not report.passed and report.corrupt_pieces == []
     assert w.rt.catalog.get(rec.id).status == "completed"
     assert "SAS token" in (report.error or "")
     assert "DROP DATABASE" in w.driver.executed[-1].sql
 
 
+def test_a_corrupt_stored_copy_is_recorded_and_the_next_tiers_copy_is_verified(tmp_path: Path) -> None:
+    w = make_world(tmp_path, tiers={"far": {"path": str(tmp_path / "far")}})
+    rec = take_backup(w.rt, "orders", "full", engine=w.engine)
+    [near] = w.rt.catalog.copies(rec.id)
+    with w.rt.store("local").reader(near.store_key) as fh:
+        data = fh.read()
+    with w.rt.store("far").writer(near.store_key) as out:
+        out.write(data)
+    w.rt.catalog.add_copy(rec.id, "far", near.store_key, status="complete", stored_bytes=len(data),
+                          sha256=near.sha256)
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0xFF  # same size: only the SHA-256 can tell
+    with w.rt.store("local").writer(near.store_key) as out:
+        out.write(bytes(flipped))
+    report = verify_backup_mssql(w.rt, "orders", engine=w.engine, now=NOW)
+    assert report.passed, report.error
+    assert report.corrupt_pieces == [] and any("local" in line for line in report.warnings)
+    assert {c.tier: c.status for c in w.rt.catalog.copies(rec.id)} == {"local": "corrupt", "far": "complete"}
+    assert w.rt.catalog.get(rec.id).status == "verified"
+    sha = next(c for c in report.checks if c.name == f"sha256 {rec.id}")
+    assert "in tier far" in sha.detail
+
+
+def test_a_backup_whose_every_stored_copy_is_corrupt_is_marked_corrupt_before_any_restore(tmp_path: Path) -> None:
+    w = make_world(tmp_path)
+    rec = take_backup(w.rt, "orders", "full", engine=w.engine)
+    [copy] = w.rt.catalog.copies(rec.id)
+    with w.rt.store("local").reader(copy.store_key) as fh:
+        data = bytearray(fh.read())
+    data[-1] ^= 0xFF
+    with w.rt.store("local").writer(copy.store_key) as out:
+        out.write(bytes(data))
+    sent = len(w.driver.executed)
+    report = verify_backup_mssql(w.rt, "orders", engine=w.engine, now=NOW)
+    assert not report.passed and report.corrupt_pieces == [rec.id]
+    assert "do not match their SHA-256" in (report.error or "")
+    assert w.rt.catalog.get(rec.id).status == "corrupt"
+    assert not any("RESTORE" in e.sql for e in w.driver.executed[sent:])
+
+
 def test_restore_never_overwrites_an_existing_database(tmp_path: Path) -> None:
     w = make_world(tmp_path)
-    bm.take_backup(w.rt, "orders", "full", engine=w.engine)
+    take_backup(w.rt, "orders", "full", engine=w.engine)
     w.server.existing_databases["Orders"] = "ONLINE"
     sent = len(w.driver.executed)
-    with pytest.raises(ms.RestoreTargetError, match="nothing was changed"):
-        bm.restore_to_point(w.rt, "orders", into="Orders", engine=w.engine, now=NOW)
+    with pytest.raises(errors.RestoreTargetError, match="nothing was changed"):
+        restore_to_point(w.rt, "orders", into="Orders", engine=w.engine, now=NOW)
     assert not any("RESTORE" in e.sql for e in w.driver.executed[sent:])
 
 
 def test_msdb_rows_convert_to_utc_with_the_recorded_offset() -> None:
     local = datetime(2026, 3, 29, 3, 30)
-    assert ms.to_utc(local, 8, 0) == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # UTC+2 in 15-minute units
-    assert ms.to_utc(local, 127, -300) == datetime(2026, 3, 29, 8, 30, tzinfo=UTC)  # unknown: server offset
+    assert msdb.to_utc(local, 8, 0) == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # UTC+2 in 15-minute units
+    assert msdb.to_utc(local, 127, -300) == datetime(2026, 3, 29, 8, 30, tzinfo=UTC)  # unknown: server offset
 
 
 def test_fake_driver_enforces_parameter_counts_and_drain() -> None:

@@ -16,9 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from drkit.engines.sqlserver import engine as ms
-from drkit.engines.sqlserver import operations as bm
-from drkit.engines.sqlserver.engine import SqlServerEngine, SqlServerSettings
+from drkit.engines.sqlserver import ag
+from drkit.engines.sqlserver.backup import take_backup
+from drkit.engines.sqlserver.dr import SqlServerDr
+from drkit.engines.sqlserver.engine import SqlServerEngine
+from drkit.engines.sqlserver.msdb import FORMAT_URL
+from drkit.engines.sqlserver.restore import restore_to_point
+from drkit.engines.sqlserver.settings import SqlServerSettings, split_container_url
+from drkit.engines.sqlserver.verify import verify_backup_mssql
+from tests.support.fake_ag import FakeAvailabilityGroup
 from tests.support.fake_odbc import (
     DSN,
     SAS_TOKEN,
@@ -67,7 +73,7 @@ def check_golden(name: str, title: str, world_or_driver: World | FakeDriver, sta
 def chain(w: World) -> None:
     """full, diff and two logs, 15 minutes apart (server-local clock in the simulator)."""
     for kind in ("full", "diff", "log", "log"):
-        bm.take_backup(w.rt, "orders", kind, engine=w.engine)  # type: ignore[arg-type]
+        take_backup(w.rt, "orders", kind, engine=w.engine)  # type: ignore[arg-type]
 
 
 # -- backups ----------------------------------------------------------------------------------------
@@ -77,11 +83,11 @@ def test_full_to_url_striped_with_encryption(tmp_path: Path) -> None:
     w = make_world(tmp_path, target="url", settings={"certificate": "BackupCert", "url_tier": "blob"},
                    data_bytes=350 * 2**30,
                    tiers={"blob": {"store": "azure", "container": "sqlbackups", "connection_string_env": "AZURE_CONN"}})
-    rec = bm.take_backup(w.rt, "orders", "full", engine=w.engine)
+    rec = take_backup(w.rt, "orders", "full", engine=w.engine)
     text = check_golden("full_to_url_striped", "full backup TO URL: SAS credential (idempotent), 350 GiB → 4 "
                         "stripes of ≤ 100 GiB, checksum, compression, AES-256 encryption", w)
     assert text.count("URL = @dev") == 4 and "SERVER CERTIFICATE = [BackupCert]" in text
-    assert rec.meta["stripes"] == 4 and rec.format == ms.FORMAT_URL
+    assert rec.meta["stripes"] == 4 and rec.format == FORMAT_URL
     devices = [d["device"] for d in rec.meta["devices"]]
     assert len(set(devices)) == 4 and all(d.startswith("https://drkitbackups.blob.core.windows.net/sqlbackups/"
                                                        f"prod/orders/{rec.id}/") for d in devices)
@@ -91,10 +97,10 @@ def test_full_to_url_striped_with_encryption(tmp_path: Path) -> None:
 
 def test_diff_and_log_to_url(tmp_path: Path) -> None:
     w = make_world(tmp_path, target="url")
-    bm.take_backup(w.rt, "orders", "full", engine=w.engine)
+    take_backup(w.rt, "orders", "full", engine=w.engine)
     start = len(w.driver.executed)
-    bm.take_backup(w.rt, "orders", "diff", engine=w.engine)
-    bm.take_backup(w.rt, "orders", "log", engine=w.engine)
+    take_backup(w.rt, "orders", "diff", engine=w.engine)
+    take_backup(w.rt, "orders", "log", engine=w.engine)
     check_golden("diff_and_log_to_url", "differential (its base looked up first) and log backup TO URL, one "
                  "stripe each", w, start)
 
@@ -115,7 +121,7 @@ def test_credential_is_idempotent_and_secret_is_a_parameter(tmp_path: Path) -> N
         w.engine.ensure_credential(session)
     first, second = w.driver.executed
     assert first.sql == second.sql and first.params == second.params
-    assert first.params == (f"{ms.split_container_url(w.engine.settings.url or '')[0]}", SAS_TOKEN)
+    assert first.params == (f"{split_container_url(w.engine.settings.url or '')[0]}", SAS_TOKEN)
     assert SAS_TOKEN not in first.sql and "?" not in SAS_TOKEN[:1]
     check_golden("credential", "SAS credential: CREATE or ALTER (rotate), named after the container URL, token "
                  "without '?'", w.driver, 1)
@@ -126,9 +132,9 @@ def test_credential_is_idempotent_and_secret_is_a_parameter(tmp_path: Path) -> N
 
 def test_verification_restore_of_a_full(tmp_path: Path) -> None:
     w = make_world(tmp_path, checks=["amcheck", "SELECT CAST(1 AS bit)"])
-    bm.take_backup(w.rt, "orders", "full", engine=w.engine)
+    take_backup(w.rt, "orders", "full", engine=w.engine)
     start = len(w.driver.executed)
-    report = bm.verify_backup_mssql(w.rt, "orders", engine=w.engine, now=NOW)
+    report = verify_backup_mssql(w.rt, "orders", engine=w.engine, now=NOW)
     assert report.passed, report.error
     text = check_golden("verify_full", "verification restore: VERIFYONLY WITH CHECKSUM, FILELISTONLY, test "
                         "restore WITH MOVE into a scratch name, DBCC CHECKDB, the policy's check, DROP", w, start)
@@ -144,7 +150,7 @@ def test_point_in_time_restore_sequence(tmp_path: Path) -> None:
     assert first.end_time and last.end_time
     target = first.end_time + (last.end_time - first.end_time) / 3
     start = len(w.driver.executed)
-    result = bm.restore_to_point(w.rt, "orders", into="Orders_pitr", target=target, engine=w.engine, now=NOW)
+    result = restore_to_point(w.rt, "orders", into="Orders_pitr", target=target, engine=w.engine, now=NOW)
     assert [s.split()[0] for s in result.steps] == ["full", "diff", "log", "log"]
     text = check_golden("pitr_disk", "point-in-time restore: full NORECOVERY → diff NORECOVERY → log "
                         "NORECOVERY → last log WITH RECOVERY, STOPAT (server-local time, UTC+60 min)", w, start)
@@ -156,7 +162,7 @@ def test_point_in_time_restore_from_url_stripes(tmp_path: Path) -> None:
     w = make_world(tmp_path, target="url", data_bytes=150 * 2**30)
     chain(w)
     start = len(w.driver.executed)
-    bm.restore_to_point(w.rt, "orders", into="Orders_latest", engine=w.engine, now=NOW)
+    restore_to_point(w.rt, "orders", into="Orders_latest", engine=w.engine, now=NOW)
     text = check_golden("pitr_url_latest", "restore to the latest point from URL backups (the full in 2 "
                         "stripes): SQL Server reads the blobs itself; the last log WITH RECOVERY", w, start)
     assert "STOPAT" not in text and text.count("FROM URL = @dev1, URL = @dev2") == 3  # filelist, full, diff
@@ -168,10 +174,10 @@ def test_point_in_time_restore_from_url_stripes(tmp_path: Path) -> None:
 
 def test_hostile_names_are_quoted_and_parameterised(tmp_path: Path) -> None:
     w = make_world(tmp_path, database=HOSTILE_DB, settings={"certificate": "Cert]'--"})
-    bm.take_backup(w.rt, "orders", "full", engine=w.engine)
-    bm.take_backup(w.rt, "orders", "log", engine=w.engine)
-    bm.restore_to_point(w.rt, "orders", into=HOSTILE_INTO, engine=w.engine, now=NOW)
-    report = bm.verify_backup_mssql(w.rt, "orders", engine=w.engine, now=NOW)
+    take_backup(w.rt, "orders", "full", engine=w.engine)
+    take_backup(w.rt, "orders", "log", engine=w.engine)
+    restore_to_point(w.rt, "orders", into=HOSTILE_INTO, engine=w.engine, now=NOW)
+    report = verify_backup_mssql(w.rt, "orders", engine=w.engine, now=NOW)
     assert report.passed, report.error
     text = check_golden("hostile_names", f"names with ], ' and ;--: database {HOSTILE_DB!r}, certificate "
                         f"'Cert]'--', restore target {HOSTILE_INTO!r}", w)
@@ -216,7 +222,7 @@ def test_planned_failover(tmp_path: Path) -> None:
                  _ag_row("SQL2", "SECONDARY", "Billing", lsn=39000000012300001)]
     promoted = [{**r, "role_desc": "PRIMARY"} for r in secondary]
     engine, driver = replica("sql2", [secondary, secondary, promoted])
-    report = ms.planned_failover(engine, wait_s=5)
+    report = ag.planned_failover(engine, wait_s=5)
     assert (report.new_primary, report.forced, report.already_primary) == ("SQL2", False, False)
     check_golden("ag_planned_failover", "planned failover, run on the target secondary: readiness "
                  "(synchronous commit, SYNCHRONIZED, failover-ready), FAILOVER, wait for PRIMARY", driver)
@@ -234,14 +240,61 @@ def test_forced_failover_picks_highest_end_of_log_and_resumes(tmp_path: Path) ->
                     mode="ASYNCHRONOUS_COMMIT", commit=t - timedelta(seconds=2))]
     e2, d2 = replica("sql2", [sql2, [{**r, "is_suspended": True} for r in sql2]])
     e3, d3 = replica("sql3", [sql3, [{**r, "role_desc": "PRIMARY"} for r in sql3]])
-    report = ms.forced_failover([e2, e3], wait_s=5)
+    report = ag.forced_failover([e2, e3], wait_s=5)
     assert report.new_primary == "SQL3" and report.forced and not report.already_primary
     assert report.resumed == ("SQL2:Billing", "SQL2:Orders") or set(report.resumed) == {"SQL2:Billing",
                                                                                           "SQL2:Orders"}
-    assert report.data_loss_seconds == 2.0
+    assert report.data_loss_seconds == 0.0  # SQL3 had the newest commit of every database SQL2 had
     check_golden("ag_forced_failover_target", "forced failover on the replica with the highest end_of_log_lsn "
                  "(SQL3): FORCE_FAILOVER_ALLOW_DATA_LOSS, wait for PRIMARY", d3)
     check_golden("ag_forced_failover_other", "forced failover, the other secondary (SQL2): state read, then SET "
                  "HADR RESUME for each of its suspended databases", d2)
-    again = ms.forced_failover([e2, e3], wait_s=5)
+    again = ag.forced_failover([e2, e3], wait_s=5)
     assert again.already_primary and not any("FORCE" in e.sql for e in d3.executed[len(d3.executed) - 1:])
+
+
+# -- the DR runbooks' statements (drkit failover / failback of an engine: sqlserver database) ------------
+
+
+def _dr_ops(group: FakeAvailabilityGroup) -> SqlServerDr:
+    settings = SqlServerSettings.model_validate({"database": "Orders", "disk_path": "/b", "availability_group": "ag1"})
+    return SqlServerDr("orders", settings=settings, primary_dsn=group.dsn("SQL1"), dr_dsn=group.dsn("SQL2"),
+                       max_lag_seconds=5, driver=group, sleep=lambda s: None)
+
+
+def test_failover_runbook_with_the_primary_region_down() -> None:
+    group = FakeAvailabilityGroup()
+    ops = _dr_ops(group)
+    group.kill("SQL1")
+    ops.replica_state()  # before the approval: the evidence on the pause form
+    ops.probe("primary", timeout=2)
+    ops.fence_primary()
+    ops.promote_replica()
+    ops.confirm_writable("dr")
+    ops.probe("dr", timeout=2)
+    ops.promote_replica()  # a re-run after a crash: nothing forced again
+    assert group.sent("SQL1") == []
+    check_golden("dr_failover_on_dr", "drkit failover, primary region down, on the DR replica (SQL2): lag and state "
+                 "for the approval form; after it: forced failover (the old primary answers no connection), wait "
+                 "for PRIMARY, database writable, probe; a re-run reads the state and forces nothing",
+                 group.replica("SQL2").driver)
+
+
+def test_failback_runbook_to_the_primary_region() -> None:
+    group = FakeAvailabilityGroup()
+    ops = _dr_ops(group)
+    group.kill("SQL1")
+    ops.promote_replica()
+    group.revive("SQL1")
+    start = len(group.replica("SQL2").driver.executed)
+    ops.probe("primary", timeout=2)
+    ops.probe("dr", timeout=2)
+    ops.resync("primary")
+    ops.wait_caught_up("primary", timeout=5)
+    ops.switch_back()
+    ops.resync("dr")
+    check_golden("dr_failback_on_primary", "drkit failback on the old primary (SQL1): probe, SET HADR RESUME of its "
+                 "suspended database, wait for SYNCHRONIZED, planned failover, wait for PRIMARY, writable",
+                 group.replica("SQL1").driver)
+    check_golden("dr_failback_on_dr", "drkit failback on the DR replica (SQL2): probe, then its state read as a "
+                 "replica again (nothing to resume after a planned failover)", group.replica("SQL2").driver, start)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from drkit.catalog.records import BackupRecord, CopyRecord
+from drkit.engines.postgres.chain import POSTGRES_CHAIN
 from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, segment_name
 from drkit.status import DatabaseStatus, database_status
 
@@ -40,7 +41,8 @@ def copies(backups: Sequence[BackupRecord], tier: str = "local", status: str = "
 
 
 def status_of(backups: Sequence[BackupRecord], cps: Sequence[CopyRecord] | None = None) -> DatabaseStatus:
-    return database_status(DB, backups, copies(backups) if cps is None else cps, now=NOW, tier_order=TIERS)
+    return database_status(DB, backups, copies(backups) if cps is None else cps, now=NOW, tier_order=TIERS,
+                           chain=POSTGRES_CHAIN)
 
 
 def test_newest_of_each_kind_and_rpo_from_the_end_of_the_log_chain() -> None:

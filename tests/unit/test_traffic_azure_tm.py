@@ -391,6 +391,7 @@ def test_endpoint_record_router_switches_the_recorded_endpoint(catalog: Catalog)
     router = endpoint_router(catalog)
     assert isinstance(router, Router)
     assert router.active_database() is None
+    assert router.app_stats() == {}  # it carries no application traffic, so it counts none
     router.switch_database("dr")
     record = catalog.get_endpoint("orders")
     assert record is not None
@@ -444,13 +445,9 @@ def test_build_router_from_the_policy(catalog: Catalog, on_dr: FakeArm, tmp_path
     )
     assert isinstance(atm, AzureTrafficManagerRouter)
     assert atm.app_weights() == {"primary": 0, "dr": 100}
-    with pytest.raises(ConfigError, match=r"databases.orders.traffic.azure: missing profile"):
-        build_router("orders", TrafficConfig(router="azure_tm", azure={**azure, "profile": ""}))
-    with pytest.raises(ConfigError, match="no endpoint for dr"):
-        build_router(
-            "orders", TrafficConfig(router="azure_tm", azure={**azure, "endpoints": {"primary": "x"}}),
-            credential_token=lambda: TOKEN,
-        )
+    assert atm.app_stats() == {}  # Traffic Manager answers DNS; it never sees the requests
+    with pytest.raises(ConfigError, match=r"databases.orders.traffic.azure: an azure_tm router needs"):
+        build_router("orders", TrafficConfig.model_construct(router="azure_tm", azure=None))
 
     record = build_router(
         "orders", TrafficConfig(), catalog=catalog, db_endpoints={"primary": "h1:5432", "dr": "h2:5432"}, actor="me"
@@ -460,3 +457,52 @@ def test_build_router_from_the_policy(catalog: Catalog, on_dr: FakeArm, tmp_path
     assert record.active_database() == "dr"
     with pytest.raises(TrafficError, match="needs the catalog"):
         build_router("orders", TrafficConfig())
+
+
+# -- traffic.azure in the policy file: a typed section, checked on load ----------------------------------
+
+
+def _policy_with_traffic(tmp_path: Path, traffic: dict[str, Any]) -> Path:
+    import yaml
+
+    path = tmp_path / "drkit.yaml"
+    path.write_text(yaml.safe_dump({"databases": {"orders": {
+        "engine": "postgres", "dsn_env": "ORDERS_DSN", "data_dir": "/srv/pg",
+        "replica": {"dsn_env": "ORDERS_DR_DSN"}, "traffic": traffic}}}))
+    return path
+
+
+AZURE = {"subscription": SUB, "resource_group": RG, "profile": PROFILE,
+         "endpoints": {"primary": "orders-weu", "dr": "externalEndpoints/orders-neu"}}
+
+
+def test_traffic_azure_is_read_into_a_typed_model(tmp_path: Path) -> None:
+    from drkit.config import load_policy
+
+    policy = load_policy(_policy_with_traffic(tmp_path, {"router": "azure_tm", "azure": AZURE}))
+    azure = policy.database("orders").traffic.azure
+    assert azure is not None
+    assert (azure.subscription, azure.profile, azure.api_version) == (SUB, PROFILE, "2022-04-01")
+    assert azure.endpoints["dr"] == "externalEndpoints/orders-neu"
+
+
+@pytest.mark.parametrize(("azure", "expected"), [
+    ({**AZURE, "profle": "tm-orders"}, r"databases\.orders\.traffic\.azure\.profle: unknown key"),
+    ({k: v for k, v in AZURE.items() if k != "profile"},
+     r"databases\.orders\.traffic\.azure\.profile: required key is missing"),
+    ({**AZURE, "profile": ""}, r"databases\.orders\.traffic\.azure\.profile: String should have at least 1"),
+    ({**AZURE, "endpoints": {"primary": "orders-weu"}},
+     r"databases\.orders\.traffic: azure\.endpoints: no endpoint for dr"),
+    ({**AZURE, "endpoints": {"primary": "orders-weu", "dr": "ipEndpoints/x"}},
+     r"databases\.orders\.traffic\.azure\.endpoints: dr: expected 'NAME' or 'TYPE/NAME'"),
+    (None, r"databases\.orders\.traffic: an azure_tm router needs 'azure'"),
+])
+def test_a_wrong_traffic_azure_section_is_refused_on_load_naming_the_key(
+        tmp_path: Path, azure: dict[str, Any] | None, expected: str) -> None:
+    from drkit.config import load_policy
+
+    traffic: dict[str, Any] = {"router": "azure_tm"}
+    if azure is not None:
+        traffic["azure"] = azure
+    with pytest.raises(ConfigError, match=expected):
+        load_policy(_policy_with_traffic(tmp_path, traffic))

@@ -1,4 +1,4 @@
-"""Restore-chain planning: which backups, from which tier, reach a point in time.
+"""Restore-chain planning for PostgreSQL: which backups, from which tier, reach a point in time.
 
 :func:`plan_restore` is pure: a function of catalog records and a target, so
 it is property-tested over generated catalogs. It picks the newest full at or
@@ -6,108 +6,45 @@ before the target, the newest diff on it at or before the target, then the
 unbroken run of log backups from the base's start segment to one that covers
 the target, each piece from the cheapest tier holding a complete copy. When
 nothing reaches the target it says why, and what does exist.
+
+:data:`POSTGRES_CHAIN` is these rules behind :class:`drkit.engines.base.ChainModel`; its ``index`` is
+:class:`drkit.engines.postgres.restore_index.PostgresRestoreIndex`, the same rules indexed once for a
+retention sweep.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
-from typing import Literal
 
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
-from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, parse_segment_name
+from drkit.engines.base import RestoreIndex
+from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, format_lsn, parse_lsn, segment_number_of
 from drkit.errors import RestorePlanError
-
-Recovery = Literal["immediate", "time", "lsn", "end"]
-
-
-@dataclass(frozen=True)
-class RestorePiece:
-    backup: BackupRecord
-    tier: str
-    store_key: str
-    stored_bytes: int
-    sha256: str | None
-
-    @property
-    def role(self) -> str:
-        return self.backup.kind
+from drkit.plans import CopyIndex, Recovery, RestorePlan
+from drkit.plans import fmt_time as _fmt
 
 
-@dataclass(frozen=True)
-class RestorePlan:
-    database: str
-    target_time: datetime | None
-    recovery: Recovery
-    reaches: datetime
-    pieces: tuple[RestorePiece, ...]
-    reasons: tuple[str, ...] = field(default=())
-    target_lsn: int | None = None
-
-    @property
-    def full(self) -> RestorePiece:
-        return self.pieces[0]
-
-    @property
-    def diff(self) -> RestorePiece | None:
-        return next((p for p in self.pieces if p.role == "diff"), None)
-
-    @property
-    def logs(self) -> tuple[RestorePiece, ...]:
-        return tuple(p for p in self.pieces if p.role == "log")
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(p.stored_bytes for p in self.pieces)
-
-
-def _fmt(t: datetime | None) -> str:
-    return t.isoformat(timespec="seconds") if t else "?"
-
-
-def _seg_size(b: BackupRecord) -> int:
+def segment_size(b: BackupRecord) -> int:
+    """The WAL segment size of ``b``'s cluster (16 MiB unless its meta says otherwise)."""
     return int(b.meta.get("segment_size", DEFAULT_SEGMENT_SIZE))
 
 
-def _segno(name: str, size: int) -> int:
-    """A WAL segment name's number, without a regex (this runs for every log on every plan)."""
-    if len(name) != 24:
-        return parse_segment_name(name, size)[1]  # raises with a clear message
-    return int(name[8:16], 16) * (0x100000000 // size) + int(name[16:24], 16)
-
-
-def _segs(b: BackupRecord) -> tuple[int, int]:
-    assert b.start_wal and b.end_wal
-    size = _seg_size(b)
-    return _segno(b.start_wal, size), _segno(b.end_wal, size)
-
-
-def _start_segno(b: BackupRecord) -> int:
+def start_segment(b: BackupRecord) -> int:
+    """The WAL segment a base backup starts in: where its log chain must begin."""
     assert b.start_lsn is not None
-    return b.start_lsn // _seg_size(b)
+    return b.start_lsn // segment_size(b)
 
 
-class CopyIndex:
-    """Where each backup is read from: the cheapest tier (first in ``tier_order``) with a complete copy."""
-
-    def __init__(self, copies: Sequence[CopyRecord], tier_order: Sequence[str]) -> None:
-        rank = {t: i for i, t in enumerate(tier_order)}
-        self._best: dict[str, CopyRecord] = {}
-        for c in copies:
-            if c.status != "complete" or c.tier not in rank:
-                continue
-            cur = self._best.get(c.backup_id)
-            if cur is None or rank[c.tier] < rank[cur.tier]:
-                self._best[c.backup_id] = c
-
-    def has(self, b: BackupRecord) -> bool:
-        return b.id in self._best
-
-    def piece(self, b: BackupRecord) -> RestorePiece:
-        c = self._best[b.id]
-        return RestorePiece(backup=b, tier=c.tier, store_key=c.store_key, stored_bytes=c.stored_bytes,
-                            sha256=c.sha256 or b.sha256)
+def log_segments(b: BackupRecord) -> tuple[int, int] | None:
+    """The first and last WAL segment a log backup holds; None unless both of its WAL names are segment
+    names (such a log joins no chain)."""
+    if not b.start_wal or not b.end_wal:
+        return None
+    size = segment_size(b)
+    first, last = segment_number_of(b.start_wal, size), segment_number_of(b.end_wal, size)
+    return None if first is None or last is None else (first, last)
 
 
 def _log_chain(
@@ -117,9 +54,9 @@ def _log_chain(
     """Logs joined segment to segment from the base's start, up to one whose end covers ``until``
     (or ``until_lsn``). With neither, as far as the run is unbroken.
     """
-    need = _start_segno(base)
+    need = start_segment(base)
     chain: list[BackupRecord] = []
-    spans = [(*_segs(lg), lg) for lg in logs if lg.timeline == base.timeline and lg.start_wal and lg.end_wal]
+    spans = [(*segs, lg) for lg in logs if lg.timeline == base.timeline and (segs := log_segments(lg)) is not None]
     by_start: dict[int, list[tuple[int, int, BackupRecord]]] = {}
     for span in spans:
         by_start.setdefault(span[0], []).append(span)
@@ -146,7 +83,7 @@ def _candidates(
 ) -> tuple[list[BackupRecord], list[BackupRecord], list[BackupRecord], list[BackupRecord], list[BackupRecord]]:
     mine = [b for b in backups if b.database == database]
     restorable = [b for b in mine if b.status in RESTORABLE_STATUSES and b.end_time
-                  and b.start_lsn is not None and (b.kind != "log" or (b.start_wal and b.end_wal))]
+                  and b.start_lsn is not None and (b.kind != "log" or log_segments(b) is not None)]
     usable = [b for b in restorable if where.has(b)]
     corrupt = [b for b in mine if b.status == "corrupt"]
     fulls = [b for b in usable if b.kind == "full"]
@@ -242,8 +179,6 @@ def plan_restore_to_lsn(
     tier_order: Sequence[str],
 ) -> RestorePlan:
     """The chain that restores ``database`` up to and including the WAL record at ``target_lsn``."""
-    from drkit.engines.postgres.lsn import format_lsn
-
     where = CopyIndex(copies, tier_order)
     usable, corrupt, fulls, diffs, logs = _candidates(database, backups, where, tier_order)
     before = [f for f in fulls if (f.end_lsn or 0) <= target_lsn]
@@ -312,3 +247,35 @@ def plan_for_backup(
     if target.id not in {p.backup.id for p in plan.pieces}:
         raise RestorePlanError(f"log backup {target.id} is not part of any restorable chain")
     return plan
+
+
+class PostgresChainModel:
+    """PostgreSQL's restore-chain rules (:class:`drkit.engines.base.ChainModel`): bases joined to log backups
+    WAL segment by segment, on one timeline; positions are LSNs (``0/3000028``)."""
+
+    def plan_restore(self, database: str, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord], *,
+                     target: datetime | None, now: datetime, tier_order: Sequence[str]) -> RestorePlan:
+        return plan_restore(database, backups, copies, target=target, now=now, tier_order=tier_order)
+
+    def plan_to_position(self, database: str, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord],
+                         *, position: int, tier_order: Sequence[str]) -> RestorePlan:
+        return plan_restore_to_lsn(database, backups, copies, target_lsn=position, tier_order=tier_order)
+
+    def plan_for_backup(self, target: BackupRecord, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord],
+                        *, tier_order: Sequence[str]) -> RestorePlan:
+        return plan_for_backup(target, backups, copies, tier_order=tier_order)
+
+    def index(self, backups: Iterable[BackupRecord], has_copy: Callable[[str], object]) -> RestoreIndex:
+        from drkit.engines.postgres.restore_index import PostgresRestoreIndex  # it builds on this module
+
+        return PostgresRestoreIndex(backups, has_copy)
+
+    def parse_position(self, text: str) -> int:
+        return parse_lsn(text)
+
+    def format_position(self, position: int) -> str:
+        return format_lsn(position)
+
+
+POSTGRES_CHAIN = PostgresChainModel()
+"""The PostgreSQL chain model (``drkit.engines.chain_model("postgres")``)."""

@@ -18,12 +18,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from drkit.config import resolve_dsn
 from drkit.engines.base import BackupOutcome, BaseInfo, ByteSink, CheckItem, Progress, SetupResult
 from drkit.engines.postgres.lsn import format_lsn, parse_lsn, parse_segment_name, segment_name, segment_number
 from drkit.engines.postgres.pgctl import make_owned_dir
@@ -37,6 +38,9 @@ from drkit.engines.postgres.pgfiles import (
 from drkit.engines.postgres.walspool import WalBatch, open_spool_file
 from drkit.errors import DatabaseUnreachableError, EngineError, PrerequisiteError
 from drkit.safedir import SafeDir, trusted_path
+
+if TYPE_CHECKING:
+    from drkit.runtime import Runtime
 
 ARCHIVE_SCRIPT_NAME = ".drkit-archive-wal.py"
 _ARCHIVE_SCRIPT_SRC = Path(__file__).with_name("archive_wal.py")
@@ -410,3 +414,12 @@ def _label_timeline(label: str) -> int:
     if not m:
         raise EngineError("pg_backup_stop returned a backup_label without START TIMELINE")
     return int(m.group(1))
+
+
+def server(rt: Runtime, db: str) -> PostgresEngine:
+    """The PostgreSQL server of the policy's database ``db`` (its DSN, data directory, WAL spool)."""
+
+    cfg = rt.policy.database(db)
+    assert cfg.data_dir is not None  # the policy requires it for engine: postgres
+    return PostgresEngine(db, dsn=resolve_dsn(db, cfg, rt.environ), data_dir=rt.policy.resolve(cfg.data_dir),
+                          spool=rt.policy.wal_spool(db), bin_dir=rt.bin_dir(db), os_user=rt.os_user(db))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
-_SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+_SEGMENT_RE = re.compile(r"[0-9A-F]{24}")
 _LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 
 
@@ -43,15 +43,31 @@ def segment_name_for_lsn(timeline: int, lsn: int, segment_size: int = DEFAULT_SE
 
 
 def is_segment_name(name: str) -> bool:
-    return bool(_SEGMENT_RE.match(name))
+    return _SEGMENT_RE.fullmatch(name) is not None
 
 
 def parse_segment_name(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int]:
     """``'000000010000000000000003'`` → ``(timeline=1, segno=3)``."""
     if not is_segment_name(name):
         raise ValueError(f"not a WAL segment name: {name!r}")
-    per = segments_per_xlogid(segment_size)
-    return int(name[0:8], 16), int(name[8:16], 16) * per + int(name[16:24], 16)
+    segno = segment_number_of(name, segment_size)
+    assert segno is not None
+    return int(name[0:8], 16), segno
+
+
+def segment_number_of(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> int | None:
+    """The segment number a WAL segment name holds (its timeline aside); None when ``name`` is not one.
+
+    The fast path of :func:`parse_segment_name`, for chain planning, which reads two names per log backup
+    on every plan: it also takes lower-case hex digits (the same number), and raises nothing.
+    """
+    if len(name) != 24 or not name.isascii() or not name.isalnum():
+        return None
+    try:
+        xlog_seg = int(name, 16) & 0xFFFFFFFFFFFFFFFF
+    except ValueError:
+        return None
+    return (xlog_seg >> 32) * (0x100000000 // segment_size) + (xlog_seg & 0xFFFFFFFF)
 
 
 def segment_start_lsn(segno: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:

@@ -1,9 +1,9 @@
 """Restore-chain planning for SQL Server: which backups, joined by LSN, reach a point in time.
 
-Why a second planner: PostgreSQL chains join WAL segment by segment, SQL Server
-chains join by log sequence numbers recorded in ``msdb.dbo.backupset`` (kept in
-each catalog record's ``meta`` as decimal strings: they are ``numeric(25,0)``).
-The rules, from the backupset documentation:
+PostgreSQL chains join WAL segment by segment; SQL Server chains join by the log sequence numbers
+recorded in ``msdb.dbo.backupset`` (kept in each catalog record's ``meta`` as decimal strings: they are
+``numeric(25,0)``; a record without them is read from its ``start_lsn``/``end_lsn`` positions). The rules,
+from the backupset documentation:
 
 * a differential belongs to the full whose ``checkpoint_lsn`` equals its
   ``differential_base_lsn`` (and whose ``backup_set_uuid`` equals its
@@ -16,24 +16,27 @@ The rules, from the backupset documentation:
   that spans a fork (a restore happened) only follows a predecessor that ended
   at or before its ``fork_point_lsn``.
 
-Everything here is pure (records in, :class:`drkit.engines.postgres.chain.RestorePlan` out), so
-flows treat both engines alike and the rules are property-tested. A piece is
-read from the cheapest tier holding a complete copy; a backup SQL Server wrote
-itself (to URL, or to its own disk) and that drkit holds no copy of is read by
-the server from where it is, as tier :data:`NATIVE_TIER`.
+Everything here is pure (records in, :class:`drkit.plans.RestorePlan` out), so flows treat both engines
+alike and the rules are property-tested; :data:`SQLSERVER_CHAIN` is these rules behind
+:class:`drkit.engines.base.ChainModel`. A piece is read from the cheapest tier holding a complete copy; a
+backup SQL Server wrote itself (to URL, or to its own disk) and that drkit holds no copy of is read by the
+server from where it is, as tier :data:`NATIVE_TIER`.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
-from drkit.engines.postgres.chain import CopyIndex, RestorePiece, RestorePlan
+from drkit.engines.base import RestoreIndex
 from drkit.errors import RestorePlanError
+from drkit.plans import CopyIndex, Recovery, RestorePiece, RestorePlan
+from drkit.plans import fmt_time as _fmt
 
 NATIVE_TIER = "sqlserver"
 """Pseudo tier of a piece SQL Server reads from its own device (a blob URL or a path on its disk)."""
@@ -41,9 +44,8 @@ NATIVE_TIER = "sqlserver"
 NATIVE_FORMATS = ("mssql-native-url", "mssql-native-disk")
 
 
-def _int(meta: Mapping[str, Any], key: str) -> int | None:
-    value = meta.get(key)
-    if value is None or value == "":
+def _int(value: Any) -> int | None:
+    if value is None or value == "" or isinstance(value, bool):
         return None
     try:
         return int(str(value))
@@ -51,13 +53,11 @@ def _int(meta: Mapping[str, Any], key: str) -> int | None:
         return None
 
 
-def _guid(meta: Mapping[str, Any], key: str) -> str | None:
-    value = meta.get(key)
-    return str(value).lower() if value else None
+def _guid(value: Any) -> str | None:
+    return str(value).strip("{}").lower() if value else None
 
 
-@dataclass(frozen=True, eq=False)
-class LsnInfo:
+class LsnInfo(NamedTuple):
     """The chain-relevant facts of one backup, parsed from its catalog record."""
 
     rec: BackupRecord
@@ -83,16 +83,35 @@ class LsnInfo:
 
 
 def lsn_info(rec: BackupRecord) -> LsnInfo | None:
-    """The LSN facts of ``rec``; None when it has no end time or no LSN range (not plannable)."""
-    meta = rec.meta
-    first, last = _int(meta, "first_lsn"), _int(meta, "last_lsn")
-    if rec.end_time is None or first is None or last is None:
+    """The LSN facts of ``rec``; None when it has no end time or no LSN range (not plannable).
+
+    The range is ``first_lsn`` / ``last_lsn`` from ``meta`` (as msdb wrote them), else the record's
+    positions (``start_lsn`` / ``end_lsn``); the fork a log ends on is ``last_recovery_fork_guid``, else
+    the record's ``lineage``. Lean on purpose: a retention sweep reads every record of the catalog.
+    """
+    end = rec.end_time
+    if end is None:
         return None
-    return LsnInfo(rec=rec, end=rec.end_time, first=first, last=last, checkpoint=_int(meta, "checkpoint_lsn"),
-                   diff_base=_int(meta, "differential_base_lsn"), diff_guid=_guid(meta, "differential_base_guid"),
-                   uuid=_guid(meta, "backup_set_uuid"), copy_only=bool(meta.get("is_copy_only")),
-                   first_fork=_guid(meta, "first_recovery_fork_guid"),
-                   last_fork=_guid(meta, "last_recovery_fork_guid"), fork_point=_int(meta, "fork_point_lsn"))
+    meta = rec.meta
+    get = meta.get
+    first, last = _int(get("first_lsn")), _int(get("last_lsn"))
+    if first is None:
+        first = rec.start_lsn
+    if last is None:
+        last = rec.end_lsn
+    if first is None or last is None:
+        return None
+    kind = rec.kind
+    base = kind != "log"
+    return LsnInfo(rec, end, first, last,
+                   _int(get("checkpoint_lsn")) if base else None,
+                   _int(get("differential_base_lsn")) if kind == "diff" else None,
+                   _guid(get("differential_base_guid")) if kind == "diff" else None,
+                   _guid(get("backup_set_uuid")) if kind == "full" else None,
+                   bool(get("is_copy_only")),
+                   _guid(get("first_recovery_fork_guid")),
+                   _guid(get("last_recovery_fork_guid")) or (rec.lineage.lower() if rec.lineage else None),
+                   _int(get("fork_point_lsn")))
 
 
 def is_diff_base(full: LsnInfo, diff: LsnInfo) -> bool:
@@ -125,13 +144,8 @@ def follows_log(prev: LsnInfo, log: LsnInfo) -> bool:
 class _Sources(CopyIndex):
     """Where each backup can be read from: the cheapest tier with a complete copy, else natively."""
 
-    @staticmethod
-    def _native(b: BackupRecord) -> bool:
-        devices = b.meta.get("devices")
-        return b.format in NATIVE_FORMATS and isinstance(devices, list) and bool(devices)
-
     def has(self, b: BackupRecord) -> bool:
-        return super().has(b) or self._native(b)
+        return super().has(b) or is_native(b)
 
     def piece(self, b: BackupRecord) -> RestorePiece:
         if super().has(b):
@@ -242,29 +256,146 @@ class _LogGraph:
         return []
 
 
-def _fmt(t: datetime | None) -> str:
-    return t.isoformat(timespec="seconds") if t else "?"
+class Choice(NamedTuple):
+    """A restore the rules choose: the full, the base (the full itself, or a diff on it), the logs after it."""
+
+    full: LsnInfo
+    base: LsnInfo
+    logs: tuple[LsnInfo, ...]
+    recovery: Recovery
+    reaches: datetime
+
+    @property
+    def backups(self) -> list[BackupRecord]:
+        """The pieces in restore order."""
+        return [i.rec for i in (self.full, *((self.base,) if self.base is not self.full else ()), *self.logs)]
 
 
-@dataclass
-class _Catalog:
-    database: str
-    src: _Sources
-    fulls: list[LsnInfo]
-    diffs: list[LsnInfo]
-    graph: _LogGraph
-    corrupt: list[BackupRecord]
-    usable: list[LsnInfo]
+class LsnCatalog:
+    """One database's usable backups (restorable, readable, with an LSN range) and the chain rules over them.
+
+    :func:`plan_restore`, :func:`plan_for_backup` and the retention index
+    (:class:`drkit.engines.sqlserver.restore_index.SqlServerRestoreIndex`) all choose restores here, so
+    they cannot disagree.
+    """
+
+    def __init__(self, usable: Sequence[LsnInfo]) -> None:
+        self.usable = list(usable)
+        self.fulls = sorted((i for i in self.usable if i.kind == "full"), key=lambda f: (f.end, f.last), reverse=True)
+        self._full_ends = [f.end for f in reversed(self.fulls)]
+        self.diffs = [i for i in self.usable if i.kind == "diff"]
+        self._diffs_on: dict[int, list[LsnInfo]] = {}
+        for d in sorted(self.diffs, key=lambda d: (d.end, d.last), reverse=True):
+            if d.diff_base is not None:
+                self._diffs_on.setdefault(d.diff_base, []).append(d)
+        self.graph = _LogGraph(i for i in self.usable if i.kind == "log")
+        self._on_full: dict[str, list[LsnInfo]] = {}
+        self._reach: dict[str, datetime | None] = {}
+        self._walks: dict[str, tuple[list[LsnInfo], list[datetime]] | None] = {}
+
+    def fulls_until(self, target: datetime) -> Iterator[LsnInfo]:
+        """The fulls ending at or before ``target``, newest first."""
+        return itertools.islice(self.fulls, len(self.fulls) - bisect.bisect_right(self._full_ends, target), None)
 
     def bases(self, full: LsnInfo, target: datetime | None) -> list[LsnInfo]:
         """Diffs on ``full`` at or before ``target``, newest first, then the full itself."""
-        on = [d for d in self.diffs if is_diff_base(full, d) and (target is None or d.end <= target)]
-        on.sort(key=lambda d: (d.end, d.last), reverse=True)
-        return [*on, full]
+        on = self._on_full.get(full.id)
+        if on is None:
+            candidates = self._diffs_on.get(full.checkpoint, []) if full.checkpoint is not None else []
+            on = self._on_full[full.id] = [d for d in candidates if is_diff_base(full, d)]
+        return [*(d for d in on if target is None or d.end <= target), full]
 
-    def pieces(self, full: LsnInfo, base: LsnInfo, logs: Sequence[LsnInfo]) -> tuple[RestorePiece, ...]:
-        chain = [full] if base is full else [full, base]
-        return tuple(self.src.piece(i.rec) for i in (*chain, *logs))
+    def to_time(self, target: datetime) -> Choice | None:
+        """The restore to ``target``: the newest full at or before it, from its newest base that reaches it
+        (its end is the target, or logs join it to one that covers the target); older bases when a newer one
+        does not reach. None when nothing reaches."""
+        for full in self.fulls_until(target):
+            for base in self.bases(full, target):
+                if base.end == target:
+                    return Choice(full, base, (), "immediate", target)
+                reach = self.reach(base)
+                if reach is not None and reach >= target:
+                    return Choice(full, base, tuple(self._logs_to(base, target)), "time", target)
+        return None
+
+    def reach(self, base: LsnInfo) -> datetime | None:
+        """The latest end time of the logs that join ``base`` (None: none join it)."""
+        if base.id not in self._reach:
+            reach = self.graph.reach
+            self._reach[base.id] = max((reach[s.id] for s in self.graph.starts(base)), default=None)
+        return self._reach[base.id]
+
+    def _logs_to(self, base: LsnInfo, target: datetime) -> list[LsnInfo]:
+        """``graph.to_time(base, target)`` for a target the base reaches (:meth:`reach`).
+
+        Where the logs after the base run one by one (each joined by exactly one, the usual case) the search
+        is a walk: the logs up to the first whose end covers the target. The walk is kept and extended as
+        later targets ask, so a retention sweep that plans every target walks each base's logs once.
+        """
+        if base.id not in self._walks:
+            starts = self.graph.starts(base)
+            self._walks[base.id] = ([starts[0]], [starts[0].end]) if len(starts) == 1 else None
+        walk = self._walks[base.id]
+        if walk is None:
+            return self.graph.to_time(base, target)
+        logs, peak = walk  # peak[i]: the latest end among logs[: i + 1]
+        while peak[-1] < target:
+            nexts = self.graph.nexts(logs[-1])
+            if len(nexts) != 1:  # it branches (or ends, which reach() rules out): search
+                self._walks[base.id] = None
+                return self.graph.to_time(base, target)
+            logs.append(nexts[0])
+            peak.append(max(peak[-1], nexts[0].end))
+        return logs[:bisect.bisect_left(peak, target) + 1]
+
+    def latest(self) -> Choice:
+        """The restore reaching furthest (ties: the newest full and base); there must be a full."""
+        best: Choice | None = None
+        ceiling = max((i.end for i in self.usable), default=None)
+        for full in self.fulls:
+            for base in self.bases(full, None):
+                logs = self.graph.latest(base)
+                reach = logs[-1].end if logs else base.end
+                if best is None or reach > best.reaches:
+                    best = Choice(full, base, tuple(logs), "end" if logs else "immediate", reach)
+            if best is not None and best.reaches == ceiling:
+                break  # nothing can reach further than the newest backup there is
+        assert best is not None
+        return best
+
+    def diff_full(self, diff: LsnInfo) -> LsnInfo | None:
+        """The full ``diff`` was taken on (the newest, should two qualify)."""
+        return next((f for f in self.fulls if is_diff_base(f, diff)), None)
+
+    def to_log(self, log: LsnInfo) -> Choice | None:
+        """The smallest restore ending with ``log`` applied in full; None when no base joins it."""
+        for full in self.fulls_until(log.end):
+            for base in self.bases(full, log.end):
+                logs = self.graph.to_log(base, log)
+                if logs:
+                    return Choice(full, base, tuple(logs), "end", log.end)
+        return None
+
+
+def is_native(b: BackupRecord) -> bool:
+    """True for a backup SQL Server wrote to its own device (a blob URL, its disk), which it can read back."""
+    devices = b.meta.get("devices")
+    return b.format in NATIVE_FORMATS and isinstance(devices, list) and bool(devices)
+
+
+class _Catalog(LsnCatalog):
+    """An :class:`LsnCatalog` of records and copies, with what plans and their errors say."""
+
+    def __init__(self, database: str, usable: Sequence[LsnInfo], src: _Sources, corrupt: list[BackupRecord]) -> None:
+        super().__init__(usable)
+        self.database = database
+        self.src = src
+        self.corrupt = corrupt
+
+    def plan(self, choice: Choice, target: datetime | None, why: Sequence[str]) -> RestorePlan:
+        pieces = tuple(self.src.piece(b) for b in choice.backups)
+        return RestorePlan(self.database, target, choice.recovery, choice.reaches, pieces,
+                           (*self.why(choice.full, choice.base), *why))
 
     def why(self, full: LsnInfo, base: LsnInfo) -> list[str]:
         why = [f"full {full.id}: ends {_fmt(full.end)}" + (" (copy-only)" if full.copy_only else "")]
@@ -288,8 +419,7 @@ def _catalog(database: str, backups: Sequence[BackupRecord], copies: Sequence[Co
         info = lsn_info(b)
         if info is not None and src.has(b):
             usable.append(info)
-    fulls = [i for i in usable if i.kind == "full"]
-    if not fulls:
+    if not any(i.kind == "full" for i in usable):
         extra = f" ({len(corrupt)} corrupt backup(s) are not used)" if corrupt else ""
         no_source = [b.id for b in mine if b.kind == "full" and b.status in RESTORABLE_STATUSES and not src.has(b)]
         if no_source:
@@ -297,12 +427,10 @@ def _catalog(database: str, backups: Sequence[BackupRecord], copies: Sequence[Co
                       f"{', '.join(tier_order)} and no device SQL Server could read")
         raise RestorePlanError(f"no restorable full backup of {database!r} in the catalog{extra}; run "
                                f"`drkit backup full {database}` (or `drkit import-history {database}`) first")
-    fulls.sort(key=lambda f: (f.end, f.last), reverse=True)
-    return _Catalog(database, src, fulls, [i for i in usable if i.kind == "diff"],
-                    _LogGraph(i for i in usable if i.kind == "log"), corrupt, usable)
+    return _Catalog(database, usable, src, corrupt)
 
 
-def plan_restore_mssql(
+def plan_restore(
     database: str,
     backups: Sequence[BackupRecord],
     copies: Sequence[CopyRecord],
@@ -318,7 +446,10 @@ def plan_restore_mssql(
     """
     cat = _catalog(database, backups, copies, tier_order)
     if target is None:
-        return _plan_latest(cat)
+        latest = cat.latest()
+        logs = latest.logs
+        return cat.plan(latest, None, [f"{len(logs)} log backup(s) from LSN {logs[0].first} to {logs[-1].last}, "
+                                       "applied in full"] if logs else [])
     if target > now:
         raise RestorePlanError(f"target {_fmt(target)} is in the future (now is {_fmt(now)})")
     earliest = min(cat.fulls, key=lambda f: f.end)
@@ -326,26 +457,22 @@ def plan_restore_mssql(
         raise RestorePlanError(
             f"target {_fmt(target)} is before the earliest restorable point of {database!r}, "
             f"{_fmt(earliest.end)} (full backup {earliest.id})")
-    failures: list[str] = []
-    for full in cat.fulls:
-        if full.end > target:
-            continue
-        for base in cat.bases(full, target):
-            if base.end == target:
-                return RestorePlan(database, target, "immediate", target, cat.pieces(full, base, ()),
-                                   (*cat.why(full, base), "recovery stops at the base backup's end"))
-            logs = cat.graph.to_time(base, target)
-            if logs:
-                why = [*cat.why(full, base),
-                       f"{len(logs)} log backup(s) from LSN {logs[0].first} to {logs[-1].last}, the last one "
-                       f"restored WITH STOPAT = {_fmt(target)}"]
-                return RestorePlan(database, target, "time", target, cat.pieces(full, base, logs), tuple(why))
-            if not failures:
-                latest = cat.graph.latest(base)
-                reached = latest[-1].end if latest else base.end
-                ends = latest[-1].last if latest else base.last
-                failures.append(f"from {base.kind} {base.id} the logs reach only {_fmt(reached)} (no log backup "
-                                f"continues at LSN {ends})")
+    choice = cat.to_time(target)
+    if choice is not None and choice.recovery == "immediate":
+        return cat.plan(choice, target, ["recovery stops at the base backup's end"])
+    if choice is not None:
+        logs = choice.logs
+        return cat.plan(choice, target, [f"{len(logs)} log backup(s) from LSN {logs[0].first} to {logs[-1].last}, "
+                                         f"the last one restored WITH STOPAT = {_fmt(target)}"])
+    failures = []
+    first = next(cat.fulls_until(target), None)
+    if first is not None:
+        base = cat.bases(first, target)[0]
+        latest_logs = cat.graph.latest(base)
+        reached = latest_logs[-1].end if latest_logs else base.end
+        ends = latest_logs[-1].last if latest_logs else base.last
+        failures.append(f"from {base.kind} {base.id} the logs reach only {_fmt(reached)} (no log backup "
+                        f"continues at LSN {ends})")
     newest_log = max((i.end for i in cat.usable if i.kind == "log"), default=None)
     hint = ""
     if newest_log is not None and newest_log >= target:
@@ -360,27 +487,7 @@ def plan_restore_mssql(
         + ". Backups: " + ", ".join(f"{i.id} ({_fmt(i.end)})" for i in shown))
 
 
-def _plan_latest(cat: _Catalog) -> RestorePlan:
-    best: tuple[datetime, LsnInfo, LsnInfo, list[LsnInfo]] | None = None
-    ceiling = max((i.end for i in cat.usable), default=None)
-    for full in cat.fulls:
-        for base in cat.bases(full, None):
-            logs = cat.graph.latest(base)
-            reach = logs[-1].end if logs else base.end
-            if best is None or reach > best[0]:
-                best = (reach, full, base, logs)
-        if best is not None and best[0] == ceiling:
-            break  # nothing can reach further than the newest backup there is
-    assert best is not None
-    reach, full, base, logs = best
-    why = cat.why(full, base)
-    if logs:
-        why.append(f"{len(logs)} log backup(s) from LSN {logs[0].first} to {logs[-1].last}, applied in full")
-    return RestorePlan(cat.database, None, "end" if logs else "immediate", reach, cat.pieces(full, base, logs),
-                       tuple(why))
-
-
-def plan_for_backup_mssql(
+def plan_for_backup(
     target: BackupRecord,
     backups: Sequence[BackupRecord],
     copies: Sequence[CopyRecord],
@@ -412,21 +519,54 @@ def plan_for_backup_mssql(
         raise RestorePlanError(f"{target.kind} {target.id} cannot be verified: {exc}") from None
     me = next(i for i in cat.usable if i.id == target.id)
     if target.kind == "diff":
-        full = next((f for f in cat.fulls if is_diff_base(f, me)), None)
+        full = cat.diff_full(me)
         if full is None:
             raise RestorePlanError(
                 f"diff {target.id} cannot be verified: no restorable full backup has checkpoint_lsn "
                 f"{me.diff_base} (its differential base) in the catalog; `drkit import-history "
                 f"{target.database}` imports one taken outside drkit")
-        return RestorePlan(target.database, None, "immediate", me.end, cat.pieces(full, me, ()),
+        return RestorePlan(target.database, None, "immediate", me.end, (src.piece(full.rec), src.piece(target)),
                            (f"full {full.id}, then diff {target.id}, WITH RECOVERY",))
-    for full in cat.fulls:
-        if full.end > me.end:
-            continue
-        for base in cat.bases(full, me.end):
-            logs = cat.graph.to_log(base, me)
-            if logs:
-                return RestorePlan(target.database, None, "end", me.end, cat.pieces(full, base, logs),
-                                   (*cat.why(full, base), f"{len(logs)} log backup(s) up to {target.id}"))
-    raise RestorePlanError(f"log backup {target.id} is not part of any restorable chain (no full or diff joins "
-                           f"it through unbroken logs up to LSN {me.first})")
+    choice = cat.to_log(me)
+    if choice is None:
+        raise RestorePlanError(f"log backup {target.id} is not part of any restorable chain (no full or diff joins "
+                               f"it through unbroken logs up to LSN {me.first})")
+    return cat.plan(choice, None, [f"{len(choice.logs)} log backup(s) up to {target.id}"])
+
+
+class SqlServerChainModel:
+    """SQL Server's restore-chain rules (:class:`drkit.engines.base.ChainModel`): bases and log backups
+    joined by the LSNs msdb records; positions are decimal LSNs (``34000000012300001``)."""
+
+    def plan_restore(self, database: str, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord], *,
+                     target: datetime | None, now: datetime, tier_order: Sequence[str]) -> RestorePlan:
+        return plan_restore(database, backups, copies, target=target, now=now, tier_order=tier_order)
+
+    def plan_to_position(self, database: str, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord],
+                         *, position: int, tier_order: Sequence[str]) -> RestorePlan:
+        raise RestorePlanError(f"SQL Server restores of {database!r} stop at a time, not at a log position "
+                               f"(LSN {position}); give a target time (--to TIME) instead")
+
+    def plan_for_backup(self, target: BackupRecord, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord],
+                        *, tier_order: Sequence[str]) -> RestorePlan:
+        return plan_for_backup(target, backups, copies, tier_order=tier_order)
+
+    def index(self, backups: Iterable[BackupRecord], has_copy: Callable[[str], object]) -> RestoreIndex:
+        """Usable here: restorable, with an LSN range, and a copy (``has_copy(id)``) or a device SQL Server
+        reads itself, as :func:`plan_restore` counts them."""
+        from drkit.engines.sqlserver.restore_index import SqlServerRestoreIndex  # it builds on this module
+
+        return SqlServerRestoreIndex(backups, has_copy)
+
+    def parse_position(self, text: str) -> int:
+        value = text.strip()
+        if not value.isdigit():
+            raise ValueError(f"not a SQL Server LSN: {text!r} (expected a decimal number like 34000000012300001)")
+        return int(value)
+
+    def format_position(self, position: int) -> str:
+        return str(position)
+
+
+SQLSERVER_CHAIN = SqlServerChainModel()
+"""The SQL Server chain model (``drkit.engines.chain_model("sqlserver")``)."""

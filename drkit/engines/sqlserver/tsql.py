@@ -1,4 +1,4 @@
-"""T-SQL batches for the SQL Server engine: built here, sent by :mod:`drkit.engines.sqlserver.engine`.
+"""T-SQL batches for the SQL Server engine: built here, sent by :class:`drkit.engines.sqlserver.odbc.Session`.
 
 Why a separate module: every statement drkit sends to SQL Server is a pure
 function of validated inputs, so it can be golden-tested byte for byte
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from drkit.errors import EngineError
+from drkit.errors import EngineError, NotRetryable
 
 Param = str | int | None
 BackupKind = Literal["full", "diff", "log"]
@@ -47,7 +47,7 @@ STATS_PERCENT = 10
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class NameRefusedError(EngineError):
+class NameRefusedError(EngineError, NotRetryable):
     """A database, certificate or group name (or a path) is unusable; nothing was sent to the server."""
 
 
@@ -455,3 +455,36 @@ def ag_failover(group: str, *, force: bool) -> Batch:
 def hadr_resume(database: str) -> Batch:
     return Batch(f"resume data movement for {database}",
                  f"ALTER DATABASE {quote_name(database, 'database name')} SET HADR RESUME;")
+
+
+def ag_local_lag(group: str) -> Batch:
+    """How far this replica's databases are behind, as it sees them (usable when the primary is gone).
+
+    Queue sizes are in KB; ``last_commit_time`` is the primary's commit time of the newest transaction
+    this replica applied, in the server's local time (``utc_offset_minutes`` converts it).
+    """
+    v = _Vars()
+    ag = v.add("ag", "sysname", validate_name(group, "availability group name"))
+    return v.batch(f"lag of availability group {group} on this replica", (
+        "SELECT ar.replica_server_name, ars.role_desc, DB_NAME(drs.database_id) AS database_name,\n"
+        "       drs.synchronization_state_desc, drs.is_suspended, drs.log_send_queue_size,\n"
+        "       drs.redo_queue_size, drs.last_commit_time, SYSUTCDATETIME() AS utc_now,\n"
+        "       DATEDIFF(minute, SYSUTCDATETIME(), SYSDATETIME()) AS utc_offset_minutes\n"
+        "  FROM sys.availability_groups AS ag\n"
+        "  JOIN sys.availability_replicas AS ar ON ar.group_id = ag.group_id\n"
+        "  JOIN sys.dm_hadr_availability_replica_states AS ars\n"
+        "    ON ars.replica_id = ar.replica_id AND ars.is_local = 1\n"
+        "  LEFT JOIN sys.dm_hadr_database_replica_states AS drs\n"
+        "         ON drs.replica_id = ar.replica_id AND drs.is_local = 1\n"
+        f" WHERE ag.name = {ag}\n"
+        " ORDER BY database_name;"))
+
+
+def database_writable(database: str) -> Batch:
+    """Whether this server takes writes for ``database`` now (ONLINE and READ_WRITE), and its clock."""
+    v = _Vars()
+    db = v.add("db", "sysname", validate_name(database, "database name"))
+    return v.batch(f"is {database} writable here", (
+        f"SELECT CAST(DATABASEPROPERTYEX({db}, 'Status') AS nvarchar(60)) AS status,\n"
+        f"       CAST(DATABASEPROPERTYEX({db}, 'Updateability') AS nvarchar(60)) AS updateability,\n"
+        "       SYSUTCDATETIME() AS utc_now;"))

@@ -1,0 +1,94 @@
+"""A PostgreSQL database's operations behind ``drkit.engines.base.Engine``.
+
+Backups stream the cluster's files and WAL through drkit's pipeline; restores lay a data directory
+down and let PostgreSQL replay to the target; verification restores into a scratch cluster and runs
+amcheck, the visibility checks and the policy's SQL checks.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from drkit.catalog.records import BackupRecord
+from drkit.engines.base import BackupKind, ChainModel, CheckItem, EngineFeatures, Progress, SetupResult, StepCallback
+from drkit.engines.postgres import backup, restore, verify
+from drkit.engines.postgres.chain import POSTGRES_CHAIN
+from drkit.engines.postgres.engine import PostgresEngine, server
+from drkit.engines.postgres.pgctl import LocalCluster
+from drkit.errors import ConfigError, RestoreError
+from drkit.plans import RestorePlan, RestoreResult
+from drkit.restore import make_plan
+from drkit.runtime import Runtime
+from drkit.verify import CheckResult, VerifyReport
+
+
+class PostgresDatabase:
+    """``Engine`` for ``engine: postgres``."""
+
+    def __init__(self, rt: Runtime, db: str) -> None:
+        rt.policy.database(db)  # an unknown name is refused before anything else
+        self._rt = rt
+        self._db = db
+
+    def __repr__(self) -> str:
+        return f"PostgresDatabase({self._db!r})"
+
+    @property
+    def database(self) -> str:
+        return self._db
+
+    @property
+    def features(self) -> EngineFeatures:
+        return EngineFeatures(standby_restore=True, position_targets=True)
+
+    @property
+    def chain(self) -> ChainModel:
+        return POSTGRES_CHAIN
+
+    def server(self) -> PostgresEngine:
+        return server(self._rt, self._db)
+
+    def check(self) -> list[CheckItem]:
+        return self.server().check()
+
+    def setup(self) -> SetupResult:
+        return self.server().setup()
+
+    def require_ready(self) -> None:
+        _ = self._rt.key  # a missing key fails here, before anything is written
+        self.server().require_ready()
+
+    def take_backup(self, kind: BackupKind, *, progress: Progress | None = None) -> BackupRecord | None:
+        if kind == "log":
+            return backup.take_log_backup(self._rt, self._db)
+        return backup.take_base_backup(self._rt, self._db, kind, progress=progress)
+
+    def plan_restore(self, target: datetime | None, *, position: str | None = None,
+                     now: datetime | None = None) -> RestorePlan:
+        return make_plan(self._rt, self._db, target, now, position=position)
+
+    def restore(self, plan: RestorePlan, into: str, *, port: int | None = None, keep_running: bool = False,
+                on_step: StepCallback | None = None) -> RestoreResult:
+        return restore.restore(self._rt, self._db, into=Path(into).absolute(), plan=plan, port=port,
+                               keep_running=keep_running, on_step=on_step)
+
+    def validate_restored(self, result: RestoreResult) -> list[CheckResult]:
+        if result.port is None or not result.running:
+            raise RestoreError(f"the restored cluster in {result.location} is not running; nothing to validate")
+        return verify.run_checks(self._rt, self._db, result.port, result.location)
+
+    def release_restored(self, result: RestoreResult) -> None:
+        if result.port is not None:
+            LocalCluster(Path(result.location), result.port, self._rt.bin_dir(self._db),
+                         self._rt.os_user(self._db)).stop()
+
+    def verify(self, backup_id: str | None, *, actor: str = "drkit-verify") -> VerifyReport:
+        return verify.verify_backup(self._rt, self._db, backup_id, actor=actor)
+
+    def verify_chain(self, *, actor: str = "drkit-verify") -> VerifyReport:
+        return verify.verify_chain(self._rt, self._db, actor=actor)
+
+    def import_history(self) -> str:
+        raise ConfigError(f"import-history adopts a SQL Server's msdb backup history; {self._db!r} is a "
+                          "PostgreSQL database, whose server keeps none (take a full backup with drkit instead)")
