@@ -91,13 +91,14 @@ def child_log(policy_path: str) -> int:
 def child_restore(policy_path: str, into: str, no_diff: bool, profile_out: str | None) -> int:
     """One ``restore(..., keep_running=True)`` (latest point) and a JSON line on stdout; the server is left up."""
     t_import = time.perf_counter()
+    from drkit.engines.postgres.chain_model import POSTGRES_CHAIN
     from drkit.engines.postgres.restore import restore
     from drkit.restore import make_plan
 
     import_s = time.perf_counter() - t_import
     rt = _runtime(policy_path)
     db = next(iter(rt.policy.databases))
-    plan = make_plan(rt, db, None)
+    plan = make_plan(rt, db, POSTGRES_CHAIN, None)
     if no_diff and plan.diff is not None:
         logs = plan.logs
         if not logs:

@@ -51,9 +51,9 @@ from typing import Any
 from drkit import retention_reference
 from drkit.catalog.records import BackupRecord, CopyRecord, HoldRecord
 from drkit.engines.base import ChainModel
-from drkit.engines.postgres.chain import POSTGRES_CHAIN
+from drkit.engines.postgres.chain_model import POSTGRES_CHAIN
 from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, parse_segment_name, segment_name
-from drkit.engines.sqlserver.chain import SQLSERVER_CHAIN
+from drkit.engines.sqlserver.chain_model import SQLSERVER_CHAIN
 from drkit.retention import Action, TierSpec
 from drkit.retention import plan as retention_plan
 

@@ -41,6 +41,7 @@ from typing import Any, Literal
 from drkit.backup import abandon
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
 from drkit.copies import record_damage
+from drkit.engines import chain_for
 from drkit.engines.base import ChainModel
 from drkit.errors import DrkitError, IntegrityError, ObjectNotFoundError, RestorePlanError
 from drkit.liveness import describe as describe_process
@@ -482,7 +483,7 @@ def run_check(rt: Runtime, *, deep: bool = False, repair: bool = False, actor: s
     dead = {b.id for b in backups if b.status == "running" and process_gone(b.meta.get("process"))}
     at = clock()
     def chains(db: str) -> ChainModel | None:
-        return rt.chain_model(db) if db in rt.policy.databases else None
+        return chain_for(rt, db) if db in rt.policy.databases else None
 
     findings = plan(backups, copies, locations, inventories, now=at, tier_order=rt.tier_order, dead=dead,
                     deep=reads, chains=chains)

@@ -34,6 +34,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from drkit.config import load_policy
+from drkit.engines import chain_for, open_engine
 from drkit.errors import ConfigError, DrkitError, EncryptionKeyError, VerificationError
 from drkit.runtime import Runtime
 
@@ -227,7 +228,7 @@ def check(db: str) -> None:
     """Prerequisites for backing up DB, each with its fix. Exit 1 if any is missing."""
     def run() -> bool:
         rt = _runtime()
-        items = rt.engine(db).check()
+        items = open_engine(rt, db).check()
         table = Table(title=f"prerequisites of {db}")
         for col in ("", "check", "now", "needs", "fix"):
             table.add_column(col)
@@ -243,7 +244,7 @@ def check(db: str) -> None:
 def setup(db: str) -> None:
     """Apply what can be applied (ALTER SYSTEM, WAL spool, archive_command) and say if a restart is needed."""
     def run() -> None:
-        res = _runtime().engine(db).setup()
+        res = open_engine(_runtime(), db).setup()
         for a in res.applied:
             console.print(f"applied: {a}")
         if not res.applied:
@@ -334,7 +335,7 @@ def restore_plan(db: str, to: Annotated[str | None, typer.Option("--to", help="I
 
     def run() -> None:
         rt = _runtime()
-        plan = rt.engine(db).plan_restore(parse_time(to) if to else None, position=lsn)
+        plan = open_engine(rt, db).plan_restore(parse_time(to) if to else None, position=lsn)
         seconds, basis = estimated_seconds(rt, db, plan)
         if as_json:
             _print_json({"database": db, "target": plan.target_time, "target_lsn": lsn, "recovery": plan.recovery,
@@ -376,7 +377,7 @@ def restore(
 
     def run() -> dict[str, Any]:
         target = parse_time(to) if to else None
-        _runtime().engine(db).plan_restore(target, position=lsn)  # fail fast, before a flow run
+        open_engine(_runtime(), db).plan_restore(target, position=lsn)  # fail fast, before a flow run
         from flows.restore import restore_point_in_time
         result: dict[str, Any] = restore_point_in_time(
             db=db, into=into, target=target, target_lsn=lsn, port=port,
@@ -425,7 +426,7 @@ def recover(
     """Corruption recovery: restore to BEFORE on a standby, validate, wait for approval, switch."""
     def run() -> dict[str, Any]:
         target = parse_time(before, "--before")
-        engine = _runtime().engine(db)
+        engine = open_engine(_runtime(), db)
         if not engine.features.standby_restore:
             raise ConfigError(f"corruption recovery switches clients to a restored server on this host, which "
                               f"{db!r}'s engine cannot provide; restore to a new database with `drkit restore "
@@ -455,7 +456,9 @@ def retention_plan(now: Annotated[str | None, typer.Option("--now", help="rehear
     from drkit.tiers.moves import plan_retention
 
     def run() -> list[Any]:
-        return plan_retention(_runtime(), parse_time(now, "--now") if now else datetime.now(UTC),
+        rt = _runtime()
+        return plan_retention(rt, parse_time(now, "--now") if now else datetime.now(UTC),
+                              chains=lambda db: chain_for(rt, db),
                               routine_keeps=all_keeps)
     actions = _guard(run)
     if as_json:
@@ -582,7 +585,7 @@ def failback(db: str) -> None:
 @app.command("import-history")
 def import_history(db: str) -> None:
     """Record the backups the server remembers (SQL Server's msdb), so drkit can plan restores from them."""
-    console.print(_guard(lambda: _runtime().engine(db).import_history()))
+    console.print(_guard(lambda: open_engine(_runtime(), db).import_history()))
 
 
 @app.command()
@@ -640,7 +643,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         from drkit.tiers.naming import tier_location
         locations = {t: tier_location(rt.policy, t) for t in rt.tier_order}
         rows = [database_status(db, rt.catalog.list_backups(db), rt.catalog.all_copies(db), now=now,
-                                tier_order=rt.tier_order, chain=rt.chain_model(db), locations=locations)
+                                tier_order=rt.tier_order, chain=chain_for(rt, db), locations=locations)
                 for db in rt.policy.databases]
         from drkit.dr import lag_summary
         lags = {db: lag_summary(rt, db) for db in rt.policy.databases}

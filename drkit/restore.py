@@ -8,18 +8,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from drkit.binding import require_key
+from drkit.engines.base import ChainModel
 from drkit.errors import ConfigError
 from drkit.plans import RestorePlan
 from drkit.runtime import Runtime
 
 
-def make_plan(rt: Runtime, db: str, target: datetime | None, now: datetime | None = None, *,
+def make_plan(rt: Runtime, db: str, chain: ChainModel, target: datetime | None, now: datetime | None = None, *,
               position: str | None = None) -> RestorePlan:
-    """The restore plan for ``db`` to a time, a log position as typed (``--lsn``), or the latest point.
+    """The restore plan for ``db`` (by its engine's ``chain`` rules) to a time, a log position as typed
+    (``--lsn``), or the latest point.
 
     A plan the key cannot read is refused here, before anything is fetched.
     """
-    model = rt.chain_model(db)
+    model = chain
     backups = rt.catalog.list_backups(db)
     copies = rt.catalog.all_copies(db)
     if position is not None:

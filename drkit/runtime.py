@@ -1,4 +1,5 @@
-"""Wires a policy file to the parts it names: catalog, encryption key, stores and engines.
+"""Wires a policy file to the parts it names: catalog, encryption key and stores (engines open on top of it:
+``drkit.engines.open_engine``).
 
 Everything is opened lazily, so a command that fails on bad input (unknown
 database, missing key) fails before it touches the catalog or a store.
@@ -13,8 +14,6 @@ from pathlib import Path
 
 from drkit.catalog import Catalog
 from drkit.config import Policy, default_bin_dir
-from drkit.engines import chain_model, open_engine
-from drkit.engines.base import ChainModel, Engine
 from drkit.engines.postgres.pgctl import effective_os_user
 from drkit.errors import ConfigError
 from drkit.pipeline import EncryptionKey
@@ -60,14 +59,6 @@ class Runtime:
     def bin_dir(self, db: str) -> Path:
         cfg = self.policy.database(db)
         return self.policy.resolve(cfg.bin_dir) if cfg.bin_dir else default_bin_dir()
-
-    def chain_model(self, db: str) -> ChainModel:
-        """The restore-chain rules of ``db``'s engine."""
-        return chain_model(self.policy.database(db).engine)
-
-    def engine(self, db: str) -> Engine:
-        """``db``'s operations, for its engine (refused for a database the policy does not name)."""
-        return open_engine(self, db)
 
     def close(self) -> None:
         if "catalog" in self.__dict__:

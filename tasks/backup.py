@@ -8,13 +8,14 @@ from prefect.cache_policies import NO_CACHE
 
 from drkit import backup as core
 from drkit.catalog.records import BackupRecord
+from drkit.engines import open_engine
 from tasks.common import artifact_key, finish_progress, progress_reporter, retry_transient, runtime
 
 
 @task(name="check-prerequisites", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
       retry_condition_fn=retry_transient)
 def check_prerequisites(db: str, config: str | None) -> None:
-    runtime(config).engine(db).require_ready()
+    open_engine(runtime(config), db).require_ready()
 
 
 @task(name="clear-interrupted", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
@@ -38,7 +39,7 @@ def base_backup(db: str, kind: str, config: str | None) -> BackupRecord:
     rt = runtime(config)
     report = progress_reporter(artifact_key(db, kind, "backup-progress"), f"{kind} backup of {db}")
     try:
-        rec = rt.engine(db).take_backup("full" if kind == "full" else "diff", progress=report)
+        rec = open_engine(rt, db).take_backup("full" if kind == "full" else "diff", progress=report)
         assert rec is not None  # only a log backup may find nothing to do
     finally:
         rt.close()
@@ -51,7 +52,7 @@ def base_backup(db: str, kind: str, config: str | None) -> BackupRecord:
 def log_backup(db: str, config: str | None) -> BackupRecord | None:
     rt = runtime(config)
     try:
-        return rt.engine(db).take_backup("log")
+        return open_engine(rt, db).take_backup("log")
     finally:
         rt.close()
 

@@ -10,6 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from drkit.engines import open_engine
 from drkit.engines.postgres import pgrestore
 from drkit.engines.postgres.pgctl import LocalCluster
 from drkit.plans import RestorePlan, RestoreResult
@@ -21,7 +22,7 @@ from tasks.common import artifact_key, runtime
 def plan_restore(db: str, target: datetime | None, config: str | None, target_lsn: str | None = None) -> RestorePlan:
     rt = runtime(config)
     try:
-        return rt.engine(db).plan_restore(target, position=target_lsn)
+        return open_engine(rt, db).plan_restore(target, position=target_lsn)
     finally:
         rt.close()
 
@@ -38,7 +39,7 @@ def execute_restore(db: str, plan: RestorePlan, into: str, port: int | None, kee
         update_progress_artifact(artifact_id=pid, progress=round(frac * 100, 1))
 
     try:
-        return rt.engine(db).restore(plan, into, port=port, keep_running=keep_running, on_step=on_step)
+        return open_engine(rt, db).restore(plan, into, port=port, keep_running=keep_running, on_step=on_step)
     finally:
         rt.close()
 
@@ -71,7 +72,7 @@ def release_restored(db: str, result: RestoreResult, config: str | None) -> None
     """Stop what the restore left running (a restored PostgreSQL cluster); nothing for a server-side restore."""
     rt = runtime(config)
     try:
-        rt.engine(db).release_restored(result)
+        open_engine(rt, db).release_restored(result)
     finally:
         rt.close()
 

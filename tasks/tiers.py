@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 
+from drkit.engines import chain_for
 from drkit.plans import RestorePlan
 from drkit.retention import Action
 from drkit.tiers import moves as core
@@ -19,7 +20,7 @@ from tasks.common import retry_transient, runtime
 def plan_retention(now: datetime, config: str | None) -> list[Action]:
     rt = runtime(config)
     try:
-        return core.plan_retention(rt, now)
+        return core.plan_retention(rt, now, chains=lambda db: chain_for(rt, db))
     finally:
         rt.close()
 

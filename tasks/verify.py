@@ -6,6 +6,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from drkit.engines import open_engine
 from drkit.plans import RestoreResult
 from drkit.verify import CheckResult, VerifyReport
 from tasks.common import artifact_key, runtime
@@ -15,7 +16,7 @@ from tasks.common import artifact_key, runtime
 def verify_backup(db: str, backup_id: str | None, config: str | None) -> VerifyReport:
     rt = runtime(config)
     try:
-        return rt.engine(db).verify(backup_id)
+        return open_engine(rt, db).verify(backup_id)
     finally:
         rt.close()
 
@@ -24,7 +25,7 @@ def verify_backup(db: str, backup_id: str | None, config: str | None) -> VerifyR
 def verify_chain(db: str, config: str | None) -> VerifyReport:
     rt = runtime(config)
     try:
-        return rt.engine(db).verify_chain()
+        return open_engine(rt, db).verify_chain()
     finally:
         rt.close()
 
@@ -34,7 +35,7 @@ def validate_restored(db: str, result: RestoreResult, config: str | None) -> lis
     """The engine's integrity checks and the policy's SQL checks against a restored database."""
     rt = runtime(config)
     try:
-        return rt.engine(db).validate_restored(result)
+        return open_engine(rt, db).validate_restored(result)
     finally:
         rt.close()
 

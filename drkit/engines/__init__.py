@@ -1,7 +1,9 @@
 """Database engines behind small typed protocols (``drkit.engines.base``): PostgreSQL and SQL Server.
 
 This package is the one place that maps a policy's ``engine:`` name to its implementation; nothing above
-it asks which engine a database has.
+it asks which engine a database has. The runtime (catalog, key, stores) sits below the engines: callers
+open a database's engine with :func:`open_engine`, its DR operations with :func:`dr_operations`, and its
+chain rules with :func:`chain_for`.
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ ENGINES: tuple[str, ...] = ("postgres", "sqlserver")
 def chain_model(engine: str) -> ChainModel:
     """The restore-chain rules of ``engine`` (a policy's ``databases.NAME.engine``)."""
     if engine == "sqlserver":
-        from drkit.engines.sqlserver.chain import SQLSERVER_CHAIN
+        from drkit.engines.sqlserver.chain_model import SQLSERVER_CHAIN
 
         return SQLSERVER_CHAIN
     if engine == "postgres":
-        from drkit.engines.postgres.chain import POSTGRES_CHAIN
+        from drkit.engines.postgres.chain_model import POSTGRES_CHAIN
 
         return POSTGRES_CHAIN
     raise ValueError(f"unknown engine {engine!r}; drkit knows {', '.join(ENGINES)}")
+
+
+def chain_for(rt: Runtime, db: str) -> ChainModel:
+    """The restore-chain rules of the policy's database ``db``."""
+    return chain_model(rt.policy.database(db).engine)
 
 
 def open_engine(rt: Runtime, db: str) -> Engine:

@@ -168,7 +168,7 @@ class EngineFeatures:
 class Engine(Protocol):
     """One database's operations, whatever its engine: what tasks, flows and the CLI call.
 
-    ``drkit.engines.open_engine(rt, db)`` (or ``Runtime.engine(db)``) returns the implementation for the
+    ``drkit.engines.open_engine(rt, db)`` returns the implementation for the
     database's ``engine:`` in the policy. Each method refuses what it cannot do with a one-line
     ``DrkitError`` naming the fix; an operation the engine lacks altogether is refused when the policy
     is loaded (``drkit.config``), never half-way through a runbook.

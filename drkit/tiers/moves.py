@@ -16,10 +16,12 @@ nothing is ever archived, so there is nothing to rehydrate or re-archive.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import datetime
 
 from drkit import retention
 from drkit.catalog.records import BackupRecord, CopyRecord
+from drkit.engines.base import ChainModel
 from drkit.errors import IntegrityError, StoreError
 from drkit.faults import fault_point
 from drkit.retention import Action
@@ -173,12 +175,14 @@ VERIFIED_KINDS = frozenset({"full"})
 bytes are checksummed, and the daily chain verification replays them."""
 
 
-def plan_retention(rt: Runtime, now: datetime, *, routine_keeps: bool = False) -> list[Action]:
-    """The retention actions for every database of the policy at ``now`` (pure planning over the catalog)."""
+def plan_retention(rt: Runtime, now: datetime, *, chains: Callable[[str], ChainModel],
+                   routine_keeps: bool = False) -> list[Action]:
+    """The retention actions for every database of the policy at ``now`` (pure planning over the catalog);
+    ``chains`` gives each database's chain rules (``drkit.engines.chain_for``)."""
     backups = [b for b in rt.catalog.list_backups() if b.database in rt.policy.databases]
     return retention.plan(backups, rt.catalog.all_copies(), rt.catalog.active_holds(), rt.policy.tiers, now,
                           verified_only_to=rt.policy.verified_only_tiers(), move_into=rt.policy.move_tiers(),
-                          verified_kinds=VERIFIED_KINDS, routine_keeps=routine_keeps, chains=rt.chain_model)
+                          verified_kinds=VERIFIED_KINDS, routine_keeps=routine_keeps, chains=chains)
 
 
 def apply_action(rt: Runtime, action: Action) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from prefect.artifacts import Artifact
 
+from drkit.engines import open_engine
 from drkit.runtime import Runtime
 from drkit.sandbox import Sandbox
 from flows.catalog_check import catalog_check
@@ -14,7 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 def test_the_flow_reports_repairs_and_fails_while_findings_remain(sandbox: Sandbox, rt: Runtime) -> None:
     cfg = str(sandbox.policy_path)
-    full = rt.engine("app").take_backup("full")
+    full = open_engine(rt, "app").take_backup("full")
     result = catalog_check(config=cfg)
     assert result["clean"] is True
     report = Artifact.get("catalog-check")

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from drkit.cli import app
+from drkit.engines import open_engine
 from drkit.runtime import Runtime
 from drkit.sandbox import Sandbox
 from tests.support.pgdata import connect
@@ -79,7 +80,7 @@ def test_backup_list_status_plan_and_restore_to_a_time(sandbox: Sandbox, rt: Run
 
 
 def test_operator_mistakes_get_one_clear_line(sandbox: Sandbox, rt: Runtime, scratch: Path) -> None:
-    rt.engine("app").take_backup("full")
+    open_engine(rt, "app").take_backup("full")
     code, _, err = drkit(sandbox, "backup", "full", "nosuch")
     assert code == 2 and "unknown database 'nosuch'" in err and "app" in err
     code, _, err = drkit(sandbox, "restore-plan", "app", "--to", "yesterday")

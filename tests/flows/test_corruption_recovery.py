@@ -12,6 +12,7 @@ import pytest
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
+from drkit.engines import open_engine
 from drkit.runtime import Runtime
 from drkit.sandbox import Sandbox
 from flows.approvals import answer, paused_runs
@@ -29,13 +30,13 @@ def damaged(sandbox: Sandbox, rt: Runtime) -> datetime:
         conn.execute("CREATE TABLE IF NOT EXISTS ledger(id int PRIMARY KEY, amount int)")
         conn.execute("TRUNCATE ledger")
         conn.execute("INSERT INTO ledger SELECT g, 100 FROM generate_series(1, 1000) g")
-    rt.engine("app").take_backup("full")
+    open_engine(rt, "app").take_backup("full")
     time.sleep(0.2)
     with connect(sandbox.dsn) as conn:
         good = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
         time.sleep(0.2)
         conn.execute("UPDATE ledger SET amount = 0")  # the corruption
-    rt.engine("app").take_backup("log")
+    open_engine(rt, "app").take_backup("log")
     return good  # type: ignore[no-any-return]
 
 

@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 from drkit.catalog.records import BackupRecord
 from drkit.cli import app
 from drkit.config import load_policy
+from drkit.engines import open_engine
 from drkit.engines.postgres.pgctl import LocalCluster
 from drkit.engines.postgres.restore import restore, restored_dsn
 from drkit.engines.postgres.verify import verify_backup
 from drkit.errors import RestoreError
 from drkit.plans import RestoreResult
-from drkit.restore import make_plan
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox
 from drkit.tiers.moves import copy_backup
@@ -72,7 +72,7 @@ def _full_in_local_and_blob(w: World, rows: range) -> BackupRecord:
         conn.execute("CREATE TABLE IF NOT EXISTS fallback_rows(id int PRIMARY KEY, note text)")
         conn.execute("INSERT INTO fallback_rows SELECT g, md5(g::text) FROM generate_series(%s::int, %s::int) g",
                      [rows.start, rows.stop - 1])
-    full = w.rt.engine("app").take_backup("full")
+    full = open_engine(w.rt, "app").take_backup("full")
     copy_backup(w.rt, full.id, "local", "blob")
     assert w.status(full) == {"local": "complete", "blob": "complete"}
     return full
@@ -86,7 +86,7 @@ def _flip(path: Path) -> None:
 
 def _restore_and_compare(w: World, into: Path) -> RestoreResult:
     """Restore the latest point; assert the data equals the source's and every warning was a step."""
-    res = restore(w.rt, "app", into=into, plan=make_plan(w.rt, "app", None), keep_running=True)
+    res = restore(w.rt, "app", into=into, plan=open_engine(w.rt, "app").plan_restore(None), keep_running=True)
     try:
         assert table_hashes(restored_dsn(res)) == table_hashes(w.sandbox.dsn)
     finally:
@@ -120,7 +120,7 @@ def test_cli_restore_latest_reads_the_blob_copy_when_the_local_files_are_gone(
     events = [e for e in w.rt.catalog.audit_events(database="app", action="copy.missing") if e.subject == full.id]
     assert len(events) == 1 and events[0].detail["tier"] == "local"
     # the next plan reads the blob copy directly, without a warning
-    assert {p.tier for p in make_plan(w.rt, "app", None).pieces} == {"blob"}
+    assert {p.tier for p in open_engine(w.rt, "app").plan_restore(None).pieces} == {"blob"}
 
 
 def test_a_flipped_byte_in_the_local_copy_restarts_the_lay_down_from_blob(world: World) -> None:
@@ -161,14 +161,14 @@ def test_no_good_copy_left_is_one_line_naming_each_copy(world: World) -> None:
         fh.write(bytes(data))
     into = w.root / "none-left"
     with pytest.raises(RestoreError) as info:
-        restore(w.rt, "app", into=into, plan=make_plan(w.rt, "app", None))
+        restore(w.rt, "app", into=into, plan=open_engine(w.rt, "app").plan_restore(None))
     message = str(info.value)
     assert "\n" not in message
     assert f"no readable copy of full {full.id}" in message
     assert "local: missing" in message and "blob: corrupt" in message
     assert w.status(full) == {"local": "missing", "blob": "corrupt"}
     # planning now leaves that full out: the newest full with a good copy is used instead
-    assert make_plan(w.rt, "app", None).full.backup.id != full.id
+    assert open_engine(w.rt, "app").plan_restore(None).full.backup.id != full.id
 
 
 def test_verification_of_a_corrupt_local_copy_marks_it_and_passes_on_the_blob_copy(world: World) -> None:
@@ -190,10 +190,10 @@ def test_a_diff_reads_its_full_manifest_from_blob_and_the_chain_restores(world: 
     w.local_path(full, MANIFEST_OBJECT).unlink()
     with connect(w.sandbox.dsn) as conn:
         conn.execute("INSERT INTO fallback_rows SELECT g, 'diff' FROM generate_series(4301, 4400) g")
-    diff = w.rt.engine("app").take_backup("diff")
+    diff = open_engine(w.rt, "app").take_backup("diff")
     assert diff.base_id == full.id
     assert w.status(full) == {"local": "missing", "blob": "complete"}
-    plan = make_plan(w.rt, "app", None)
+    plan = open_engine(w.rt, "app").plan_restore(None)
     assert [(p.backup.id, p.tier) for p in plan.pieces] == [(full.id, "blob"), (diff.id, "local")]
     res = restore(w.rt, "app", into=w.root / "diff-chain", plan=plan, keep_running=True)
     try:

@@ -13,6 +13,7 @@ import yaml
 from prefect import flow
 
 from drkit.config import load_policy
+from drkit.engines import open_engine
 from drkit.engines.postgres.verify import verify_backup
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox
@@ -41,7 +42,7 @@ def test_local_then_blob_once_verified_then_archive_then_expiry(
     cfg = str(azure_policy(sandbox, scratch, f"t{uuid.uuid4().hex[:12]}",
                            catalog=f"sqlite:///{scratch}/tiers.db", verify={"after": []}))
     rt = Runtime(load_policy(cfg))
-    first = rt.engine("app").take_backup("full")
+    first = open_engine(rt, "app").take_backup("full")
     t0 = datetime.now(UTC)
 
     retention_sweep(config=cfg, now=t0)
@@ -54,7 +55,7 @@ def test_local_then_blob_once_verified_then_archive_then_expiry(
     with connect(sandbox.dsn) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS tier_rows(id int)")
         conn.execute("INSERT INTO tier_rows VALUES (1)")
-    second = rt.engine("app").take_backup("full")
+    second = open_engine(rt, "app").take_backup("full")
     assert verify_backup(rt, "app", second.id).passed
     retention_sweep(config=cfg, now=t0)
 

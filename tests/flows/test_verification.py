@@ -10,7 +10,7 @@ from prefect.artifacts import Artifact
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
 from drkit.config import load_policy
-from drkit.restore import make_plan
+from drkit.engines import open_engine
 from drkit.runtime import Runtime
 from drkit.sandbox import Sandbox
 from flows.backup import full_backup, log_backup_flow
@@ -77,7 +77,7 @@ def test_a_flipped_byte_marks_the_backup_corrupt_avoids_it_and_notifies(
         report = Artifact.get("app-verify-report")
         assert report is not None and "FAIL" in str(report.data) and "SHA-256" in str(report.data)
 
-        plan = make_plan(rt, "app", None)
+        plan = open_engine(rt, "app").plan_restore(None)
         assert plan.full.backup.id == good
         assert any(bad in r for r in plan.reasons)
 

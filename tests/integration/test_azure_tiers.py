@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from drkit.config import load_policy
+from drkit.engines import open_engine
 from drkit.engines.postgres.pgctl import LocalCluster
 from drkit.engines.postgres.restore import restore, restored_dsn
-from drkit.restore import make_plan
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox
 from drkit.tiers.rebuild import rebuild_catalog
@@ -37,7 +37,7 @@ def _markers(dsn: str, ids: range) -> dict[int, datetime]:
 
 
 def _restored_ids(rt: Runtime, into: Path, target: datetime | None) -> tuple[list[int], list[str]]:
-    plan = make_plan(rt, "app", target)
+    plan = open_engine(rt, "app").plan_restore(target)
     res = restore(rt, "app", into=into, plan=plan, keep_running=True)
     try:
         with connect(restored_dsn(res)) as conn:
@@ -56,11 +56,11 @@ def test_full_diff_log_in_azurite_restore_exactly_and_the_catalog_rebuilds_from_
     cfg = azure_policy(sandbox, scratch, container, backup_tier="blob",
                        catalog=f"sqlite:///{scratch}/first-catalog.db")
     rt = Runtime(load_policy(cfg))
-    full = rt.engine("app").take_backup("full")
+    full = open_engine(rt, "app").take_backup("full")
     first = _markers(sandbox.dsn, range(1, 4))
-    diff = rt.engine("app").take_backup("diff")
+    diff = open_engine(rt, "app").take_backup("diff")
     second = _markers(sandbox.dsn, range(4, 7))
-    log = rt.engine("app").take_backup("log")
+    log = open_engine(rt, "app").take_backup("log")
     assert log is not None
     store, labels = rt.store("blob"), rt.store("blob").labels()
     assert labels is not None  # an Azure tier declares labels

@@ -20,11 +20,11 @@ from typer.testing import CliRunner
 from drkit.catalog.records import BackupRecord
 from drkit.cli import app
 from drkit.config import load_policy
+from drkit.engines import open_engine
 from drkit.engines.postgres.chain import plan_for_backup
 from drkit.engines.postgres.restore import restore
 from drkit.engines.postgres.verify import verify_backup
 from drkit.errors import DrkitError, EncryptionKeyError
-from drkit.restore import make_plan
 from drkit.retention import Action
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox
@@ -67,8 +67,8 @@ def get_object(rt: Runtime, key: str) -> bytes:
 
 def test_a_swapped_data_object_is_refused_by_name_at_restore_and_at_verify(sandbox: Sandbox, scratch: Path) -> None:
     rt = runtime(policy(sandbox, scratch, "catalog.db"), sandbox.key_b64)
-    a = rt.engine("app").take_backup("full")
-    b = rt.engine("app").take_backup("full")
+    a = open_engine(rt, "app").take_backup("full")
+    b = open_engine(rt, "app").take_backup("full")
     # B's data put in A's place, and a catalog that agrees with it (size and SHA-256), as a catalog
     # rebuilt from a tampered store or edited would: only the binding of the stream to A can tell.
     put_object(rt, object_key(a, DATA_OBJECT), get_object(rt, object_key(b, DATA_OBJECT)))
@@ -97,7 +97,7 @@ def test_a_catalog_record_that_does_not_match_the_manifest_is_refused_at_restore
     sandbox: Sandbox, scratch: Path
 ) -> None:
     rt = runtime(policy(sandbox, scratch, "catalog.db"), sandbox.key_b64)
-    a = rt.engine("app").take_backup("full")
+    a = open_engine(rt, "app").take_backup("full")
     assert a.start_lsn is not None
     with sqlite3.connect(scratch / "catalog.db") as db:  # the catalog altered behind drkit's back
         db.execute("UPDATE backups SET start_lsn = ? WHERE id = ?", [a.start_lsn + 8, a.id])
@@ -120,8 +120,8 @@ def test_a_wrong_key_is_refused_in_one_line_wherever_a_backup_is_first_touched(
 ) -> None:
     path = policy(sandbox, scratch, "catalog.db")
     rt = runtime(path, sandbox.key_b64)
-    full = rt.engine("app").take_backup("full")
-    assert rt.engine("app").take_backup("log") is not None
+    full = open_engine(rt, "app").take_backup("full")
+    assert open_engine(rt, "app").take_backup("log") is not None
     good_id = rt.key.key_id
     wrong = runtime(path, WRONG_KEY)
     wrong_id = wrong.key.key_id
@@ -133,13 +133,13 @@ def test_a_wrong_key_is_refused_in_one_line_wherever_a_backup_is_first_touched(
         assert WRONG_KEY not in msg and sandbox.key_b64 not in msg
 
     with pytest.raises(EncryptionKeyError) as info:  # restore-plan (and so restore) refuses at once
-        make_plan(wrong, "app", None)
+        open_engine(wrong, "app").plan_restore(None)
     one_line_naming(info.value, "app-")
     with pytest.raises(EncryptionKeyError) as info:  # verify refuses: a wrong key is not corruption
         verify_backup(wrong, "app", full.id)
     one_line_naming(info.value, full.id)
     with pytest.raises(EncryptionKeyError) as info:  # a diff refuses before it starts
-        wrong.engine("app").take_backup("diff")
+        open_engine(wrong, "app").take_backup("diff")
     one_line_naming(info.value, full.id)
     assert [(b.id, b.status) for b in _backups(rt)] == before  # nothing marked corrupt, no failed row
 
@@ -169,9 +169,9 @@ def test_a_wrong_key_is_refused_in_one_line_wherever_a_backup_is_first_touched(
 
 def test_a_forged_backup_json_is_refused_at_rebuild(sandbox: Sandbox, scratch: Path) -> None:
     rt = runtime(policy(sandbox, scratch, "catalog.db"), sandbox.key_b64)
-    kept = rt.engine("app").take_backup("full")
-    forged = rt.engine("app").take_backup("full")
-    other = rt.engine("app").take_backup("full")
+    kept = open_engine(rt, "app").take_backup("full")
+    forged = open_engine(rt, "app").take_backup("full")
+    other = open_engine(rt, "app").take_backup("full")
     # Someone with write access to the store: a bad backup made to look verified, another moved.
     desc = object_key(forged, DESCRIPTOR_OBJECT)
     body = json.loads(get_object(rt, desc))
@@ -208,7 +208,7 @@ def test_retention_copies_without_the_key_and_the_copied_backup_json_stays_authe
 ) -> None:
     path = policy(sandbox, scratch, "catalog.db", far=True)
     rt = runtime(path, sandbox.key_b64)
-    full = rt.engine("app").take_backup("full")
+    full = open_engine(rt, "app").take_backup("full")
     rt.catalog.set_status(full.id, "verified", actor="test", reason="as if verified")
     rt.close()
 

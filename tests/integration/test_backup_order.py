@@ -11,6 +11,7 @@ import pytest
 from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
 from drkit.config import load_policy
+from drkit.engines import open_engine
 from drkit.errors import StoreError
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox
@@ -39,7 +40,7 @@ def test_a_sas_without_the_tag_permission_fails_the_backup_with_azures_error_and
     rt = Runtime(load_policy(cfg))
     try:
         with pytest.raises(StoreError) as failed:
-            rt.engine("app").take_backup("full")
+            open_engine(rt, "app").take_backup("full")
         assert "cannot set the tags of" in str(failed.value) and "access denied" in str(failed.value)
         (row,) = rt.catalog.list_backups("app")
         assert row.status == "failed" and row.error is not None and "cannot set the tags of" in row.error
@@ -51,7 +52,7 @@ def test_a_sas_without_the_tag_permission_fails_the_backup_with_azures_error_and
     monkeypatch.setenv(CONN_ENV, _sas_connection_string(azurite, tags=True))
     rt = Runtime(load_policy(cfg))
     try:
-        done = rt.engine("app").take_backup("full")
+        done = open_engine(rt, "app").take_backup("full")
         assert done.status == "completed"
         store = rt.store("blob")
         assert list(store.list(f"app/{done.id}/")) == [f"app/{done.id}/{n}"
@@ -75,7 +76,7 @@ def test_a_deep_check_lists_a_shared_container_once_and_leaves_archived_objects_
     cfg = azure_policy(sandbox, scratch, f"t{uuid.uuid4().hex[:12]}", catalog=f"sqlite:///{scratch}/catalog.db")
     rt = Runtime(load_policy(cfg))
     try:
-        done = rt.engine("app").take_backup("full")
+        done = open_engine(rt, "app").take_backup("full")
         copy_backup(rt, done.id, "local", "blob")
         copy_backup(rt, done.id, "blob", "archive")  # one container: the blob now sits in the Archive tier
         report = run_check(rt, deep=True)

@@ -12,6 +12,7 @@ from typer.testing import CliRunner, Result
 
 from drkit.cli import app
 from drkit.config import load_policy
+from drkit.engines import open_engine
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox
 from tests.support.pgdata import connect
@@ -40,11 +41,11 @@ def test_catalog_check_finds_repairs_and_reports_what_is_lost(
     try:
         with connect(sandbox.dsn) as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS cc(id int)")
-        older = rt.engine("app").take_backup("full")
-        newer = rt.engine("app").take_backup("full")
+        older = open_engine(rt, "app").take_backup("full")
+        newer = open_engine(rt, "app").take_backup("full")
         with connect(sandbox.dsn) as conn:
             conn.execute("INSERT INTO cc SELECT generate_series(1, 100)")
-        assert rt.engine("app").take_backup("log") is not None
+        assert open_engine(rt, "app").take_backup("log") is not None
         clean = check()
         assert clean.exit_code == 0, clean.output
         assert "catalog check: clean" in clean.stdout
@@ -101,7 +102,7 @@ def test_catalog_check_finds_repairs_and_reports_what_is_lost(
         young.unlink()
 
         # A lost backup.json is written again.
-        third = rt.engine("app").take_backup("full")
+        third = open_engine(rt, "app").take_backup("full")
         descriptor = local / "app" / third.id / "backup.json"
         descriptor.unlink()
         rewritten = check("--repair", "--json")

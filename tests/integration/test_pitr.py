@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from drkit.config import load_policy
+from drkit.engines import open_engine
 from drkit.engines.postgres.pgctl import LocalCluster, make_owned_dir
 from drkit.engines.postgres.restore import restore, restored_dsn
 from drkit.errors import WalGapError
-from drkit.restore import make_plan
 from drkit.runtime import Runtime
 from drkit.sandbox import Sandbox
 from tests.support.pgdata import connect
@@ -36,7 +36,7 @@ def _markers(dsn: str, table: str, ids: range) -> dict[int, datetime]:
 
 
 def _ids_at(rt: Runtime, into: Path, target: datetime, table: str) -> tuple[list[int], list[str]]:
-    plan = make_plan(rt, "app", target)
+    plan = open_engine(rt, "app").plan_restore(target)
     res = restore(rt, "app", into=into, plan=plan, keep_running=True)
     try:
         with connect(restored_dsn(res)) as conn:
@@ -47,11 +47,11 @@ def _ids_at(rt: Runtime, into: Path, target: datetime, table: str) -> tuple[list
 
 
 def test_markers_across_full_diff_and_logs(sandbox: Sandbox, rt: Runtime, scratch: Path) -> None:
-    rt.engine("app").take_backup("full")
+    open_engine(rt, "app").take_backup("full")
     first = _markers(sandbox.dsn, "m1", range(1, 5))
-    rt.engine("app").take_backup("diff")
+    open_engine(rt, "app").take_backup("diff")
     second = _markers(sandbox.dsn, "m1", range(5, 9))
-    rt.engine("app").take_backup("log")
+    open_engine(rt, "app").take_backup("log")
     ids, roles = _ids_at(rt, scratch / "a", first[2], "m1")
     assert ids == [1, 2] and roles[0] == "full" and "diff" not in roles and "log" in roles
     ids, roles = _ids_at(rt, scratch / "b", second[6], "m1")
@@ -59,12 +59,12 @@ def test_markers_across_full_diff_and_logs(sandbox: Sandbox, rt: Runtime, scratc
 
 
 def test_markers_across_a_timeline_switch(sandbox: Sandbox, rt: Runtime, scratch: Path) -> None:
-    rt.engine("app").take_backup("full")
+    open_engine(rt, "app").take_backup("full")
     old = _markers(sandbox.dsn, "m2", range(1, 4))
-    rt.engine("app").take_backup("log")
+    open_engine(rt, "app").take_backup("log")
 
     # PITR to marker 2, promote (timeline 2), and make the restored cluster the database.
-    plan = make_plan(rt, "app", old[2])
+    plan = open_engine(rt, "app").plan_restore(old[2])
     res = restore(rt, "app", into=scratch / "newprimary", plan=plan, keep_running=True)
     spool = make_owned_dir(scratch / "spool2", rt.os_user("app"))
     cfg = policy_variant(sandbox, scratch, {"dsn": restored_dsn(res), "data_dir": str(res.data_dir),
@@ -73,16 +73,16 @@ def test_markers_across_a_timeline_switch(sandbox: Sandbox, rt: Runtime, scratch
     new_primary = LocalCluster(res.data_dir, res.port, rt.bin_dir("app"), rt.os_user("app"),
                                log_file=scratch / "newprimary.log")
     try:
-        assert rt2.engine("app").setup().restart_needed
+        assert open_engine(rt2, "app").setup().restart_needed
         new_primary.stop()
         new_primary.start()
         new = _markers(restored_dsn(res), "m2", range(10, 14))
         with pytest.raises(WalGapError, match="timeline"):
-            rt2.engine("app").take_backup("log")
-        full2 = rt2.engine("app").take_backup("full")
+            open_engine(rt2, "app").take_backup("log")
+        full2 = open_engine(rt2, "app").take_backup("full")
         assert full2.timeline == 2
         later = _markers(restored_dsn(res), "m2", range(20, 23))
-        log2 = rt2.engine("app").take_backup("log")
+        log2 = open_engine(rt2, "app").take_backup("log")
         assert log2 is not None and log2.timeline == 2
         ids, roles = _ids_at(rt2, scratch / "c", later[21], "m2")
         assert ids == [1, 2, 10, 11, 12, 13, 20, 21]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from drkit.engines import open_engine
 from drkit.engines.postgres.restore import restore, restored_dsn
-from drkit.restore import make_plan
 from drkit.runtime import Runtime
 from drkit.sandbox import Sandbox
 from tests.support.pgdata import connect, table_hashes, visibility_problems
@@ -36,17 +36,17 @@ def _restore_and_hash(rt: Runtime, scratch: Path, name: str, target: datetime | 
 def test_full_diff_and_logs_restore_exactly_what_was_written(sandbox: Sandbox, rt: Runtime, scratch: Path) -> None:
     _write(sandbox, "CREATE TABLE items(id int PRIMARY KEY, body text); "
                     "INSERT INTO items SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 50000) g")
-    full = rt.engine("app").take_backup("full")
+    full = open_engine(rt, "app").take_backup("full")
     after_full = table_hashes(sandbox.dsn)
 
     _write(sandbox, "UPDATE items SET body = 'changed' WHERE id % 97 = 0; DELETE FROM items WHERE id > 49000; "
                     "CREATE TABLE extra AS SELECT g AS n FROM generate_series(1, 1000) g")
-    diff = rt.engine("app").take_backup("diff")
+    diff = open_engine(rt, "app").take_backup("diff")
     assert diff.base_id == full.id
     after_diff = table_hashes(sandbox.dsn)
 
     _write(sandbox, "INSERT INTO items SELECT g, 'late' FROM generate_series(60000, 61000) g; DROP TABLE extra")
-    log = rt.engine("app").take_backup("log")
+    log = open_engine(rt, "app").take_backup("log")
     assert log is not None and log.start_wal is not None
     after_log = table_hashes(sandbox.dsn)
 
@@ -58,7 +58,7 @@ def test_full_diff_and_logs_restore_exactly_what_was_written(sandbox: Sandbox, r
 
 def test_point_in_time_restore_stops_exactly_at_a_marker(sandbox: Sandbox, rt: Runtime, scratch: Path) -> None:
     _write(sandbox, "CREATE TABLE marker(id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
-    rt.engine("app").take_backup("full")
+    open_engine(rt, "app").take_backup("full")
     committed: dict[int, datetime] = {}
     with connect(sandbox.dsn) as conn:
         for i in range(1, 7):
@@ -67,9 +67,9 @@ def test_point_in_time_restore_stops_exactly_at_a_marker(sandbox: Sandbox, rt: R
             assert row is not None
             committed[i] = row[0]
             time.sleep(0.3)
-    rt.engine("app").take_backup("log")
+    open_engine(rt, "app").take_backup("log")
     k = 4
-    plan = make_plan(rt, "app", committed[k])
+    plan = open_engine(rt, "app").plan_restore(committed[k])
     assert plan.recovery == "time" and plan.logs
     res = restore(rt, "app", into=scratch / "pitr", target=committed[k], plan=plan, keep_running=True)
     try:
@@ -85,10 +85,10 @@ def test_diff_after_small_update_is_bounded_by_changed_pages(sandbox: Sandbox, r
     _write(sandbox, "CREATE TABLE big(id int PRIMARY KEY, pad text) WITH (fillfactor = 100); "
                     "INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 300000) g; "
                     "VACUUM (FREEZE, ANALYZE) big")
-    full = rt.engine("app").take_backup("full")
+    full = open_engine(rt, "app").take_backup("full")
     # 1% of the rows, clustered in a range, as a typical OLTP touch.
     _write(sandbox, "UPDATE big SET pad = repeat('y', 200) WHERE id <= 3000")
-    diff = rt.engine("app").take_backup("diff")
+    diff = open_engine(rt, "app").take_backup("diff")
     pages = diff.meta["pages_changed"]
     scanned = diff.meta["pages_scanned"]
     assert pages < scanned * 0.1, (pages, scanned)
@@ -106,7 +106,7 @@ def test_diff_taken_during_vacuum_and_updates_keeps_visibility_map_true(
                     "INSERT INTO vm SELECT g, 0 FROM generate_series(1, 200000) g; VACUUM (FREEZE) vm; "
                     "CREATE TABLE hot(id int PRIMARY KEY, v int); "
                     "INSERT INTO hot SELECT g, 0 FROM generate_series(1, 50000) g; VACUUM (FREEZE) hot")
-    rt.engine("app").take_backup("full")
+    open_engine(rt, "app").take_backup("full")
     # Clearing all-visible bits is not WAL-logged and leaves the VM page's LSN alone:
     # only a VM fork copied whole carries these clears into the diff.
     _write(sandbox, "UPDATE vm SET v = 1 WHERE id % 50 = 0")
@@ -122,7 +122,7 @@ def test_diff_taken_during_vacuum_and_updates_keeps_visibility_map_true(
     t = threading.Thread(target=churn)
     t.start()
     try:
-        rt.engine("app").take_backup("diff")
+        open_engine(rt, "app").take_backup("diff")
     finally:
         stop.set()
         t.join()

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from drkit.config import load_policy
+from drkit.engines import open_engine
 from drkit.engines.postgres.restore import restore, restored_dsn
-from drkit.restore import make_plan
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox
 from tests.support.pgdata import connect, table_hashes
@@ -32,14 +32,14 @@ def test_backups_and_restore_with_a_postgresql_catalog(
     monkeypatch.setenv(KEY_ENV, sandbox.key_b64)
     rt = Runtime(load_policy(path))
     try:
-        full = rt.engine("app").take_backup("full")
+        full = open_engine(rt, "app").take_backup("full")
         with connect(sandbox.dsn) as conn:
             conn.execute("INSERT INTO pgcat SELECT generate_series(501, 900)")
-        diff = rt.engine("app").take_backup("diff")
-        log = rt.engine("app").take_backup("log")
+        diff = open_engine(rt, "app").take_backup("diff")
+        log = open_engine(rt, "app").take_backup("log")
         assert log is not None
         expected = {k: v for k, v in table_hashes(sandbox.dsn).items() if k == "public.pgcat"}
-        plan = make_plan(rt, "app", None)
+        plan = open_engine(rt, "app").plan_restore(None)
         assert [p.backup.id for p in plan.pieces][:2] == [full.id, diff.id]
         res = restore(rt, "app", into=scratch / "r", plan=plan, keep_running=True)
         try:

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from drkit.config import load_policy
+from drkit.engines import open_engine
 from drkit.engines.postgres.lsn import parse_segment_name, segment_name
 from drkit.errors import (
     ConfigError,
@@ -40,9 +41,9 @@ def _policy_variant(sandbox: Sandbox, scratch: Path, **changes: object) -> Path:
 
 
 def test_log_backups_join_and_a_missing_segment_is_a_gap(sandbox: Sandbox, rt: Runtime) -> None:
-    rt.engine("app").take_backup("full")
-    first = rt.engine("app").take_backup("log")
-    second = rt.engine("app").take_backup("log")
+    open_engine(rt, "app").take_backup("full")
+    first = open_engine(rt, "app").take_backup("log")
+    second = open_engine(rt, "app").take_backup("log")
     assert first is not None and second is not None
     assert first.end_wal is not None and second.start_wal is not None
     tli, end = parse_segment_name(first.end_wal)
@@ -55,24 +56,24 @@ def test_log_backups_join_and_a_missing_segment_is_a_gap(sandbox: Sandbox, rt: R
         for _ in range(2):
             conn.execute("INSERT INTO gap VALUES (1)")
             conn.execute("SELECT pg_switch_wal()")
-    engine = rt.engine("app")
+    engine = open_engine(rt, "app")
     missing = segment_name(tli, end + 2)
     engine.wait_archived(missing)
     os.unlink(sandbox.spool / missing)
     before = rt.catalog.list_backups("app")
     with pytest.raises(WalGapError, match=missing):
-        rt.engine("app").take_backup("log")
+        open_engine(rt, "app").take_backup("log")
     assert rt.catalog.list_backups("app") == before  # nothing recorded for the failed attempt
 
     # A new full re-anchors the chain; log backups work again.
-    rt.engine("app").take_backup("full")
-    assert rt.engine("app").take_backup("log") is not None
+    open_engine(rt, "app").take_backup("full")
+    assert open_engine(rt, "app").take_backup("log") is not None
 
 
 def test_unknown_database_is_refused_before_anything_is_written(rt: Runtime) -> None:
     before = _objects(rt)
     with pytest.raises(UnknownDatabaseError, match="app"):
-        rt.engine("nosuchdb").take_backup("full")
+        open_engine(rt, "nosuchdb").take_backup("full")
     assert _objects(rt) == before
 
 
@@ -81,7 +82,7 @@ def test_missing_key_is_refused_and_names_the_variable(sandbox: Sandbox, monkeyp
     runtime = Runtime(load_policy(sandbox.policy_path))
     before = runtime.catalog.list_backups("app")
     with pytest.raises(EncryptionKeyError, match=KEY_ENV):
-        runtime.engine("app").take_backup("full")
+        open_engine(runtime, "app").take_backup("full")
     assert runtime.catalog.list_backups("app") == before
 
 
@@ -93,7 +94,7 @@ def test_unreachable_dsn_is_a_clear_error_without_the_password(
     runtime = Runtime(load_policy(path))
     before = runtime.catalog.list_backups("app")
     with pytest.raises(DatabaseUnreachableError) as exc:
-        runtime.engine("app").take_backup("full")
+        open_engine(runtime, "app").take_backup("full")
     assert "127.0.0.1:1" in str(exc.value) and "hunter2" not in str(exc.value)
     assert runtime.catalog.list_backups("app") == before
 
@@ -106,7 +107,7 @@ def test_wrong_data_dir_is_refused_with_the_servers_own(
     runtime = Runtime(load_policy(path))
     before = (runtime.catalog.list_backups("app"), list(runtime.store("local").list()))
     with pytest.raises(PrerequisiteError, match=str(sandbox.primary.data_dir)):
-        runtime.engine("app").take_backup("full")
+        open_engine(runtime, "app").take_backup("full")
     assert (runtime.catalog.list_backups("app"), list(runtime.store("local").list())) == before
 
 
@@ -135,21 +136,21 @@ def test_a_failure_mid_stream_leaves_no_object_and_marks_the_row_failed(
     monkeypatch.setattr(pgfiles.ArchiveWriter, "add_file", failing)
     before = _objects(rt)
     with pytest.raises(OSError, match="disk full"):
-        rt.engine("app").take_backup("full")
+        open_engine(rt, "app").take_backup("full")
     assert _objects(rt) == before
     failed = rt.catalog.list_backups("app", statuses=["failed"])
     assert failed and "disk full" in (failed[0].error or "")
     assert not rt.catalog.copies(failed[0].id)
     # The server's backup was aborted: a new one starts cleanly.
     monkeypatch.setattr(pgfiles.ArchiveWriter, "add_file", real)
-    assert rt.engine("app").take_backup("full").status == "completed"
+    assert open_engine(rt, "app").take_backup("full").status == "completed"
 
 
 def test_restore_refuses_a_target_dir_it_cannot_use_and_changes_nothing(rt: Runtime, scratch: Path) -> None:
     from drkit.engines.postgres.restore import restore
     from drkit.errors import RestoreError
 
-    rt.engine("app").take_backup("full")
+    open_engine(rt, "app").take_backup("full")
     busy = scratch / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("precious")

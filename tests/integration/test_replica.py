@@ -15,6 +15,7 @@ import pytest
 
 from drkit.engines.postgres.lsn import parse_lsn
 from drkit.engines.postgres.pgctl import LocalCluster, free_port
+from drkit.engines.postgres.probe import probe_db
 from drkit.engines.postgres.replica import (
     HEARTBEAT_TABLE,
     ReplicaError,
@@ -37,7 +38,6 @@ from drkit.engines.postgres.replica import (
     wait_caught_up,
     wait_replayed,
 )
-from drkit.health import probe_db
 from drkit.sandbox import create_sandbox
 from tests.support.pgdata import connect, table_hashes
 

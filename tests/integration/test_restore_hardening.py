@@ -20,6 +20,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from drkit.config import load_policy
+from drkit.engines import open_engine
 from drkit.engines.postgres.pgctl import LocalCluster, run_as
 from drkit.engines.postgres.restore import restore, restored_dsn
 from drkit.engines.postgres.verify import run_checks, verify_backup
@@ -85,10 +86,10 @@ def chain(sandbox: Sandbox, rt: Runtime) -> Iterator[dict[str, tuple[int, str]]]
         conn.execute("CREATE TABLE IF NOT EXISTS hardening(id int PRIMARY KEY)")
         conn.execute("TRUNCATE hardening")
         conn.execute("INSERT INTO hardening SELECT generate_series(1, 100)")
-    rt.engine("app").take_backup("full")
+    open_engine(rt, "app").take_backup("full")
     with connect(sandbox.dsn) as conn:
         conn.execute("INSERT INTO hardening SELECT generate_series(101, 150)")
-    rt.engine("app").take_backup("log")
+    open_engine(rt, "app").take_backup("log")
     yield table_hashes(sandbox.dsn)
 
 
@@ -182,7 +183,7 @@ def test_database_names_are_quoted_in_verification(sandbox: Sandbox, rt: Runtime
     with connect(make_conninfo(sandbox.dsn, dbname="x port=1")) as conn:
         conn.execute("CREATE TABLE only_here AS SELECT generate_series(1, 3) AS id")
         conn.execute("CREATE INDEX ON only_here(id)")
-    full = rt.engine("app").take_backup("full")
+    full = open_engine(rt, "app").take_backup("full")
     # The SQL checks run in the DSN's database, "x port=1": on the restored server, not on port 1.
     cfg = policy_variant(sandbox, scratch, {
         "dsn": make_conninfo(sandbox.dsn, dbname="x port=1"),
@@ -213,7 +214,7 @@ def test_validation_leaves_the_restored_databases_as_backed_up(sandbox: Sandbox,
             conn.execute("CREATE INDEX ON t(id)")
     with connect(make_conninfo(sandbox.dsn, dbname="has_amcheck")) as conn:
         conn.execute("CREATE EXTENSION amcheck")  # the user's own: it must stay
-    rt.engine("app").take_backup("full")
+    open_engine(rt, "app").take_backup("full")
     try:
         # `drkit restore` then validates the restored cluster (the restore flow's validate-restored task)
         res = restore(rt, "app", into=scratch / "r", keep_running=True)
@@ -265,7 +266,7 @@ def test_a_backup_without_pg_hba_conf_gets_peer_auth_on_the_socket_only(
             conn.execute("CREATE TABLE IF NOT EXISTS debianlike(id int)")
             conn.execute("TRUNCATE debianlike")
             conn.execute("INSERT INTO debianlike VALUES (1), (2)")
-        rt.engine("app").take_backup("full")
+        open_engine(rt, "app").take_backup("full")
         (etc / "files.conf").unlink()  # another host: the restored server must not find the source's files
         res = restore(rt, "app", into=scratch / "r", keep_running=True)
         try:
@@ -295,7 +296,7 @@ def test_a_backup_whose_pg_hba_shuts_drkit_out_fails_at_once_with_one_line(
     original = hba.read_bytes()
     hba.write_bytes(b"local all all peer\n" + original)  # first match wins: root is refused on the socket
     try:
-        rt.engine("app").take_backup("full")  # (the sandbox's DSN is TCP: the backup still works)
+        open_engine(rt, "app").take_backup("full")  # (the sandbox's DSN is TCP: the backup still works)
     finally:
         hba.write_bytes(original)
     with pytest.raises(RestoreError) as info:

@@ -19,6 +19,7 @@ import pytest
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
+from drkit.engines import open_engine
 from drkit.engines.postgres.pgctl import LocalCluster
 from drkit.engines.postgres.pgrestore import hba_is_drkit_peer_only, open_to_clients
 from drkit.engines.postgres.restore import restore
@@ -70,7 +71,7 @@ def ledger(sandbox: Sandbox) -> None:
 def test_a_backup_with_its_own_pg_hba_lets_its_clients_in_over_tcp(
     sandbox: Sandbox, rt: Runtime, scratch: Path, ledger: None, victim: Path
 ) -> None:
-    rt.engine("app").take_backup("full")
+    open_engine(rt, "app").take_backup("full")
     res = restore(rt, "app", into=scratch / "r", keep_running=True)
     cluster = _cluster(rt, res)
     try:
@@ -101,7 +102,7 @@ def test_a_backup_without_pg_hba_stays_peer_only_and_tcp_clients_are_refused(
     data = sandbox.primary.data_dir
     shutil.move(data / "pg_hba.conf", scratch / "pg_hba.conf")  # the running source keeps what it loaded
     try:
-        rt.engine("app").take_backup("full")
+        open_engine(rt, "app").take_backup("full")
     finally:
         shutil.move(scratch / "pg_hba.conf", data / "pg_hba.conf")
     res = restore(rt, "app", into=scratch / "r", keep_running=True)
@@ -122,7 +123,7 @@ def test_a_backup_without_pg_hba_stays_peer_only_and_tcp_clients_are_refused(
 def test_a_postgresql_auto_conf_that_is_a_link_is_refused(
     sandbox: Sandbox, rt: Runtime, scratch: Path, ledger: None, victim: Path
 ) -> None:
-    rt.engine("app").take_backup("full")
+    open_engine(rt, "app").take_backup("full")
     res = restore(rt, "app", into=scratch / "r", keep_running=True)
     cluster = _cluster(rt, res)
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from drkit.engines import open_engine
 from drkit.engines.postgres.engine import _ARCHIVE_SCRIPT_SRC, ARCHIVE_SCRIPT_NAME
 from drkit.runtime import Runtime
 from drkit.sandbox import Sandbox
@@ -31,7 +32,7 @@ def test_setup_replaces_a_link_planted_as_the_archive_script(sandbox: Sandbox, r
     os.symlink(victim, script)
     os.lchown(script, PG.pw_uid, PG.pw_gid)
 
-    result = rt.engine("app").setup()
+    result = open_engine(rt, "app").setup()
 
     st = os.lstat(victim)
     assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600) and victim.read_text() == "precious\n"
@@ -39,4 +40,4 @@ def test_setup_replaces_a_link_planted_as_the_archive_script(sandbox: Sandbox, r
     assert not os.path.islink(script) and (st.st_uid, st.st_mode & 0o777) == (PG.pw_uid, 0o755)
     assert script.read_bytes() == _ARCHIVE_SCRIPT_SRC.read_bytes()
     assert result.remaining == [] and not result.restart_needed
-    assert [i.name for i in rt.engine("app").check() if not i.ok] == []
+    assert [i.name for i in open_engine(rt, "app").check() if not i.ok] == []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from drkit.engines import open_engine
 from drkit.errors import EngineError
 from drkit.runtime import Runtime
 from drkit.sandbox import Sandbox
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(240
 def test_a_link_named_like_the_next_segment_stops_the_log_backup_until_removed(
     sandbox: Sandbox, rt: Runtime, scratch: Path
 ) -> None:
-    rt.engine("app").take_backup("full")
+    open_engine(rt, "app").take_backup("full")
     with connect(sandbox.dsn) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS spool_rows(id int)")
         conn.execute("INSERT INTO spool_rows VALUES (1)")
@@ -34,11 +35,11 @@ def test_a_link_named_like_the_next_segment_stops_the_log_backup_until_removed(
     logs_before = len(rt.catalog.list_backups("app", kinds=["log"]))
 
     with pytest.raises(EngineError, match=f"{segment}: it is a symbolic link") as info:
-        rt.engine("app").take_backup("log")
+        open_engine(rt, "app").take_backup("log")
     assert "\n" not in str(info.value)
     assert len(rt.catalog.list_backups("app", kinds=["log"])) == logs_before  # nothing was started
 
     link.unlink()  # the operator removes it; PostgreSQL archives the real segment on its next attempt
-    done = rt.engine("app").take_backup("log")
+    done = open_engine(rt, "app").take_backup("log")
     assert done is not None and done.status == "completed"
     assert done.start_wal is not None and done.end_wal is not None and done.start_wal <= segment <= done.end_wal

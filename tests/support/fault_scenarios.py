@@ -48,6 +48,7 @@ import psycopg
 import yaml
 
 from drkit.config import load_policy
+from drkit.engines import open_engine
 from drkit.engines.postgres.pgctl import LocalCluster, free_port
 from drkit.engines.postgres.restore import restored_dsn
 from drkit.runtime import Runtime
@@ -418,14 +419,13 @@ def partial_writes(directory: Path) -> list[Path]:
 def restore_exact(world: World, out: Outcome, policy: str = "main") -> bool:
     """Restore the newest chain (to its latest point) in a new directory; compare with what was written."""
     from drkit.engines.postgres.restore import restore
-    from drkit.restore import make_plan
 
     world.restores += 1
     into = world.root / "restores" / f"r{world.restores}"
     into.parent.mkdir(exist_ok=True)
     os.chmod(into.parent, 0o755)
     with world.runtime(policy) as rt:
-        plan = make_plan(rt, DB, None)
+        plan = open_engine(rt, DB).plan_restore(None)
         try:
             res = restore(rt, DB, into=into, plan=plan, keep_running=True)
         except Exception as exc:
@@ -1107,7 +1107,7 @@ def archive_killed_after_rename(world: World) -> Outcome:
         out.outcome = f"killed once after renaming {segment}; PostgreSQL retried; the segment was acknowledged"
     finally:
         with world.runtime() as rt:
-            _set_archive_command(world, rt.engine(DB).archive_command)
+            _set_archive_command(world, open_engine(rt, DB).archive_command)
         arm.unlink(missing_ok=True)
         wrapper.unlink(missing_ok=True)
     for p in spool.glob(".*.part-*"):

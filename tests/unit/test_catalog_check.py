@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from drkit.catalog.records import AuditRecord, BackupRecord, CopyRecord
 from drkit.catalog_check import GRACE, STALE_AFTER, Deep, Finding, Inventory, StoredObject, plan
-from drkit.engines.postgres.chain import POSTGRES_CHAIN
+from drkit.engines.postgres.chain_model import POSTGRES_CHAIN
 from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, segment_name
 from drkit.status import check_status
 from drkit.tiers.naming import DATA_OBJECT, DESCRIPTOR_OBJECT, MANIFEST_OBJECT, object_key

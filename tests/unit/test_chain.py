@@ -583,3 +583,24 @@ def test_a_target_past_a_gap_is_always_refused(w: World, data: st.DataObject) ->
         return
     with pytest.raises(RestorePlanError, match="cannot reach"):
         w.cat.plan(target, now=w.now)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 2**32 - 1), st.integers(0, 2**40), st.sampled_from([2**k for k in range(20, 31)]),
+       st.sampled_from(["", "x", " ", "_", "g", "\n", "٣"]))
+def test_the_fast_segment_name_reader_agrees_with_the_parser(tl: int, segno: int, size: int, junk: str) -> None:
+    """The planners read WAL names with lsn.segment_number_of / segment_span: the parser's numbers, and
+    None (never an exception, never a number) for what the parser refuses."""
+    from drkit.engines.postgres.lsn import segment_number_of, segment_span
+
+    segno %= (2**32) * (2**32 // size)
+    name = segment_name(tl, segno, size)
+    assert segment_number_of(name, size) == parse_segment_name(name, size)[1] == segno
+    assert segment_span(name, name, size) == (segno, segno)
+    bad = [name[:-1] + junk if junk else name[:-1], " " + name[1:], name[:10] + "_" + name[11:], name[:-1] + "\n"]
+    for other in bad:
+        if other == name:
+            continue
+        with pytest.raises(ValueError):
+            parse_segment_name(other, size)
+        assert segment_number_of(other, size) is None and segment_span(name, other, size) is None

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from drkit.catalog.records import BackupRecord, CopyRecord
 from drkit.engines import chain_model
 from drkit.engines.base import ChainModel
-from drkit.engines.postgres.chain import POSTGRES_CHAIN
-from drkit.engines.sqlserver.chain import SQLSERVER_CHAIN
+from drkit.engines.postgres.chain_model import POSTGRES_CHAIN
+from drkit.engines.sqlserver.chain_model import SQLSERVER_CHAIN
 from drkit.errors import RestorePlanError
 from drkit.retention import Action, TierSpec, plan
 from drkit.status import database_status

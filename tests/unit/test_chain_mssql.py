@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from drkit import retention, retention_reference
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord, HoldRecord
-from drkit.engines.sqlserver.chain import NATIVE_TIER, SQLSERVER_CHAIN
+from drkit.engines.sqlserver.chain import NATIVE_TIER
+from drkit.engines.sqlserver.chain_model import SQLSERVER_CHAIN
 from drkit.errors import RestorePlanError
 from drkit.plans import RestorePlan
 from drkit.retention import TierSpec

@@ -13,13 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from drkit.engines.postgres.probe import dsn_target, probe_db
 from drkit.health import (
     ProbeFailed,
     ProbeResult,
     ProbeSeries,
-    dsn_target,
     error_rate_and_latency,
-    probe_db,
     probe_http,
     probe_with_retries,
     url_target,

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from drkit import retention_reference
 from drkit.catalog.records import BackupRecord, CopyRecord, HoldRecord
 from drkit.engines.base import ChainModel
-from drkit.engines.postgres.chain import POSTGRES_CHAIN, plan_restore
+from drkit.engines.postgres.chain_model import POSTGRES_CHAIN, plan_restore
 from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, segment_name
 from drkit.errors import RestorePlanError
 from drkit.plans import Need
@@ -743,7 +743,8 @@ def test_the_chain_of_a_held_backup_is_its_plan_for_backup(w: World, data: st.Da
     ok = {c.backup_id for c in copies if c.status == "complete" and c.tier in w.order}
     index = POSTGRES_CHAIN.index(w.cat.backups, ok.__contains__)
     try:
-        want = [p.backup.id for p in POSTGRES_CHAIN.plan_for_backup(b, w.cat.backups, copies, tier_order=w.order).pieces]
+        got = POSTGRES_CHAIN.plan_for_backup(b, w.cat.backups, copies, tier_order=w.order)
+        want = [p.backup.id for p in got.pieces]
     except RestorePlanError:
         want = [b.id]
     if b.kind == "log" and b.status not in ("completed", "verified"):

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from drkit import retention, retention_reference
 from drkit.catalog.records import BackupRecord, CopyRecord, HoldRecord
 from drkit.engines.base import ChainModel
-from drkit.engines.postgres.chain import POSTGRES_CHAIN
-from drkit.engines.sqlserver.chain import SQLSERVER_CHAIN
+from drkit.engines.postgres.chain_model import POSTGRES_CHAIN
+from drkit.engines.sqlserver.chain_model import SQLSERVER_CHAIN
 from drkit.retention import Action, TierSpec
 from tests.support.histories import Backup, History, Policy, histories, hours, policies
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from drkit.engines import open_engine
 from drkit.engines.sqlserver import errors, msdb, settings, tsql
 from drkit.engines.sqlserver.backup import take_backup
 from drkit.engines.sqlserver.history import import_history
 from drkit.engines.sqlserver.restore import restore_to_point
 from drkit.engines.sqlserver.verify import verify_backup_mssql
 from drkit.errors import ConfigError, DatabaseUnreachableError, PrerequisiteError, RestorePlanError
-from drkit.restore import make_plan
 from tests.support.fake_odbc import DSN, DSN_PASSWORD, SAS_TOKEN, FakeDriver, World, make_world, odbc_error
 
 NOW = datetime(2026, 5, 18, 12, 0, tzinfo=UTC)
@@ -268,7 +268,7 @@ def test_import_history_adopts_a_running_server_and_is_idempotent(tmp_path: Path
     assert full.meta["imported"] and int(full.meta["first_lsn"]) > 2**64  # LSNs beyond BIGINT, kept as text
     assert full.start_lsn == int(full.meta["first_lsn"]) and full.end_lsn == int(full.meta["last_lsn"])
     assert full.lineage == full.meta["last_recovery_fork_guid"]  # the log chain link both engines fill
-    plan = make_plan(w.rt, "orders", None, NOW)
+    plan = open_engine(w.rt, "orders").plan_restore(None, now=NOW)
     assert [p.backup.id for p in plan.pieces] == [full.id, diff.id, recs["log3"].id]
     assert plan.pieces[0].tier == "sqlserver" and plan.pieces[0].store_key == "D:\\Backup\\Orders_full.bak"
     assert w.rt.catalog.audit_events(action="history.import")
@@ -287,9 +287,9 @@ def test_a_log_backup_taken_outside_drkit_is_reported_then_healed_by_import(tmp_
     newest = max(logs, key=lambda b: b.started_at)
     assert first.end_time is not None and newest.end_time is not None
     with pytest.raises(RestorePlanError, match="gap"):
-        make_plan(w.rt, "orders", newest.end_time, NOW)
+        open_engine(w.rt, "orders").plan_restore(newest.end_time, now=NOW)
     assert import_history(w.rt, "orders", engine=w.engine).imported
-    plan = make_plan(w.rt, "orders", newest.end_time, NOW)
+    plan = open_engine(w.rt, "orders").plan_restore(newest.end_time, now=NOW)
     assert len(plan.logs) == 3
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from drkit.catalog.records import BackupRecord, CopyRecord
-from drkit.engines.postgres.chain import POSTGRES_CHAIN
+from drkit.engines.postgres.chain_model import POSTGRES_CHAIN
 from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, segment_name
 from drkit.status import DatabaseStatus, database_status
 

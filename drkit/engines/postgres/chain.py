@@ -14,13 +14,12 @@ retention sweep.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
-from drkit.engines.base import RestoreIndex
-from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, format_lsn, parse_lsn, segment_number_of
+from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, format_lsn, segment_span
 from drkit.errors import RestorePlanError
 from drkit.plans import CopyIndex, Recovery, RestorePlan
 from drkit.plans import fmt_time as _fmt
@@ -42,9 +41,7 @@ def log_segments(b: BackupRecord) -> tuple[int, int] | None:
     names (such a log joins no chain)."""
     if not b.start_wal or not b.end_wal:
         return None
-    size = segment_size(b)
-    first, last = segment_number_of(b.start_wal, size), segment_number_of(b.end_wal, size)
-    return None if first is None or last is None else (first, last)
+    return segment_span(b.start_wal, b.end_wal, int(b.meta.get("segment_size", DEFAULT_SEGMENT_SIZE)))
 
 
 def _log_chain(
@@ -247,35 +244,3 @@ def plan_for_backup(
     if target.id not in {p.backup.id for p in plan.pieces}:
         raise RestorePlanError(f"log backup {target.id} is not part of any restorable chain")
     return plan
-
-
-class PostgresChainModel:
-    """PostgreSQL's restore-chain rules (:class:`drkit.engines.base.ChainModel`): bases joined to log backups
-    WAL segment by segment, on one timeline; positions are LSNs (``0/3000028``)."""
-
-    def plan_restore(self, database: str, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord], *,
-                     target: datetime | None, now: datetime, tier_order: Sequence[str]) -> RestorePlan:
-        return plan_restore(database, backups, copies, target=target, now=now, tier_order=tier_order)
-
-    def plan_to_position(self, database: str, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord],
-                         *, position: int, tier_order: Sequence[str]) -> RestorePlan:
-        return plan_restore_to_lsn(database, backups, copies, target_lsn=position, tier_order=tier_order)
-
-    def plan_for_backup(self, target: BackupRecord, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord],
-                        *, tier_order: Sequence[str]) -> RestorePlan:
-        return plan_for_backup(target, backups, copies, tier_order=tier_order)
-
-    def index(self, backups: Iterable[BackupRecord], has_copy: Callable[[str], object]) -> RestoreIndex:
-        from drkit.engines.postgres.restore_index import PostgresRestoreIndex  # it builds on this module
-
-        return PostgresRestoreIndex(backups, has_copy)
-
-    def parse_position(self, text: str) -> int:
-        return parse_lsn(text)
-
-    def format_position(self, position: int) -> str:
-        return format_lsn(position)
-
-
-POSTGRES_CHAIN = PostgresChainModel()
-"""The PostgreSQL chain model (``drkit.engines.chain_model("postgres")``)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from drkit.catalog.records import BackupRecord
 from drkit.engines.base import BackupKind, ChainModel, CheckItem, EngineFeatures, Progress, SetupResult, StepCallback
 from drkit.engines.postgres import backup, restore, verify
-from drkit.engines.postgres.chain import POSTGRES_CHAIN
+from drkit.engines.postgres.chain_model import POSTGRES_CHAIN
 from drkit.engines.postgres.engine import PostgresEngine, server
 from drkit.engines.postgres.pgctl import LocalCluster
 from drkit.errors import ConfigError, RestoreError
@@ -66,7 +66,7 @@ class PostgresDatabase:
 
     def plan_restore(self, target: datetime | None, *, position: str | None = None,
                      now: datetime | None = None) -> RestorePlan:
-        return make_plan(self._rt, self._db, target, now, position=position)
+        return make_plan(self._rt, self._db, POSTGRES_CHAIN, target, now, position=position)
 
     def restore(self, plan: RestorePlan, into: str, *, port: int | None = None, keep_running: bool = False,
                 on_step: StepCallback | None = None) -> RestoreResult:

@@ -30,9 +30,10 @@ from drkit.engines.base import (
     Side,
     Switchover,
 )
-from drkit.engines.postgres import replica
+from drkit.engines.postgres import probe, replica
 from drkit.engines.postgres.lsn import format_lsn
 from drkit.engines.postgres.pgctl import LocalCluster
+from drkit.engines.postgres.probe import dsn_target
 from drkit.errors import ConfigError, EngineError
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ class PostgresDr:
         return host_port(self.sides.dsn(side))
 
     def probe(self, side: Side, *, timeout: float, require_writable: bool = True) -> health.ProbeResult:
-        return health.probe_db(self.sides.dsn(side), timeout=timeout, require_writable=require_writable)
+        return probe.probe_db(self.sides.dsn(side), timeout=timeout, require_writable=require_writable)
 
     def replica_state(self) -> ReplicaState:
         lag = _lag(replica.standby_lag(self.sides.replica_dsn), self.sides.max_lag_seconds)
@@ -173,7 +174,7 @@ class PostgresDr:
         source = s.replica_dsn if node == "primary" else s.primary_dsn
         slot = FAILBACK_SLOT if node == "primary" else s.slot
         outcome = replica.rewind_as_standby(target, source, slot=slot, port=target.port, timeout=600)
-        return Resync(node, outcome, f"{target.data_dir} follows {health.dsn_target(source)} (slot {slot})")
+        return Resync(node, outcome, f"{target.data_dir} follows {dsn_target(source)} (slot {slot})")
 
     def wait_caught_up(self, node: Side, *, timeout: float) -> CaughtUp:
         s = self.sides

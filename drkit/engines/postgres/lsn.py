@@ -70,5 +70,19 @@ def segment_number_of(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> in
     return (xlog_seg >> 32) * (0x100000000 // segment_size) + (xlog_seg & 0xFFFFFFFF)
 
 
+def segment_span(first: str, last: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int] | None:
+    """The segment numbers of two WAL segment names (a log backup's first and last), as
+    :func:`segment_number_of` reads them, in one call; None unless both are segment names."""
+    if len(first) != 24 or len(last) != 24 or not first.isascii() or not last.isascii() or not first.isalnum() \
+            or not last.isalnum():
+        return None
+    try:
+        x, y = int(first, 16) & 0xFFFFFFFFFFFFFFFF, int(last, 16) & 0xFFFFFFFFFFFFFFFF
+    except ValueError:
+        return None
+    per = 0x100000000 // segment_size
+    return (x >> 32) * per + (x & 0xFFFFFFFF), (y >> 32) * per + (y & 0xFFFFFFFF)
+
+
 def segment_start_lsn(segno: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
     return segno * segment_size

@@ -46,8 +46,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from drkit.engines.postgres.lsn import format_lsn, parse_lsn
 from drkit.engines.postgres.pgctl import LocalCluster, make_owned_dir, run_as
+from drkit.engines.postgres.probe import dsn_target
 from drkit.errors import DatabaseUnreachableError, EngineError
-from drkit.health import dsn_target
 from drkit.safedir import SafeDir, open_leaf, trusted_path
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from drkit.binding import require_key, stream_context
 from drkit.copies import CopyPicker
+from drkit.engines.postgres.chain_model import POSTGRES_CHAIN
 from drkit.engines.postgres.lsn import format_lsn
 from drkit.engines.postgres.manifest import check_manifest
 from drkit.engines.postgres.pgctl import LocalCluster, free_port, run_as
@@ -134,7 +135,7 @@ def restore(
 ) -> RestoreResult:
     """Restore ``db`` into the new directory ``into``; the cluster is stopped at the end unless kept running."""
     t0 = time.monotonic()
-    plan = plan or make_plan(rt, db, target)
+    plan = plan or make_plan(rt, db, POSTGRES_CHAIN, target)
     require_key(rt, [p.backup for p in plan.pieces])
     try:
         into = trusted_path(into)

@@ -16,7 +16,8 @@ from itertools import accumulate
 from typing import NamedTuple
 
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord
-from drkit.engines.postgres.chain import log_segments, start_segment
+from drkit.engines.postgres.chain import start_segment
+from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, segment_span
 from drkit.plans import Need
 
 _TICK = timedelta(microseconds=1)
@@ -127,6 +128,7 @@ class PostgresRestoreIndex:
         diffs: dict[str, list[tuple[datetime, int, BackupRecord]]] = {}
         logs: _Logs | None = None
         timeline: int | None = None
+        size = DEFAULT_SEGMENT_SIZE
         restorable = _RESTORABLE
         for order, b in enumerate(backups):
             end = b.end_time
@@ -134,14 +136,16 @@ class PostgresRestoreIndex:
                 continue
             kind = b.kind
             if kind == "log":
-                if b.start_lsn is None:
+                start, stop = b.start_wal, b.end_wal
+                if not start or not stop or b.start_lsn is None:
                     continue
-                span = log_segments(b)
-                if span is None:
+                seg_size = b.meta.get("segment_size", DEFAULT_SEGMENT_SIZE)
+                if seg_size != size:
+                    size = int(seg_size)
+                span = segment_span(start, stop, size)  # chain.log_segments, inline: this runs per log
+                if span is None or span[1] < span[0]:
                     continue  # not segment names: no chain uses it
                 lo, hi = span
-                if hi < lo:
-                    continue
                 if logs is None or b.timeline != timeline:
                     timeline = b.timeline
                     logs = self.logs.get(timeline)

@@ -31,6 +31,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from drkit.binding import require_key
 from drkit.config import resolve_dsn
+from drkit.engines.postgres.chain_model import POSTGRES_CHAIN
 from drkit.engines.postgres.pgctl import LocalCluster, make_owned_dir
 from drkit.engines.postgres.restore import restore
 from drkit.errors import DrkitError
@@ -204,7 +205,7 @@ def verify_backup(rt: Runtime, db: str, backup_id: str | None = None, *, actor: 
     rt.policy.database(db)
     backups = rt.catalog.list_backups(db)
     target = verify_target(rt, db, backups, backup_id)
-    plan = rt.chain_model(db).plan_for_backup(target, backups, rt.catalog.all_copies(db),
+    plan = POSTGRES_CHAIN.plan_for_backup(target, backups, rt.catalog.all_copies(db),
                                               tier_order=rt.tier_order)
     report = verify_plan(rt, db, plan, target.id)
     record_verification(rt, db, report, [target], actor)
@@ -215,7 +216,7 @@ def verify_chain(rt: Runtime, db: str, *, actor: str = "drkit-verify") -> Verify
     """Restore the newest chain (full + diff + logs to the latest point) and check it end to end."""
     rt.policy.database(db)
     backups = rt.catalog.list_backups(db)
-    plan = rt.chain_model(db).plan_restore(db, backups, rt.catalog.all_copies(db), target=None,
+    plan = POSTGRES_CHAIN.plan_restore(db, backups, rt.catalog.all_copies(db), target=None,
                                            now=datetime.now(UTC), tier_order=rt.tier_order)
     report = verify_plan(rt, db, plan, f"chain to {plan.reaches.isoformat(timespec='seconds')}")
     pieces = [p.backup for p in plan.pieces]

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
-from drkit.engines.base import RestoreIndex
 from drkit.errors import RestorePlanError
 from drkit.plans import CopyIndex, Recovery, RestorePiece, RestorePlan
 from drkit.plans import fmt_time as _fmt
@@ -532,41 +531,3 @@ def plan_for_backup(
         raise RestorePlanError(f"log backup {target.id} is not part of any restorable chain (no full or diff joins "
                                f"it through unbroken logs up to LSN {me.first})")
     return cat.plan(choice, None, [f"{len(choice.logs)} log backup(s) up to {target.id}"])
-
-
-class SqlServerChainModel:
-    """SQL Server's restore-chain rules (:class:`drkit.engines.base.ChainModel`): bases and log backups
-    joined by the LSNs msdb records; positions are decimal LSNs (``34000000012300001``)."""
-
-    def plan_restore(self, database: str, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord], *,
-                     target: datetime | None, now: datetime, tier_order: Sequence[str]) -> RestorePlan:
-        return plan_restore(database, backups, copies, target=target, now=now, tier_order=tier_order)
-
-    def plan_to_position(self, database: str, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord],
-                         *, position: int, tier_order: Sequence[str]) -> RestorePlan:
-        raise RestorePlanError(f"SQL Server restores of {database!r} stop at a time, not at a log position "
-                               f"(LSN {position}); give a target time (--to TIME) instead")
-
-    def plan_for_backup(self, target: BackupRecord, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord],
-                        *, tier_order: Sequence[str]) -> RestorePlan:
-        return plan_for_backup(target, backups, copies, tier_order=tier_order)
-
-    def index(self, backups: Iterable[BackupRecord], has_copy: Callable[[str], object]) -> RestoreIndex:
-        """Usable here: restorable, with an LSN range, and a copy (``has_copy(id)``) or a device SQL Server
-        reads itself, as :func:`plan_restore` counts them."""
-        from drkit.engines.sqlserver.restore_index import SqlServerRestoreIndex  # it builds on this module
-
-        return SqlServerRestoreIndex(backups, has_copy)
-
-    def parse_position(self, text: str) -> int:
-        value = text.strip()
-        if not value.isdigit():
-            raise ValueError(f"not a SQL Server LSN: {text!r} (expected a decimal number like 34000000012300001)")
-        return int(value)
-
-    def format_position(self, position: int) -> str:
-        return str(position)
-
-
-SQLSERVER_CHAIN = SqlServerChainModel()
-"""The SQL Server chain model (``drkit.engines.chain_model("sqlserver")``)."""

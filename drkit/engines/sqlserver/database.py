@@ -13,7 +13,7 @@ from datetime import datetime
 from drkit.catalog.records import BackupRecord
 from drkit.engines.base import BackupKind, ChainModel, CheckItem, EngineFeatures, Progress, SetupResult, StepCallback
 from drkit.engines.sqlserver.backup import take_backup
-from drkit.engines.sqlserver.chain import SQLSERVER_CHAIN
+from drkit.engines.sqlserver.chain_model import SQLSERVER_CHAIN
 from drkit.engines.sqlserver.engine import SqlServerEngine, sqlserver_engine
 from drkit.engines.sqlserver.errors import SqlServerError
 from drkit.engines.sqlserver.history import import_history
@@ -74,7 +74,7 @@ class SqlServerDatabase:
         if position is not None:
             raise ConfigError(f"--lsn: {self._db!r} is a SQL Server database: a restore stops at a time (--to), "
                               "not at a log position")
-        return make_plan(self._rt, self._db, target, now)
+        return make_plan(self._rt, self._db, SQLSERVER_CHAIN, target, now)
 
     def restore(self, plan: RestorePlan, into: str, *, port: int | None = None, keep_running: bool = False,
                 on_step: StepCallback | None = None) -> RestoreResult:

@@ -20,6 +20,7 @@ from drkit.binding import stream_context
 from drkit.catalog.records import BackupRecord
 from drkit.engines.sqlserver import tsql
 from drkit.engines.sqlserver.chain import NATIVE_TIER
+from drkit.engines.sqlserver.chain_model import SQLSERVER_CHAIN
 from drkit.engines.sqlserver.engine import SqlServerEngine, sqlserver_engine
 from drkit.engines.sqlserver.errors import RestoreTargetError
 from drkit.engines.sqlserver.msdb import NATIVE_FORMATS
@@ -150,7 +151,7 @@ def restore_to_point(
     """Restore ``db`` as the new database ``into`` at ``target`` (None: the latest point); never overwrites."""
     tsql.validate_name(into, "restore target database")
     engine = engine or sqlserver_engine(rt, db)
-    plan = plan or make_plan(rt, db, target, now)  # the chain model's plan, refused if the key cannot read it
+    plan = plan or make_plan(rt, db, SQLSERVER_CHAIN, target, now)  # refused if the key cannot read it
     t0 = time.monotonic()
     steps: list[str] = []
     staged = Staged()

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from drkit.binding import require_key
 from drkit.engines.sqlserver import tsql
+from drkit.engines.sqlserver.chain_model import SQLSERVER_CHAIN
 from drkit.engines.sqlserver.engine import SqlServerEngine, sqlserver_engine
 from drkit.engines.sqlserver.errors import BackupMediaError, RestoreTargetError, SqlServerError, scrub
 from drkit.engines.sqlserver.odbc import Session
@@ -152,7 +153,7 @@ def verify_backup_mssql(
     engine = engine or sqlserver_engine(rt, db)
     backups = rt.catalog.list_backups(db)
     target = verify_target(rt, db, backups, backup_id)
-    plan = rt.chain_model(db).plan_for_backup(target, backups, rt.catalog.all_copies(db), tier_order=rt.tier_order)
+    plan = SQLSERVER_CHAIN.plan_for_backup(target, backups, rt.catalog.all_copies(db), tier_order=rt.tier_order)
     report = verify_plan_mssql(rt, db, engine, plan, target.id, now=now)
     proven = report.passed or target.id in report.corrupt_pieces
     record_verification(rt, db, report, [target] if proven else [], actor)
