@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -118,16 +118,20 @@ class Schedules(_Model):
     verify: Cron | None = "30 3 * * *"
 
 
-class VerifyConfig(_Model):
-    after: list[Literal["full", "diff", "log"]] = Field(default_factory=lambda: ["full"])  # type: ignore[arg-type]
-    checks: list[str] | None = None  # None: the engine's own (postgres: amcheck, visibility)
+BackupKindName = Literal["full", "diff", "log"]
 
-    def checks_for(self, engine: str) -> list[str]:
-        """The checks to run: the policy's, else the engine's integrity checks (SQL Server: DBCC CHECKDB,
-        which always runs anyway)."""
-        if self.checks is not None:
-            return list(self.checks)
-        return ["amcheck", "visibility"] if engine == "postgres" else []
+
+def _after_fulls() -> list[BackupKindName]:
+    return ["full"]
+
+
+class VerifyConfig(_Model):
+    after: list[BackupKindName] = Field(default_factory=_after_fulls)
+    checks: list[str] | None = None  # None: the engine's own built-in checks
+
+    def checks_for(self, builtin: Sequence[str]) -> list[str]:
+        """The checks to run: the policy's, else the engine's ``builtin`` integrity checks."""
+        return list(self.checks) if self.checks is not None else list(builtin)
 
 
 class ReplicaConfig(_Model):

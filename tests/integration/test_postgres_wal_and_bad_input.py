@@ -10,6 +10,7 @@ import yaml
 
 from drkit.config import load_policy
 from drkit.engines import open_engine
+from drkit.engines.postgres.engine import server
 from drkit.engines.postgres.lsn import parse_segment_name, segment_name
 from drkit.errors import (
     ConfigError,
@@ -56,9 +57,8 @@ def test_log_backups_join_and_a_missing_segment_is_a_gap(sandbox: Sandbox, rt: R
         for _ in range(2):
             conn.execute("INSERT INTO gap VALUES (1)")
             conn.execute("SELECT pg_switch_wal()")
-    engine = open_engine(rt, "app")
     missing = segment_name(tli, end + 2)
-    engine.wait_archived(missing)
+    server(rt, "app").wait_archived(missing)
     os.unlink(sandbox.spool / missing)
     before = rt.catalog.list_backups("app")
     with pytest.raises(WalGapError, match=missing):

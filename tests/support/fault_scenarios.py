@@ -49,6 +49,7 @@ import yaml
 
 from drkit.config import load_policy
 from drkit.engines import open_engine
+from drkit.engines.postgres.engine import server
 from drkit.engines.postgres.pgctl import LocalCluster, free_port
 from drkit.engines.postgres.restore import restored_dsn
 from drkit.runtime import Runtime
@@ -1107,7 +1108,7 @@ def archive_killed_after_rename(world: World) -> Outcome:
         out.outcome = f"killed once after renaming {segment}; PostgreSQL retried; the segment was acknowledged"
     finally:
         with world.runtime() as rt:
-            _set_archive_command(world, open_engine(rt, DB).archive_command)
+            _set_archive_command(world, server(rt, DB).archive_command)
         arm.unlink(missing_ok=True)
         wrapper.unlink(missing_ok=True)
     for p in spool.glob(".*.part-*"):

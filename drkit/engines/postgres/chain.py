@@ -14,9 +14,10 @@ retention sweep.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import NamedTuple
 
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
 from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE, format_lsn, segment_span
@@ -45,7 +46,7 @@ def log_segments(b: BackupRecord) -> tuple[int, int] | None:
 
 
 def _log_chain(
-    base: BackupRecord, logs: Sequence[BackupRecord], until: datetime | None,
+    base: BackupRecord, logs: Sequence[BackupRecord], segs: Mapping[str, tuple[int, int]], until: datetime | None,
     *, until_lsn: int | None = None,
 ) -> list[BackupRecord]:
     """Logs joined segment to segment from the base's start, up to one whose end covers ``until``
@@ -53,7 +54,7 @@ def _log_chain(
     """
     need = start_segment(base)
     chain: list[BackupRecord] = []
-    spans = [(*segs, lg) for lg in logs if lg.timeline == base.timeline and (segs := log_segments(lg)) is not None]
+    spans = [(*segs[lg.id], lg) for lg in logs if lg.timeline == base.timeline]
     by_start: dict[int, list[tuple[int, int, BackupRecord]]] = {}
     for span in spans:
         by_start.setdefault(span[0], []).append(span)
@@ -75,12 +76,26 @@ def _log_chain(
         need = nxt[1] + 1
 
 
+class _Candidates(NamedTuple):
+    usable: list[BackupRecord]
+    corrupt: list[BackupRecord]
+    fulls: list[BackupRecord]
+    diffs: list[BackupRecord]
+    logs: list[BackupRecord]
+    segs: dict[str, tuple[int, int]]
+    """Each usable log's first and last WAL segment, read once per plan."""
+
+
 def _candidates(
     database: str, backups: Sequence[BackupRecord], where: CopyIndex, tier_order: Sequence[str]
-) -> tuple[list[BackupRecord], list[BackupRecord], list[BackupRecord], list[BackupRecord], list[BackupRecord]]:
+) -> _Candidates:
     mine = [b for b in backups if b.database == database]
+    segs: dict[str, tuple[int, int]] = {}
+    for b in mine:
+        if b.kind == "log" and (span := log_segments(b)) is not None:
+            segs[b.id] = span
     restorable = [b for b in mine if b.status in RESTORABLE_STATUSES and b.end_time
-                  and b.start_lsn is not None and (b.kind != "log" or log_segments(b) is not None)]
+                  and b.start_lsn is not None and (b.kind != "log" or b.id in segs)]
     usable = [b for b in restorable if where.has(b)]
     corrupt = [b for b in mine if b.status == "corrupt"]
     fulls = [b for b in usable if b.kind == "full"]
@@ -92,8 +107,8 @@ def _candidates(
                       f"{', '.join(tier_order)}")
         raise RestorePlanError(f"no restorable full backup of {database!r} in the catalog{extra}; "
                                f"run `drkit backup full {database}` first")
-    return (usable, corrupt, fulls, [b for b in usable if b.kind == "diff"],
-            [b for b in usable if b.kind == "log"])
+    return _Candidates(usable, corrupt, fulls, [b for b in usable if b.kind == "diff"],
+                       [b for b in usable if b.kind == "log"], segs)
 
 
 def plan_restore(
@@ -107,7 +122,7 @@ def plan_restore(
 ) -> RestorePlan:
     """The chain that restores ``database`` to ``target`` (None: the latest point the backups reach)."""
     where = CopyIndex(copies, tier_order)
-    usable, corrupt, fulls, diffs, logs = _candidates(database, backups, where, tier_order)
+    usable, corrupt, fulls, diffs, logs, segs = _candidates(database, backups, where, tier_order)
     fulls.sort(key=lambda b: b.end_time or now, reverse=True)
     if target is not None:
         if target > now:
@@ -137,7 +152,7 @@ def plan_restore(
             return RestorePlan(database, target, "immediate", base.end_time,
                                tuple(where.piece(b) for b in (full, diff) if b),
                                (*why, "recovery stops at the base backup's consistency point", *reasons))
-        chain = _log_chain(base, logs, target)
+        chain = _log_chain(base, logs, segs, target)
         if target is None:
             reaches = chain[-1].end_time if chain else base.end_time
             assert reaches is not None
@@ -177,7 +192,7 @@ def plan_restore_to_lsn(
 ) -> RestorePlan:
     """The chain that restores ``database`` up to and including the WAL record at ``target_lsn``."""
     where = CopyIndex(copies, tier_order)
-    usable, corrupt, fulls, diffs, logs = _candidates(database, backups, where, tier_order)
+    usable, corrupt, fulls, diffs, logs, segs = _candidates(database, backups, where, tier_order)
     before = [f for f in fulls if (f.end_lsn or 0) <= target_lsn]
     if not before:
         first = min(fulls, key=lambda b: b.end_lsn or 0)
@@ -197,7 +212,7 @@ def plan_restore_to_lsn(
     if base.end_lsn == target_lsn:
         return RestorePlan(database, None, "immediate", base.end_time,
                            tuple(where.piece(b) for b in (full, diff) if b), tuple(why), target_lsn)
-    chain = _log_chain(base, logs, None, until_lsn=target_lsn)
+    chain = _log_chain(base, logs, segs, None, until_lsn=target_lsn)
     if chain and (chain[-1].end_lsn or 0) >= target_lsn and chain[-1].end_time is not None:
         why.append(f"{len(chain)} log backup(s) from {chain[0].start_wal} to {chain[-1].end_wal}")
         return RestorePlan(database, None, "lsn", chain[-1].end_time,

@@ -139,7 +139,7 @@ def run_checks(rt: Runtime, db: str, port: int, host: str) -> list[CheckResult]:
     cfg = rt.policy.database(db)
     dbname = conninfo_to_dict(resolve_dsn(db, cfg, rt.environ)).get("dbname") or "postgres"
     results = []
-    for check in cfg.verify.checks_for(cfg.engine):
+    for check in cfg.verify.checks_for(BUILTIN_CHECKS):
         if check == "amcheck":
             results.append(timed("amcheck", lambda: check_amcheck(host, port, rt.bin_dir(db)), CHECK_ERRORS))
         elif check == "visibility":

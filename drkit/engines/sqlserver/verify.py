@@ -125,7 +125,7 @@ def _verify_only(session: Session, plan: RestorePlan, staged: Staged, report: Ve
 
 def _policy_checks(rt: Runtime, db: str, session: Session, scratch: str) -> list[CheckResult]:
     results = []
-    for check in rt.policy.database(db).verify.checks_for("sqlserver"):
+    for check in rt.policy.database(db).verify.checks_for(()):  # DBCC CHECKDB always runs
         if check in POSTGRES_ONLY_CHECKS or check.lower() == "checkdb":
             continue  # PostgreSQL's built-ins; DBCC CHECKDB always runs
 
