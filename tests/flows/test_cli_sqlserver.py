@@ -95,6 +95,8 @@ def test_backups_status_plan_retention_verify_and_restore_of_a_sqlserver_databas
     plan = sql.json("restore-plan", "orders")
     assert [p["backup"] for p in plan["pieces"]] == [full, diff, last_log]
     assert datetime.fromisoformat(plan["reaches"]) == newest_end
+    assert [p["positions"] for p in plan["pieces"]] == [
+        [by_id[i]["start_position"], by_id[i]["end_position"]] for i in (full, diff, last_log)]
 
     actions = sql.json("retention", "plan")
     deleted = {a["backup"] for a in actions if a["action"] == "delete"}
