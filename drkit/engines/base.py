@@ -104,7 +104,7 @@ class RestoreIndex(Protocol):
 
     @property
     def newest_verified_full(self) -> BackupRecord | None:
-        """The newest verified full (whatever its copies), which retention never lets go of."""
+        """The newest verified full with a copy in a policy tier, which retention never lets go of."""
         ...
 
     def needs(self, now: datetime, since: datetime) -> dict[str, Need]:
