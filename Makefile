@@ -31,7 +31,9 @@ lint: install
 	$(BIN)/python scripts/audit_deps.py requirements.lock
 
 golden: install
-	DRKIT_UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/unit/test_sqlserver_golden.py
+	rm -rf tests/golden/sqlserver/.sent
+	-$(BIN)/python -m pytest -q tests/unit/test_sqlserver_golden.py
+	$(BIN)/python scripts/accept_goldens.py
 
 demo: install
 	$(BIN)/drkit demo

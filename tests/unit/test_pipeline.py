@@ -12,7 +12,6 @@ import hashlib
 import io
 import os
 import struct
-import time
 import tracemalloc
 
 import psutil
@@ -608,7 +607,6 @@ def test_memory_stays_bounded_while_streaming_256_mib() -> None:
     pool = memoryview(os.urandom(16 * block))
     sink = _Discard()
     rss_before = sink.max_rss
-    started = time.monotonic()
     tracemalloc.start()
     try:
         with EncryptingWriter(sink, KEY, context=CTX) as w:
@@ -618,13 +616,11 @@ def test_memory_stays_bounded_while_streaming_256_mib() -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    elapsed = time.monotonic() - started
     assert w.stats.raw_bytes == total
     assert sink.bytes == w.stats.stored_bytes >= total  # incompressible: nothing was lost or buffered away
     assert peak < 64 * 1024 * 1024, f"Python allocations peaked at {peak / 2**20:.1f} MiB"
     growth = sink.max_rss - rss_before
     assert growth < 128 * 1024 * 1024, f"RSS grew by {growth / 2**20:.1f} MiB for a 256 MiB stream"
-    assert elapsed < 30
 
 
 # --------------------------------------------------------------------------- binding to the object

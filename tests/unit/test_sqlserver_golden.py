@@ -2,14 +2,14 @@
 
 Each operation runs against the recording fake driver (tests/support/fake_odbc.py) and its transcript is
 compared with a readable file under tests/golden/sqlserver/. Backup ids (which carry the wall-clock time) are
-replaced by stable placeholders. To accept a deliberate change: DRKIT_UPDATE_GOLDEN=1 pytest this file, then
-read the diff before committing it.
+replaced by stable placeholders. The test only reads its golden: a missing or different one fails, and what
+was sent is left in tests/golden/sqlserver/.sent/ (not committed). To accept a deliberate change, `make golden`
+(scripts/accept_goldens.py) copies those over the goldens; read the diff before committing it.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +37,7 @@ from tests.support.fake_odbc import (
 )
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "sqlserver"
+SENT_DIR = ".sent"
 NOW = datetime(2026, 5, 18, 12, 0, tzinfo=UTC)
 HOSTILE_DB = "Or]ders'; DROP TABLE x;--"
 HOSTILE_INTO = "re]stored'; --"
@@ -57,15 +58,17 @@ def check_golden(name: str, title: str, world_or_driver: World | FakeDriver, sta
                      "parameters, never spliced into the SQL)\n\n" + render(driver.executed[start:], [SAS_TOKEN]))
     assert SAS_TOKEN not in text
     path = GOLDEN / f"{name}.sql"
-    if os.environ.get("DRKIT_UPDATE_GOLDEN"):  # `make golden`: an explicit, reviewed regeneration
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    sent = GOLDEN / SENT_DIR / f"{name}.sql"  # what was sent, for `make golden` to accept; never the golden
     if not path.exists():
-        pytest.fail(f"no golden file {path}: run `make golden`, review the T-SQL it wrote, and commit it")
+        sent.parent.mkdir(parents=True, exist_ok=True)
+        sent.write_text(text)
+        pytest.fail(f"no golden file {path}: run `make golden`, review the T-SQL it accepts, and commit it")
     expected = path.read_text()
     if text != expected:
+        sent.parent.mkdir(parents=True, exist_ok=True)
+        sent.write_text(text)
         diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), str(path), "sent"))
-        pytest.fail(f"batches sent differ from {path} (DRKIT_UPDATE_GOLDEN=1 to accept):\n{diff}")
+        pytest.fail(f"batches sent differ from {path} (`make golden` accepts them after review):\n{diff}")
     assert not driver.violations
     return text.split("\n\n", 1)[1]  # the transcript, without the title
 

@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord, CopyRecord
+from drkit.engines.sqlserver.msdb import NATIVE_FORMATS
 from drkit.errors import RestorePlanError
 from drkit.plans import CopyIndex, Recovery, RestorePiece, RestorePlan
 from drkit.plans import fmt_time as _fmt
@@ -40,7 +41,6 @@ from drkit.plans import fmt_time as _fmt
 NATIVE_TIER = "sqlserver"
 """Pseudo tier of a piece SQL Server reads from its own device (a blob URL or a path on its disk)."""
 
-NATIVE_FORMATS = ("mssql-native-url", "mssql-native-disk")
 
 
 def _int(value: Any) -> int | None:
