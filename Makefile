@@ -26,8 +26,8 @@ test-fast: install
 # ruff includes the S (bandit) security rules (pyproject.toml says why each exception is one);
 # pip-audit checks requirements.lock against PyPI's vulnerability data (AUDIT_STRICT=1: fail if unreachable).
 lint: install
-	$(BIN)/ruff check drkit tasks flows deployments tests bench scripts
-	$(BIN)/mypy drkit tasks flows deployments
+	$(BIN)/ruff check cli drkit tasks flows deployments tests bench scripts
+	$(BIN)/mypy cli drkit tasks flows deployments
 	$(BIN)/python scripts/audit_deps.py requirements.lock
 
 golden: install

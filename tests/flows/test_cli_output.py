@@ -73,7 +73,7 @@ def test_a_failed_backup_is_one_error_line(sandbox: Sandbox, scratch: Path) -> N
 def test_the_quiet_default_does_not_leak_into_the_environment(sandbox: Sandbox) -> None:
     from typer.testing import CliRunner
 
-    from drkit.cli import app
+    from cli import app
     before = os.environ.get("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL")
     CliRunner().invoke(app, ["--config", str(sandbox.policy_path), "backups", "app"])
     assert os.environ.get("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL") == before

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from drkit.cli import app
+from cli import app
 from drkit.engines.sqlserver import engine as engine_module
 from tests.support.fake_odbc import DSN, FakeDriver, SimulatedServer
 

@@ -119,7 +119,7 @@ def test_failover_refuses_rejects_times_out_then_promotes_once(world: World) -> 
         assert lag["state"] == "streaming" and not lag["too_far"]
         from typer.testing import CliRunner
 
-        from drkit.cli import app
+        from cli import app
         status = CliRunner().invoke(app, ["--config", world.config, "status", "--json"])
         assert json.loads(status.stdout)[0]["replica_lag"]["state"] == "streaming"
         world.sb.primary.stop("immediate")  # the primary region dies

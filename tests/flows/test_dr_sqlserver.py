@@ -24,8 +24,8 @@ from prefect.input.actions import read_flow_run_input
 from prefect.input.run_input import keyset_from_paused_state
 from typer.testing import CliRunner
 
+from cli import app
 from drkit.catalog import Catalog
-from drkit.cli import app
 from flows.approvals import answer, paused_runs
 from flows.dr import dr_failback, dr_failover, replica_lag_check
 from tests.support.fake_ag import FakeAvailabilityGroup

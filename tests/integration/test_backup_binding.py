@@ -17,8 +17,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from cli import app
 from drkit.catalog.records import BackupRecord
-from drkit.cli import app
 from drkit.config import load_policy
 from drkit.engines import open_engine
 from drkit.engines.postgres.chain import plan_for_backup

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from drkit.cli import app
+from cli import app
 from drkit.config import load_policy
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox

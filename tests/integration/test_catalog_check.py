@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from drkit.cli import app
+from cli import app
 from drkit.config import load_policy
 from drkit.engines import open_engine
 from drkit.runtime import Runtime

@@ -18,9 +18,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from drkit import cli as cli_module
+import cli.common as cli_module
+import cli.restore as cli_restore
+from cli import app
 from drkit.catalog import Catalog
-from drkit.cli import app
 from drkit.errors import EncryptionKeyError
 from drkit.tiers import moves as tier_moves
 
@@ -108,7 +109,7 @@ def test_a_well_formed_key_that_is_not_the_backups_is_a_failed_operation(
         policy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def wrong_key() -> None:
         raise EncryptionKeyError("backup was written with key id aaaa; the configured key has id bbbb")
-    monkeypatch.setattr(cli_module, "_runtime", wrong_key)
+    monkeypatch.setattr(cli_restore, "runtime", wrong_key)
     code, _, err = drkit(policy, "restore-plan", "app")
     assert code == 1 and "key id aaaa" in one_error_line(err)
 
@@ -116,7 +117,7 @@ def test_a_well_formed_key_that_is_not_the_backups_is_a_failed_operation(
 def test_an_unexpected_error_is_one_line_with_its_type(policy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken() -> None:
         raise RuntimeError("boom [bold]x[/bold] [/x]\nsecond line")
-    monkeypatch.setattr(cli_module, "_runtime", broken)
+    monkeypatch.setattr(cli_restore, "runtime", broken)
     code, _, err = drkit(policy, "restore-plan", "app")
     assert code == 1 and one_error_line(err) == "error: RuntimeError: boom [bold]x[/bold] [/x] second line"
     # --verbose adds the traceback before the same line

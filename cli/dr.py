@@ -1,0 +1,53 @@
+"""DR runbooks: failover, failback, import-history."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from cli.common import (
+    app,
+    config_path,
+    console,
+    guard,
+    runtime,
+)
+from drkit.engines import open_engine
+
+if TYPE_CHECKING:
+    pass
+
+@app.command()
+def failover(db: str) -> None:
+    """Unplanned failover runbook: probes, P1, approval pause, promote the replica, repoint clients."""
+    def run() -> dict[str, Any]:
+        runtime().policy.database(db)
+        from flows.dr import dr_failover
+        result: dict[str, Any] = dr_failover(db=db, config=config_path())
+        return result
+    out = guard(run)
+    if out.get("failed_over"):
+        rto = out["time_to_recover_seconds_excluding_approval"]
+        console.print(f"{db} failed over to {out['endpoint']} (approved by {out['approver']}); data-loss window "
+                      f"≈ {out['data_loss_window_seconds']} s, recovered in {rto} s")
+    else:
+        console.print(f"no failover: {out.get('why')}")
+
+
+@app.command()
+def failback(db: str) -> None:
+    """Planned failback runbook: choice pause, resync, switch back, traffic 10% → 50% → 100%."""
+    def run() -> dict[str, Any]:
+        runtime().policy.database(db)
+        from flows.dr import dr_failback
+        result: dict[str, Any] = dr_failback(db=db, config=config_path())
+        return result
+    out = guard(run)
+    console.print("failed back" if out.get("failed_back") else f"stayed on DR ({out.get('resync')})")
+
+
+@app.command("import-history")
+def import_history(db: str) -> None:
+    """Record the backups the server remembers (SQL Server's msdb), so drkit can plan restores from them."""
+    console.print(guard(lambda: open_engine(runtime(), db).import_history()))
+
+

@@ -1,0 +1,33 @@
+"""Long-running commands: serve and demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from cli.common import (
+    app,
+    config_path,
+    guard,
+)
+
+if TYPE_CHECKING:
+    pass
+
+# -- long-running ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve() -> None:
+    """Every deployment on its schedule (needs PREFECT_API_URL pointing at a Prefect server)."""
+    from deployments.serve import serve_all
+    guard(lambda: serve_all(config_path()))
+
+
+@app.command()
+def demo(workdir: Annotated[Path, typer.Option("--workdir")] = Path("var/demo")) -> None:
+    """Run the whole story once on a local sandbox (what `make demo` runs)."""
+    from flows.demo import run_demo
+    guard(lambda: run_demo(workdir))
