@@ -41,7 +41,19 @@ def recover_from_corruption(
     config: str | None = None,
     approval_timeout_seconds: int | None = None,
 ) -> dict[str, object]:
-    """Restore ``db`` to ``before`` on a standby, validate it, and switch only after an approval."""
+    """Restore ``db`` to ``before`` on a standby, validate it, and switch only after an approval.
+
+    Args:
+        db: The policy's name of the damaged database.
+        before: The last good moment: the standby is restored up to it (recovery stops before the first
+            commit after it).
+        into: A new, empty directory for the standby on the worker's host. Empty: a new directory under the
+            policy's `scratch_dir`.
+        port: The port the standby listens on once switched to. Empty: a free port below 32768.
+        config: The policy file. Filled in by the deployment; leave it.
+        approval_timeout_seconds: How long to wait for the approval before stopping the standby (nothing
+            is switched). Empty: the policy's `approvals.restore_timeout`.
+    """
     log = get_run_logger()
     policy = load_policy(config)
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"

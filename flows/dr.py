@@ -65,7 +65,19 @@ def dr_failover(
     probe_interval_seconds: float | None = None,
     approval_timeout_seconds: int | None = None,
 ) -> dict[str, Any]:
-    """Unplanned failover: probe, P1, approval, fence, promote, confirm writes, repoint clients, probe, notify."""
+    """Unplanned failover: probe, P1, approval, fence, promote, confirm writes, repoint clients, probe, notify.
+
+    Nothing changes unless every probe of the primary fails and a listed approver confirms the region
+    failure on the run's Resume form (or with `drkit approve`).
+
+    Args:
+        db: The policy's name of the database to fail over to its DR replica.
+        config: The policy file. Filled in by the deployment; leave it.
+        probe_interval_seconds: Seconds between probes of the primary. Empty: the policy's
+            `health.interval`.
+        approval_timeout_seconds: How long to wait for the approval before giving up (nothing is
+            promoted). Empty: the policy's `approvals.failover_timeout`.
+    """
     log = get_run_logger()
     policy = load_policy(config)
     events: list[tuple[str, str]] = []
@@ -157,7 +169,18 @@ def dr_failback(
     approval_timeout_seconds: int | None = None,
     hold_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """Planned failback: choose, resync the old primary, switch the database, move traffic back gradually."""
+    """Planned failback: choose, resync the old primary, switch the database, move traffic back gradually.
+
+    Pauses first for the choice: fail back, or stay on DR (the old primary becomes DR's replica).
+
+    Args:
+        db: The policy's name of the database to bring back to its primary region.
+        config: The policy file. Filled in by the deployment; leave it.
+        approval_timeout_seconds: How long to wait for the decision before giving up (nothing changes).
+            Empty: the policy's `approvals.failover_timeout`.
+        hold_seconds: How long each traffic step is held while error rate and latency are watched.
+            Empty: the policy's `failback.hold`.
+    """
     log = get_run_logger()
     policy = load_policy(config)
     cfg = policy.database(db)

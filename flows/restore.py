@@ -17,16 +17,34 @@ def restore_point_in_time(
     db: str,
     into: str,
     target: datetime | None = None,
-    port: int | None = None,
     keep_running: bool = False,
-    config: str | None = None,
-    target_lsn: str | None = None,
+    port: int | None = None,
     run_checks: bool = True,
+    target_lsn: str | None = None,
+    config: str | None = None,
 ) -> dict[str, object]:
-    """Restore ``db`` into ``into`` at ``target`` (None: latest), then validate it.
+    """Restore a database to a point in time into a new place, validate it, and publish a report.
 
-    ``into`` is where the engine restores to: PostgreSQL a new, empty directory on this host (the cluster
-    listens on its Unix socket only); SQL Server the name of a new database on its server.
+    The restore reads the newest full at or before the target, the newest differential on it and the log
+    backups up to the target, each from the cheapest tier holding a good copy; recovery stops before the
+    first commit after the target. The report artifact (``DB-restore-report``) says what was read from
+    where, what the copy reaches and how each validation check went.
+
+    Args:
+        db: The policy's name of the database to restore.
+        into: Where to restore. PostgreSQL: a new, empty directory on the worker's host (it must not
+            exist yet, or be empty). SQL Server: the name of a new database on its server.
+        target: Restore up to this moment (recovery stops before the first commit after it).
+            Empty: the latest point the backups reach.
+        keep_running: Off: stop the restored copy after validating it, leaving its data in `into`.
+            On: keep it running as a new standby server (PostgreSQL: on `port`, reachable through its Unix
+            socket in `into`; the report says how to connect).
+        port: PostgreSQL: the port the restored cluster listens on. Empty: a free port below 32768.
+        run_checks: Validate the restored copy with the policy's verification checks (amcheck,
+            visibility map, SQL checks); the run fails if one fails.
+        target_lsn: PostgreSQL only, instead of a target time: restore up to and including this WAL
+            position (like 0/3000028).
+        config: The policy file. Filled in by the deployment; leave it.
     """
     plan = plan_restore(db, target, config, target_lsn)
     archived = start_rehydration(plan, config)

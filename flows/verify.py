@@ -11,7 +11,19 @@ from tasks.verify import publish_verify_report, verify_backup, verify_chain
 
 @flow(name="verify-backup", flow_run_name="verify-{db}")
 def verify_backup_flow(db: str, backup_id: str | None = None, config: str | None = None) -> dict[str, object]:
-    """Restore one backup (default: the newest full) into a scratch cluster and check it."""
+    """Restore one backup (default: the newest full) into a scratch cluster and check it.
+
+    Checks every piece's stored SHA-256, restores into the policy's scratch directory, runs the policy's
+    verification checks and always tears the scratch copy down. Pass: the backup is marked verified.
+    Fail: it is marked corrupt (restores never use it again), `backup_failed` is notified and the run fails.
+    The report artifact is ``DB-verify-report``.
+
+    Args:
+        db: The policy's name of the database whose backup to verify.
+        backup_id: The backup to verify (`drkit backups DB` lists them); a differential is verified with its
+            full, a log backup with its chain. Empty: the newest full.
+        config: The policy file. Filled in by the deployment; leave it.
+    """
     report = verify_backup(db, backup_id, config)
     publish_verify_report(report)
     if not report.passed:
@@ -25,7 +37,12 @@ def verify_backup_flow(db: str, backup_id: str | None = None, config: str | None
 
 @flow(name="verify-chain", flow_run_name="verify-chain-{db}")
 def verify_latest_chain(db: str, config: str | None = None) -> dict[str, object]:
-    """Restore the newest chain (full + diff + logs to latest) and check it end to end."""
+    """Restore the newest chain (full + diff + logs to latest) and check it end to end.
+
+    Args:
+        db: The policy's name of the database whose newest chain to verify.
+        config: The policy file. Filled in by the deployment; leave it.
+    """
     report = verify_chain(db, config)
     publish_verify_report(report)
     if not report.passed:
