@@ -10,8 +10,10 @@ import cli.backups
 import cli.restore
 import cli.catalog
 import cli.dr
+import cli.replica
 import cli.approvals
 import cli.status
+import cli.deployments
 import cli.service
 from cli.common import app
 

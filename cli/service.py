@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 @app.command()
 def serve() -> None:
-    """Every deployment on its schedule (needs PREFECT_API_URL pointing at a Prefect server)."""
+    """Every deployment: backups on their schedules, runbooks on demand (needs PREFECT_API_URL)."""
     from deployments.serve import serve_all
     guard(lambda: serve_all(config_path()))
 

@@ -1,63 +1,150 @@
-"""Build one Prefect deployment per database and backup kind from the policy's cron schedules."""
+"""The deployments a policy asks for: the scheduled ones, and one on-demand deployment per runbook.
+
+One list of :class:`Spec` is the single source: ``serve_all`` (``make serve``, ``drkit serve``) serves it and
+``deployments.prefect_yaml`` writes the same list as ``prefect.yaml`` for a process work pool.
+
+Runbooks are deployed once per database (``orders-restore``, ``orders-failover``, ...), with ``db`` and
+``config`` as the deployment's parameters, rather than once with the database as an enum in the Run form:
+``prefect deploy`` recomputes every deployment's parameter schema from the flow's signature, so an enum made
+from the policy could be served but never declared in ``prefect.yaml`` (the two would drift); and per
+database a runbook exists only where it can work: failover and failback where the policy names a
+``replica``, corruption recovery where the engine restores a standby of its own
+(``EngineFeatures.standby_restore``). Picking the database is picking the deployment (each carries the
+tag ``db:NAME``); its Run form starts with that database and the policy filled in.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from prefect import serve
-from prefect.schedules import Cron
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from drkit.config import Policy, load_policy
-from flows.backup import BACKUP_FLOWS
-from flows.catalog_check import catalog_check
-from flows.dr import replica_lag_check
-from flows.retention import retention_sweep
-from flows.verify import verify_latest_chain
+from drkit.engines import open_engine
+from drkit.runtime import Runtime
+
+if TYPE_CHECKING:
+    from prefect import Flow
+    from prefect.deployments.runner import RunnerDeployment
 
 DEFAULT_LIMIT = 4
 
 
-def build_deployments(policy: Policy, config_path: str) -> list[Any]:
-    """Every scheduled flow the policy asks for, each with its database and policy path as parameters."""
-    deployments = []
+@dataclass(frozen=True)
+class Schedule:
+    cron: str
+    timezone: str
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One deployment: which flow, its name, fixed parameters, schedule (None: on demand only) and tags."""
+
+    flow: Flow[..., Any]
+    name: str
+    parameters: dict[str, Any]
+    description: str
+    tags: list[str] = field(default_factory=list)
+    schedule: Schedule | None = None
+
+    @property
+    def entrypoint(self) -> str:
+        """``path/to/module.py:function``, relative to the project's root (the worker's working directory)."""
+        fn = self.flow.fn
+        return f"{fn.__module__.replace('.', '/')}.py:{fn.__name__}"
+
+    def to_deployment(self) -> RunnerDeployment:
+        from prefect.deployments.runner import RunnerDeployment
+        from prefect.schedules import Cron
+
+        deployment = self.flow.to_deployment(
+            name=self.name, parameters=self.parameters, tags=self.tags, description=self.description,
+            schedule=Cron(self.schedule.cron, timezone=self.schedule.timezone) if self.schedule else None)
+        assert isinstance(deployment, RunnerDeployment)  # called from sync code: never a coroutine
+        return deployment
+
+
+def _scheduled(policy: Policy, config: str) -> list[Spec]:
+    from flows.backup import BACKUP_FLOWS
+    from flows.catalog_check import catalog_check
+    from flows.dr import replica_lag_check
+    from flows.retention import retention_sweep
+    from flows.verify import verify_latest_chain
+
+    specs = []
     for db, cfg in policy.databases.items():
+        params = {"db": db, "config": config}
         for kind, flow in BACKUP_FLOWS.items():
             cron = getattr(cfg.schedules, kind)
-            if cron is None:
-                continue
-            deployments.append(flow.to_deployment(
-                name=f"{db}-{kind}",
-                schedule=Cron(cron, timezone=cfg.timezone),
-                parameters={"db": db, "config": config_path},
-                tags=["drkit", f"db:{db}", kind],
-                description=f"{kind} backup of {db} on '{cron}' ({cfg.timezone})",
-            ))
+            if cron is not None:
+                specs.append(Spec(flow, f"{db}-{kind}", params, f"{kind} backup of {db} on '{cron}' ({cfg.timezone})",
+                                  ["drkit", f"db:{db}", kind], Schedule(cron, cfg.timezone)))
         if cfg.replica is not None:
-            deployments.append(replica_lag_check.to_deployment(
-                name=f"{db}-replica-lag", schedule=Cron("* * * * *", timezone="UTC"),
-                parameters={"db": db, "config": config_path}, tags=["drkit", f"db:{db}", "dr"],
-                description=f"DR replica lag of {db}; alerts past replica.max_lag_seconds"))
+            specs.append(Spec(replica_lag_check, f"{db}-replica-lag", params,
+                              f"DR replica lag of {db}; alerts past replica.max_lag_seconds",
+                              ["drkit", f"db:{db}", "dr"], Schedule("* * * * *", "UTC")))
         if cfg.schedules.verify is not None:
-            deployments.append(verify_latest_chain.to_deployment(
-                name=f"{db}-verify-chain",
-                schedule=Cron(cfg.schedules.verify, timezone=cfg.timezone),
-                parameters={"db": db, "config": config_path},
-                tags=["drkit", f"db:{db}", "verify"],
-                description=f"restore the newest chain of {db} end to end and check it (daily)",
-            ))
+            specs.append(Spec(verify_latest_chain, f"{db}-verify-chain", params,
+                              f"restore the newest chain of {db} end to end and check it (daily)",
+                              ["drkit", f"db:{db}", "verify"], Schedule(cfg.schedules.verify, cfg.timezone)))
     if policy.retention_schedule is not None:
-        deployments.append(retention_sweep.to_deployment(
-            name="retention-sweep", schedule=Cron(policy.retention_schedule, timezone="UTC"),
-            parameters={"config": config_path}, tags=["drkit", "retention"],
-            description="copy, move and expire backups across tiers, never breaking a restore chain"))
+        specs.append(Spec(retention_sweep, "retention-sweep", {"config": config},
+                          "copy, move and expire backups across tiers, never breaking a restore chain",
+                          ["drkit", "retention"], Schedule(policy.retention_schedule, "UTC")))
     if policy.catalog_check_schedule is not None:
-        deployments.append(catalog_check.to_deployment(
-            name="catalog-check", schedule=Cron(policy.catalog_check_schedule, timezone="UTC"),
-            parameters={"config": config_path, "deep": False, "repair": True}, tags=["drkit", "catalog"],
-            description="every copy the catalog counts on exists with its size; stale runs and debris cleared"))
-    return deployments
+        specs.append(Spec(catalog_check, "catalog-check", {"config": config, "deep": False, "repair": True},
+                          "every copy the catalog counts on exists with its size; stale runs and debris cleared",
+                          ["drkit", "catalog"], Schedule(policy.catalog_check_schedule, "UTC")))
+    return specs
+
+
+def _runbooks(policy: Policy, config: str) -> list[Spec]:
+    from flows.catalog_check import catalog_check
+    from flows.corruption import recover_from_corruption
+    from flows.dr import dr_failback, dr_failover
+    from flows.restore import restore_point_in_time
+    from flows.verify import verify_backup_flow
+
+    rt = Runtime(policy)  # lazy: nothing is opened to read an engine's declared features
+    specs = []
+    for db, cfg in policy.databases.items():
+        params = {"db": db, "config": config}
+        tags = ["drkit", f"db:{db}", "runbook"]
+        specs.append(Spec(restore_point_in_time, f"{db}-restore", params,
+                          f"Point-in-time restore of {db} into a new place (Run → Custom run: the target time, "
+                          "`into`, and `keep_running` to keep it as a new standby); validated, with a report "
+                          "artifact.", tags))
+        specs.append(Spec(verify_backup_flow, f"{db}-verify-backup", params,
+                          f"Verify one backup of {db} (default: the newest full) by restoring it into a scratch "
+                          "copy and checking it; a failure marks it corrupt.", tags))
+        if open_engine(rt, db).features.standby_restore:
+            specs.append(Spec(recover_from_corruption, f"{db}-recover", params,
+                              f"Corruption recovery of {db}: restore a standby to `before` (the last good moment), "
+                              "validate it, pause for approval, then switch to it.", tags))
+        if cfg.replica is not None:
+            specs.append(Spec(dr_failover, f"{db}-failover", params,
+                              f"Unplanned failover of {db} to its DR replica: probes, then pauses for a listed "
+                              "approver to confirm the region failure.", tags))
+            specs.append(Spec(dr_failback, f"{db}-failback", params,
+                              f"Planned failback of {db} to its primary region, or stay on DR: pauses for the "
+                              "decision.", tags))
+    specs.append(Spec(catalog_check, "catalog-check-now", {"config": config, "deep": False, "repair": False},
+                      "Check the catalog against every store now (Custom run: `deep` hashes every copy, `repair` "
+                      "fixes what it can); fails while findings remain.", ["drkit", "catalog", "runbook"]))
+    return specs
+
+
+def deployment_specs(policy: Policy, config: str) -> list[Spec]:
+    """Every deployment for ``policy``: scheduled flows first, then the on-demand runbooks."""
+    return _scheduled(policy, config) + _runbooks(policy, config)
+
+
+def build_deployments(policy: Policy, config_path: str) -> list[RunnerDeployment]:
+    """What ``serve`` serves: every deployment, each with its database and policy path as parameters."""
+    return [spec.to_deployment() for spec in deployment_specs(policy, config_path)]
 
 
 def serve_all(config_path: str) -> None:
+    from prefect import serve
+
     policy = load_policy(config_path)
     serve(*build_deployments(policy, config_path), limit=DEFAULT_LIMIT)

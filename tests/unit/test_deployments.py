@@ -1,36 +1,89 @@
-"""Deployments come from the policy's schedules, with their time zone and parameters."""
+"""Deployments come from the policy: its schedules (with their time zone and parameters) and one on-demand
+deployment per runbook where the runbook can work."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from deployments.serve import build_deployments
 from drkit.config import parse_policy
 
+CONFIG = "/etc/drkit/drkit.yaml"
+
+
+def _deployments(databases: dict[str, Any], **top: Any) -> dict[str, Any]:
+    policy = parse_policy({"databases": databases, **top}, base_dir=Path("/etc/drkit"))
+    return {d.name: d for d in build_deployments(policy, CONFIG)}
+
 
 def test_each_database_gets_its_three_schedules() -> None:
-    policy = parse_policy({
-        "databases": {
-            "orders": {"engine": "postgres", "dsn_env": "ORDERS_DSN", "data_dir": "/pg/orders",
-                       "timezone": "Europe/Berlin"},
-            "crm": {"engine": "postgres", "dsn_env": "CRM_DSN", "data_dir": "/pg/crm",
-                    "schedules": {"full": "0 3 * * 0", "diff": None, "log": "*/5 * * * *"}},
-        }}, base_dir=Path("/etc/drkit"))
-    deps = {d.name: d for d in build_deployments(policy, "/etc/drkit/drkit.yaml")}
-    assert set(deps) == {"orders-full", "orders-diff", "orders-log", "orders-verify-chain",
-                         "crm-full", "crm-log", "crm-verify-chain", "retention-sweep", "catalog-check"}
-    assert deps["retention-sweep"].parameters == {"config": "/etc/drkit/drkit.yaml"}
-    assert deps["catalog-check"].parameters == {"config": "/etc/drkit/drkit.yaml", "deep": False, "repair": True}
-    crons = {n: (d.schedules[0].schedule.cron, d.schedules[0].schedule.timezone) for n, d in deps.items()}
+    deps = _deployments({
+        "orders": {"engine": "postgres", "dsn_env": "ORDERS_DSN", "data_dir": "/pg/orders",
+                   "timezone": "Europe/Berlin"},
+        "crm": {"engine": "postgres", "dsn_env": "CRM_DSN", "data_dir": "/pg/crm",
+                "schedules": {"full": "0 3 * * 0", "diff": None, "log": "*/5 * * * *"}},
+    })
+    scheduled = {n: d for n, d in deps.items() if d.schedules}
+    assert set(scheduled) == {"orders-full", "orders-diff", "orders-log", "orders-verify-chain",
+                              "crm-full", "crm-log", "crm-verify-chain", "retention-sweep", "catalog-check"}
+    assert deps["retention-sweep"].parameters == {"config": CONFIG}
+    assert deps["catalog-check"].parameters == {"config": CONFIG, "deep": False, "repair": True}
+    crons = {n: (d.schedules[0].schedule.cron, d.schedules[0].schedule.timezone) for n, d in scheduled.items()}
     assert crons["orders-full"] == ("0 2 * * *", "Europe/Berlin")
     assert crons["orders-diff"] == ("0 */6 * * *", "Europe/Berlin")
     assert crons["orders-log"] == ("*/15 * * * *", "Europe/Berlin")
     assert crons["crm-full"] == ("0 3 * * 0", "UTC")
     assert crons["orders-verify-chain"] == ("30 3 * * *", "Europe/Berlin")
     assert crons["catalog-check"] == ("0 6 * * *", "UTC")
-    assert deps["crm-log"].parameters == {"db": "crm", "config": "/etc/drkit/drkit.yaml"}
+    assert deps["crm-log"].parameters == {"db": "crm", "config": CONFIG}
 
 
 def test_the_daily_catalog_check_can_be_switched_off() -> None:
-    policy = parse_policy({"catalog_check_schedule": None, "databases": {}}, base_dir=Path("/etc/drkit"))
-    assert "catalog-check" not in {d.name for d in build_deployments(policy, "/etc/drkit/drkit.yaml")}
+    deps = _deployments({}, catalog_check_schedule=None)
+    assert "catalog-check" not in deps
+    assert deps["catalog-check-now"].schedules == []  # checking on demand stays
+
+
+def test_every_runbook_is_deployed_on_demand_where_it_can_work() -> None:
+    deps = _deployments({
+        "orders": {"engine": "postgres", "dsn_env": "ORDERS_DSN", "data_dir": "/pg/orders",
+                   "replica": {"dsn_env": "ORDERS_DR_DSN", "data_dir": "/pg/dr"}},
+        "crm": {"engine": "postgres", "dsn_env": "CRM_DSN", "data_dir": "/pg/crm"},
+        "ledger": {"engine": "sqlserver", "dsn_env": "LEDGER_DSN"},
+    })
+    on_demand = {n: d for n, d in deps.items() if not d.schedules}
+    assert {n: d.flow_name for n, d in on_demand.items()} == {
+        "orders-restore": "restore-point-in-time", "orders-verify-backup": "verify-backup",
+        "orders-recover": "recover-from-corruption", "orders-failover": "dr-failover",
+        "orders-failback": "dr-failback",
+        "crm-restore": "restore-point-in-time", "crm-verify-backup": "verify-backup",
+        "crm-recover": "recover-from-corruption",
+        # SQL Server restores no standby of its own to switch clients to: no corruption recovery
+        "ledger-restore": "restore-point-in-time", "ledger-verify-backup": "verify-backup",
+        "catalog-check-now": "catalog-check"}
+    for name, d in on_demand.items():
+        db = name.split("-")[0]
+        assert d.parameters == ({"config": CONFIG, "deep": False, "repair": False} if name == "catalog-check-now"
+                                else {"db": db, "config": CONFIG}), name
+
+
+def test_the_run_forms_describe_every_parameter_and_need_only_what_an_operator_decides() -> None:
+    deps = _deployments({"orders": {"engine": "postgres", "dsn_env": "ORDERS_DSN", "data_dir": "/pg/orders",
+                                    "replica": {"dsn_env": "ORDERS_DR_DSN", "data_dir": "/pg/dr"}}})
+    must_fill = {}
+    for name, d in deps.items():
+        if d.schedules:
+            continue
+        schema = d._parameter_openapi_schema
+        for param, prop in schema.properties.items():
+            assert prop.get("description"), f"{name}: {param} has no description in the Run form"
+        assert schema.properties["config"]["description"].startswith("The policy file. Filled in by the deployment")
+        must_fill[name] = sorted(set(schema.required or []) - set(d.parameters))
+    assert must_fill == {"orders-restore": ["into"], "orders-verify-backup": [], "orders-recover": ["before"],
+                         "orders-failover": [], "orders-failback": [], "catalog-check-now": []}
+    # the times are date-time fields: the form shows a date and time picker
+    target = deps["orders-restore"]._parameter_openapi_schema.properties["target"]
+    assert {"type": "string", "format": "date-time"} in target["anyOf"]
+    before = deps["orders-recover"]._parameter_openapi_schema.properties["before"]
+    assert (before["type"], before["format"]) == ("string", "date-time")

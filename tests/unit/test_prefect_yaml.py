@@ -1,25 +1,70 @@
-"""prefect.yaml declares what `python -m deployments` builds from examples/drkit.yaml."""
+"""prefect.yaml is what `drkit deployments` generates from examples/drkit.yaml, and declares exactly what
+`serve` builds from it: the same deployments, entrypoints, parameters, tags and schedules."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import yaml
+from typer.testing import CliRunner
 
+from cli import app
 from deployments.serve import build_deployments
 from drkit.config import load_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_prefect_yaml_matches_the_policy_built_deployments() -> None:
-    declared = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
-    policy = load_policy(ROOT / "examples" / "drkit.yaml")
-    built = build_deployments(policy, "examples/drkit.yaml")
-    assert {d["name"]: d["schedules"][0]["cron"] for d in declared} == {
-        d.name: d.schedules[0].schedule.cron for d in built}
-    assert {d["name"]: d.get("parameters") for d in declared} == {d.name: d.parameters for d in built}
-    for d in declared:
-        module, func = d["entrypoint"].split(":")
-        mod = __import__(module.removesuffix(".py").replace("/", "."), fromlist=[func])
-        assert hasattr(mod, func), d["entrypoint"]
+def _generate(*args: str) -> Any:
+    cwd = Path.cwd()
+    os.chdir(ROOT)  # the policy is named relative to the project root, as the worker's pull step sees it
+    try:
+        return CliRunner().invoke(app, ["--config", "examples/drkit.yaml", "deployments", *args])
+    finally:
+        os.chdir(cwd)
+
+
+def test_the_committed_prefect_yaml_is_what_the_generator_makes() -> None:
+    out = _generate()
+    assert out.exit_code == 0, out.output
+    assert out.stdout == (ROOT / "prefect.yaml").read_text(), (
+        "prefect.yaml is stale: run `drkit --config examples/drkit.yaml deployments --output prefect.yaml`")
+
+
+def test_output_writes_the_same_file(tmp_path: Path) -> None:
+    target = tmp_path / "prefect.yaml"
+    out = CliRunner().invoke(app, ["--config", str(ROOT / "examples" / "drkit.yaml"), "deployments",
+                                   "--output", str(target), "--pool", "dr-site"])
+    assert out.exit_code == 0, out.output
+    doc = yaml.safe_load(target.read_text())
+    assert {d["work_pool"]["name"] for d in doc["deployments"]} == {"dr-site"}
+    # outside the project root the policy is named by its absolute path
+    assert {d["parameters"]["config"] for d in doc["deployments"]} == {str(ROOT / "examples" / "drkit.yaml")}
+
+
+def test_prefect_yaml_declares_what_serve_builds() -> None:
+    declared = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    assert declared["pull"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $DRKIT_HOME }}"}}]
+    cwd = Path.cwd()
+    os.chdir(ROOT)  # Prefect names a served flow's entrypoint relative to the working directory
+    try:
+        built = build_deployments(load_policy(ROOT / "examples" / "drkit.yaml"), "examples/drkit.yaml")
+    finally:
+        os.chdir(cwd)
+
+    def served(d: Any) -> dict[str, Any]:
+        return {"entrypoint": d.entrypoint, "parameters": d.parameters, "tags": d.tags,
+                "description": d.description,
+                "schedules": [(s.schedule.cron, s.schedule.timezone, s.active) for s in d.schedules]}
+
+    def yaml_side(d: dict[str, Any]) -> dict[str, Any]:
+        return {"entrypoint": d["entrypoint"], "parameters": d["parameters"], "tags": d["tags"],
+                "description": d["description"],
+                "schedules": [(s["cron"], s["timezone"], s["active"]) for s in d["schedules"]]}
+
+    assert {d["name"]: yaml_side(d) for d in declared["deployments"]} == {d.name: served(d) for d in built}
+    assert {d["name"] for d in declared["deployments"] if not d["schedules"]} == {
+        "orders-restore", "orders-verify-backup", "orders-recover", "catalog-check-now"}

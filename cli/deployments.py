@@ -1,0 +1,35 @@
+"""``drkit deployments``: the policy's deployments as ``prefect.yaml`` (the same list ``drkit serve`` serves)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import app, config_path, console, guard
+
+
+@app.command()
+def deployments(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write this file (default: stdout)")] = None,
+    pool: Annotated[str, typer.Option("--pool", help="the process work pool the deployments run on")] = "drkit",
+) -> None:
+    """prefect.yaml for a process work pool: every scheduled and on-demand deployment of the policy."""
+    def run() -> str:
+        from deployments.prefect_yaml import config_reference, render, write
+        from deployments.serve import deployment_specs
+        from drkit.config import load_policy
+
+        policy_file = Path(config_path())
+        root = (output.parent if output else Path.cwd()).resolve()
+        ref = config_reference(policy_file, root)
+        text = render(deployment_specs(load_policy(str(policy_file)), ref), ref, pool)
+        if output is not None:
+            write(text, output)
+        return text
+    text = guard(run)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        console.print(f"wrote {output}")
