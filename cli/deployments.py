@@ -22,8 +22,7 @@ def deployments(
         from drkit.config import load_policy
 
         policy_file = Path(config_path())
-        root = (output.parent if output else Path.cwd()).resolve()
-        ref = config_reference(policy_file, root)
+        ref = config_reference(policy_file)
         text = render(deployment_specs(load_policy(str(policy_file)), ref), ref, pool)
         if output is not None:
             write(text, output)

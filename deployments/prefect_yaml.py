@@ -22,12 +22,16 @@ PREFECT_VERSION = "3.9.1"
 DEFAULT_POOL = "drkit"
 
 
-def config_reference(policy_path: Path, project_root: Path) -> str:
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+"""The directory holding ``flows/``: entrypoints are relative to it, and runs start in it (``$DRKIT_HOME``)."""
+
+
+def config_reference(policy_path: Path) -> str:
     """The policy's path as the deployments name it: relative to the project root when it lies under it
     (so the file stays valid wherever the project is checked out), else absolute."""
-    policy_path, project_root = policy_path.resolve(), project_root.resolve()
+    policy_path = policy_path.resolve()
     try:
-        return str(policy_path.relative_to(project_root))
+        return str(policy_path.relative_to(PROJECT_ROOT))
     except ValueError:
         return str(policy_path)
 

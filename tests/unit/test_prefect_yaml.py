@@ -17,31 +17,27 @@ from drkit.config import load_policy
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _generate(*args: str) -> Any:
-    cwd = Path.cwd()
-    os.chdir(ROOT)  # the policy is named relative to the project root, as the worker's pull step sees it
-    try:
-        return CliRunner().invoke(app, ["--config", "examples/drkit.yaml", "deployments", *args])
-    finally:
-        os.chdir(cwd)
-
-
 def test_the_committed_prefect_yaml_is_what_the_generator_makes() -> None:
-    out = _generate()
+    out = CliRunner().invoke(app, ["--config", str(ROOT / "examples" / "drkit.yaml"), "deployments"])
     assert out.exit_code == 0, out.output
     assert out.stdout == (ROOT / "prefect.yaml").read_text(), (
         "prefect.yaml is stale: run `drkit --config examples/drkit.yaml deployments --output prefect.yaml`")
 
 
-def test_output_writes_the_same_file(tmp_path: Path) -> None:
+def test_the_policy_is_named_as_runs_see_it_from_the_project_root(tmp_path: Path) -> None:
     target = tmp_path / "prefect.yaml"
     out = CliRunner().invoke(app, ["--config", str(ROOT / "examples" / "drkit.yaml"), "deployments",
                                    "--output", str(target), "--pool", "dr-site"])
     assert out.exit_code == 0, out.output
     doc = yaml.safe_load(target.read_text())
     assert {d["work_pool"]["name"] for d in doc["deployments"]} == {"dr-site"}
-    # outside the project root the policy is named by its absolute path
-    assert {d["parameters"]["config"] for d in doc["deployments"]} == {str(ROOT / "examples" / "drkit.yaml")}
+    assert {d["parameters"]["config"] for d in doc["deployments"]} == {"examples/drkit.yaml"}
+    # a policy outside the project is named by its absolute path
+    (tmp_path / "drkit.yaml").write_text((ROOT / "examples" / "drkit.yaml").read_text())
+    out = CliRunner().invoke(app, ["--config", str(tmp_path / "drkit.yaml"), "deployments"])
+    assert out.exit_code == 0, out.output
+    doc = yaml.safe_load(out.stdout)
+    assert {d["parameters"]["config"] for d in doc["deployments"]} == {str(tmp_path / "drkit.yaml")}
 
 
 def test_prefect_yaml_declares_what_serve_builds() -> None:
