@@ -370,6 +370,34 @@ class Switchover:
                 "write_unavailable_seconds": round(self.write_unavailable_seconds, 3)}
 
 
+ReplicaOutcome = Literal["created", "started", "already streaming"]
+
+
+@dataclass(frozen=True)
+class ReplicaCreated:
+    """What building the DR replica did (``drkit replica create``).
+
+    ``outcome``: ``created`` (a base backup of the primary, then started), ``started`` (an existing, stopped replica of
+    this primary was started), ``already streaming`` (nothing changed). ``endpoint`` is where clients reach the
+    replica (``host:port``), ``location`` where its data lives, ``source`` the primary it follows, ``slot`` the
+    replication slot it holds there; ``warnings`` name what a later failback will have to do differently.
+    """
+
+    outcome: ReplicaOutcome
+    endpoint: str
+    location: str
+    source: str
+    slot: str | None
+    lag: ReplicaLag
+    seconds: float
+    warnings: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "endpoint": self.endpoint, "location": self.location,
+                "source": self.source, "slot": self.slot, "lag": self.lag.as_dict(),
+                "seconds": round(self.seconds, 3), "warnings": list(self.warnings)}
+
+
 @dataclass(frozen=True)
 class DrMethods:
     """How an engine does each DR step, in words for the approval forms and reports."""
@@ -441,4 +469,14 @@ class DrOperations(Protocol):
     def switch_back(self) -> Switchover:
         """Move writes from DR back to the primary with no acknowledged write lost (the primary must be a
         caught-up replica of DR). A primary that already took over is left alone."""
+        ...
+
+    def create_replica(self, *, timeout: float = 3600.0) -> ReplicaCreated:
+        """Build the DR replica the policy describes from the primary, start it and wait until it follows.
+
+        Idempotent: a replica that already follows the primary is left alone, a stopped one is started.
+        Checks the primary's prerequisites first and refuses, changing nothing, to overwrite anything that
+        is not a replica of this primary. An engine whose replicas are built with its own tools refuses in
+        one line saying which.
+        """
         ...

@@ -9,6 +9,7 @@ that needs the directory says where to run it. The primitives are in :mod:`drkit
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,13 +25,14 @@ from drkit.engines.base import (
     DrMethods,
     Fencing,
     Promotion,
+    ReplicaCreated,
     ReplicaLag,
     ReplicaState,
     Resync,
     Side,
     Switchover,
 )
-from drkit.engines.postgres import probe, replica
+from drkit.engines.postgres import probe, provision, replica
 from drkit.engines.postgres.lsn import format_lsn
 from drkit.engines.postgres.pgctl import LocalCluster
 from drkit.engines.postgres.probe import dsn_target
@@ -68,6 +70,11 @@ class PostgresSides:
     max_lag_seconds: float
     primary_local: LocalCluster | None
     replica_local: LocalCluster | None
+    replica_dir: Path | None = None
+    """``replica.data_dir`` resolved, when drkit manages the replica on this host (it may not exist yet)."""
+    primary_dir: Path | None = None
+    bin_dir: Path | None = None
+    os_user: str | None = None
 
     def dsn(self, side: Side) -> str:
         return self.primary_dsn if side == "primary" else self.replica_dsn
@@ -96,7 +103,10 @@ def sides(rt: Runtime, db: str) -> PostgresSides:
         db=db, primary_dsn=primary_dsn, replica_dsn=replica_dsn, slot=cfg.replica.slot,
         max_lag_seconds=cfg.replica.max_lag_seconds,
         primary_local=_local(rt, db, cfg.data_dir, primary_dsn),
-        replica_local=_local(rt, db, cfg.replica.data_dir, replica_dsn))
+        replica_local=_local(rt, db, cfg.replica.data_dir, replica_dsn),
+        replica_dir=rt.policy.resolve(cfg.replica.data_dir) if cfg.replica.data_dir else None,
+        primary_dir=rt.policy.resolve(cfg.data_dir) if cfg.data_dir else None,
+        bin_dir=rt.bin_dir(db), os_user=rt.os_user(db))
 
 
 def _lag(lag: replica.Lag, max_lag_seconds: float) -> ReplicaLag:
@@ -199,3 +209,22 @@ class PostgresDr:
         replica.confirm_writable(s.primary_dsn)
         return Switchover(_promotion(promotion), stopped_at=format_lsn(lsn),
                           write_unavailable_seconds=time.monotonic() - t0)
+
+    def create_replica(self, *, timeout: float = 3600.0) -> ReplicaCreated:
+        """Build ``replica.data_dir`` from the primary (base backup, slot, standby.signal), start it, wait until
+        it streams; a streaming one is left alone, a stopped one started (see engines/postgres/provision.py)."""
+        s = self.sides
+        if s.replica_dir is None or s.bin_dir is None:
+            raise ConfigError(f"databases.{s.db}.replica.data_dir: not set; drkit builds the replica into that "
+                              "directory on this host (run drkit on the replica's host)")
+        port = int(conninfo_to_dict(s.replica_dsn).get("port") or 5432)
+        built = provision.provision_standby(
+            s.primary_dsn, data_dir=s.replica_dir, port=port, slot=s.slot, bin_dir=s.bin_dir, os_user=s.os_user,
+            key=f"databases.{s.db}.replica.data_dir", primary_data_dir=s.primary_dir,
+            log_file=s.replica_dir.with_name(s.replica_dir.name + ".log"), timeout=timeout)
+        if built.outcome != "already streaming":  # its first feedback tells the primary how far it has replayed
+            with suppress(replica.ReplicaTimeout):
+                replica.wait_caught_up(s.primary_dsn, s.slot, timeout=min(30.0, timeout))
+        return ReplicaCreated(outcome=built.outcome, endpoint=self.endpoint("dr"),
+                              location=str(built.cluster.data_dir), source=self.endpoint("primary"), slot=s.slot,
+                              lag=self.lag(), seconds=built.seconds, warnings=built.warnings)

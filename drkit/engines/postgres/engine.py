@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 ARCHIVE_SCRIPT_NAME = ".drkit-archive-wal.py"
 _ARCHIVE_SCRIPT_SRC = Path(__file__).with_name("archive_wal.py")
 FORMAT = "drkit-pg-tar-v1"
+REPLICA_ITEM = "DR replica"
+"""The check item of the DR replica's slot: reported by ``drkit check``, never a reason to refuse a backup."""
 
 
 def dsn_hint(dsn: str) -> str:
@@ -91,6 +93,7 @@ class PostgresEngine:
         os_user: str | None,
         archive_python: str = "/usr/bin/python3",
         archive_timeout: float = 120.0,
+        replica_slot: str | None = None,
     ) -> None:
         self.name = name
         self._dsn = dsn
@@ -100,6 +103,7 @@ class PostgresEngine:
         self.os_user = os_user
         self.archive_python = archive_python
         self.archive_timeout = archive_timeout
+        self.replica_slot = replica_slot  # the DR replica's slot here, when the policy names a replica
 
     def __repr__(self) -> str:
         return f"PostgresEngine({self.name!r}, {dsn_hint(self._dsn)})"
@@ -155,6 +159,8 @@ class PostgresEngine:
             archiver = conn.execute(
                 "SELECT last_archived_wal, last_failed_wal, last_failed_time, last_archived_time "
                 "FROM pg_stat_archiver").fetchone()
+            slot = None if self.replica_slot is None else conn.execute(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = %s", [self.replica_slot]).fetchone()
         superuser = settings.get("is_superuser") == "on"
         items.append(CheckItem("superuser", superuser, settings.get("is_superuser", "?"), "on",
                                "connect as a superuser (pg_backup_start, pg_switch_wal, data_directory)"))
@@ -182,9 +188,16 @@ class PostgresEngine:
         items.append(CheckItem(
             "wal_log_hints or data checksums", hints,
             f"checksums={settings.get('data_checksums')}, wal_log_hints={settings.get('wal_log_hints')}",
-            "one of them on", "ALTER SYSTEM SET wal_log_hints = 'on' (restart)", needs_restart=True))
+            "one of them on (pg_rewind at failback)",
+            "ALTER SYSTEM SET wal_log_hints = 'on' (restart); without it a failback rebuilds the old primary "
+            "from a full base backup instead of rewinding it", needs_restart=True))
         fpw = settings.get("full_page_writes", "?")
         items.append(CheckItem("full_page_writes", fpw == "on", fpw, "on", "ALTER SYSTEM SET full_page_writes = 'on'"))
+        if self.replica_slot is not None:
+            state = "missing" if slot is None else ("active" if slot[0] else "inactive: the replica is not connected")
+            items.append(CheckItem(
+                f"{REPLICA_ITEM} (slot {self.replica_slot})", state == "active", state, "active",
+                f"drkit replica create {self.name} (builds the replica, or starts a stopped one)"))
         if archiver is not None:
             last_ok, last_failed, failed_at, ok_at = archiver
             healthy = last_failed is None or (ok_at is not None and failed_at is not None and ok_at > failed_at)
@@ -239,7 +252,7 @@ class PostgresEngine:
 
     def require_ready(self) -> None:
         """Raise PrerequisiteError listing every unmet prerequisite and its fix."""
-        bad = [i for i in self.check() if not i.ok and i.name != "archiver"]
+        bad = [i for i in self.check() if not i.ok and i.name != "archiver" and not i.name.startswith(REPLICA_ITEM)]
         if bad:
             lines = "; ".join(f"{i.name} is {i.current!r}, needs {i.expected!r} (fix: {i.fix})" for i in bad)
             raise PrerequisiteError(f"database {self.name!r} is not ready for backups: {lines}. "
@@ -422,4 +435,5 @@ def server(rt: Runtime, db: str) -> PostgresEngine:
     cfg = rt.policy.database(db)
     assert cfg.data_dir is not None  # the policy requires it for engine: postgres
     return PostgresEngine(db, dsn=resolve_dsn(db, cfg, rt.environ), data_dir=rt.policy.resolve(cfg.data_dir),
-                          spool=rt.policy.wal_spool(db), bin_dir=rt.bin_dir(db), os_user=rt.os_user(db))
+                          spool=rt.policy.wal_spool(db), bin_dir=rt.bin_dir(db), os_user=rt.os_user(db),
+                          replica_slot=cfg.replica.slot if cfg.replica is not None else None)

@@ -746,6 +746,7 @@ def create_standby(
     os_user: str | None,
     timeout: float = 300.0,
     log_file: Path | None = None,
+    primary_conninfo: str | None = None,
 ) -> LocalCluster:
     """A streaming standby of ``primary_dsn`` in ``data_dir`` on ``port``, using replication slot ``slot``.
 
@@ -753,13 +754,14 @@ def create_standby(
     node's port and slot in postgresql.auto.conf, start, and wait for streaming. Re-running it on a
     data directory that already holds a standby only starts it and waits. An interrupted base backup
     (backup_label, no standby.signal) is cleared and redone; any other cluster there is refused.
+    ``primary_conninfo`` replaces the one pg_basebackup -R writes (which holds the DSN's password).
     """
     deadline = time.monotonic() + timeout
     data_dir = Path(data_dir)
     cluster = LocalCluster(data_dir, port, Path(bin_dir), os_user, log_file=log_file)
     if _is_standby_dir(data_dir):
         log.info("%s already holds a standby: starting it", data_dir)
-        apply_node_settings(data_dir, port=port, slot=slot, os_user=os_user)
+        apply_node_settings(data_dir, port=port, slot=slot, os_user=os_user, primary_conninfo=primary_conninfo)
         start_standby(cluster, timeout=timeout)
         return cluster
     if (data_dir / "PG_VERSION").exists():
@@ -792,7 +794,7 @@ def create_standby(
         raise ReplicaError(f"base backup of {dsn_target(primary_dsn)} into {data_dir} failed: "
                            + str(exc).replace(primary_dsn, dsn_target(primary_dsn))) from None
     log.info("base backup of %s into %s took %.2fs", dsn_target(primary_dsn), data_dir, time.monotonic() - t0)
-    apply_node_settings(data_dir, port=port, slot=slot, os_user=os_user)
+    apply_node_settings(data_dir, port=port, slot=slot, os_user=os_user, primary_conninfo=primary_conninfo)
     start_standby(cluster, timeout=max(5.0, deadline - time.monotonic()))
     return cluster
 

@@ -32,6 +32,7 @@ from drkit.engines.base import (
     DrMethods,
     Fencing,
     Promotion,
+    ReplicaCreated,
     ReplicaLag,
     ReplicaState,
     Resync,
@@ -309,3 +310,10 @@ class SqlServerDr:
         seconds = time.monotonic() - t0
         return Switchover(_promotion(report, seconds, at), stopped_at=None,
                           write_unavailable_seconds=0.0 if report.already_primary else seconds)
+
+    def create_replica(self, *, timeout: float = 3600.0) -> ReplicaCreated:
+        raise ConfigError(
+            f"{self._database!r} is a SQL Server database: its DR replica is a secondary of availability group "
+            f"{self.group!r}, built with SQL Server's own tools (ALTER AVAILABILITY GROUP {self.group} ADD REPLICA "
+            "on the primary, then ALTER AVAILABILITY GROUP … JOIN and seeding on the secondary; or SSMS's Add "
+            "Replica wizard, or dbatools Add-DbaAgReplica); drkit then fails over and back through it")
