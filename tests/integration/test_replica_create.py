@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from cli import app
 from drkit.config import default_bin_dir, load_policy
 from drkit.engines import open_engine
+from drkit.engines.postgres import replica as replica_module
 from drkit.engines.postgres.pgctl import LocalCluster, chown_tree, effective_os_user, free_port, run_as
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox, create_sandbox
@@ -328,3 +329,49 @@ def test_an_interrupted_base_backup_of_this_primary_is_redone(world: World) -> N
     assert code == 0, err
     assert "replica created" in out
     assert _one(world.replica.dsn(), "SELECT pg_is_in_recovery()") is True
+
+
+def test_a_password_reaches_neither_a_command_line_nor_the_replica_which_logs_in_with_a_passfile(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    argvs: list[list[str]] = []
+    real_run_as = replica_module.run_as
+
+    def recording_run_as(os_user: str | None, argv: list[str], **kw: Any) -> Any:
+        argvs.append(list(argv))
+        return real_run_as(os_user, argv, **kw)
+
+    monkeypatch.setattr(replica_module, "run_as", recording_run_as)
+    if Path(pwd.getpwnam(world.sb.primary.os_user or "root").pw_dir, ".pgpass").exists():
+        pytest.skip("the postgres OS user has a ~/.pgpass, which would log the replica in")
+    with connect(world.sb.dsn) as conn:
+        conn.execute(f"CREATE ROLE repl LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
+    hba = world.sb.primary.data_dir / "pg_hba.conf"
+    hba.write_text("host all repl 127.0.0.1/32 scram-sha-256\nhost replication repl 127.0.0.1/32 scram-sha-256\n"
+                   + hba.read_text())
+    _one(world.sb.dsn, "SELECT pg_reload_conf()")
+    policy = yaml.safe_load(world.config.read_text())
+    policy["databases"]["app"]["dsn"] = world.sb.primary.dsn(user="repl") + f" password={PASSWORD}"
+    world.config.write_text(yaml.safe_dump(policy, sort_keys=False))
+
+    # (a superuser, as drkit's DSN is.) Built with the password in pg_basebackup's environment; the replica
+    # itself has none, and the error says how to fix that
+    code, out, err = world.drkit("replica", "create", "app")
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert "cannot log in to the primary" in err and "passfile" in err and PASSWORD not in err
+    assert (world.replica_dir / "standby.signal").exists() and not world.replica.is_running()
+    assert not any(PASSWORD.encode() in p.read_bytes() for p in world.replica_dir.glob("*.conf"))
+
+    # the operator's fix: a passfile the postgres OS user reads, named in the DSN; the rerun starts the replica
+    passfile = world.root / "pgpass"
+    passfile.write_text(f"127.0.0.1:{world.sb.primary.port}:*:repl:{PASSWORD}\n")
+    chown_tree(passfile, world.sb.primary.os_user, mode=0o600)
+    policy["databases"]["app"]["dsn"] += f" passfile={passfile}"
+    world.config.write_text(yaml.safe_dump(policy, sort_keys=False))
+    code, out, err = world.drkit("replica", "create", "app")
+    assert code == 0, err
+    assert "replica started" in out and PASSWORD not in out + err
+    conf = _auto_conf(world.replica_dir)
+    assert f"passfile={passfile}" in conf and PASSWORD not in conf
+    assert _one(world.sb.dsn, "SELECT usename FROM pg_stat_replication") == "repl"
+    assert any(Path(a[0]).name == "pg_basebackup" for a in argvs)
+    assert not [a for a in argvs if any(PASSWORD in part for part in a)]

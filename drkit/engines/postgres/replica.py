@@ -633,6 +633,8 @@ _DIVERGED = ("is not in this server's history", "forked off current database sys
 _FATAL_PATTERNS = {
     "has already been removed": "the WAL it needs was removed on the source: rebuild the standby",
     "database system identifier differs": "it belongs to another cluster: rebuild the standby",
+    "password authentication failed": "it cannot log in to its source (primary_conninfo holds no password)",
+    "no password supplied": "it cannot log in to its source (primary_conninfo holds no password)",
 }
 _SLOT_MISSING = re.compile(r'replication slot "[^"]+" does not exist')
 
