@@ -141,6 +141,9 @@ def test_create_streams_rerun_changes_nothing_stopped_is_started(world: World) -
     conf = _auto_conf(world.replica_dir)
     assert PASSWORD not in conf and f"passfile={passfile}" in conf and f"port = {world.port}" in conf
     assert not any(PASSWORD.encode() in p.read_bytes() for p in world.replica_dir.glob("*.conf"))
+    assert world.replica_dir.with_name("dr.log").is_file()  # its server log, beside the data directory
+    # the standby's application_name is its slot name, so pg_stat_replication names it as the policy does
+    assert _one(world.sb.dsn, "SELECT application_name FROM pg_stat_replication") == "drkit_dr"
     with connect(world.sb.dsn) as conn:
         conn.execute("INSERT INTO marker VALUES (2)")
     _wait_for_row(rdsn, 2)
@@ -164,11 +167,13 @@ def test_create_streams_rerun_changes_nothing_stopped_is_started(world: World) -
     assert not world.replica.is_running()
     with connect(world.sb.dsn) as conn:
         conn.execute("INSERT INTO marker VALUES (3)")
+        conn.execute("SELECT pg_drop_replication_slot('drkit_dr')")  # someone dropped its slot meanwhile
     code, out, err = world.drkit("replica", "create", "app", "--json")
     assert code == 0, err
     made = json.loads(out)
     assert made["outcome"] == "started" and made["slot"] == "drkit_dr" and made["lag"]["state"] == "streaming"
     _wait_for_row(rdsn, 3)
+    assert _one(world.sb.dsn, "SELECT active FROM pg_replication_slots WHERE slot_name = 'drkit_dr'") is True
     rt = Runtime(load_policy(world.config))
     events = rt.catalog.audit_events(database="app", action="replica.create")
     rt.close()
@@ -268,9 +273,11 @@ def test_primary_without_rewind_support_warns_that_failback_rebuilds(scratch: Pa
     sb = create_sandbox(scratch / "w", fsync=False)
     monkeypatch.setenv(KEY_ENV, sb.key_b64)
     sb.primary.stop("fast")
-    # a cluster made without data checksums, wal_log_hints off: pg_rewind cannot work on it
+    # a cluster made without data checksums, wal_log_hints off (pg_rewind cannot work on it), and at first
+    # not set up for replication at all
     plain = LocalCluster(scratch / "w" / "pg" / "plain", free_port(), default_bin_dir(), sb.primary.os_user)
-    plain.initdb(checksums=False, extra_conf="wal_level = replica\nmax_wal_senders = 10\nwal_log_hints = off\n")
+    plain.initdb(checksums=False, extra_conf="wal_level = minimal\nmax_wal_senders = 0\n"
+                                             "max_replication_slots = 0\nwal_log_hints = off\n")
     plain.start()
     replica_dir = scratch / "w" / "pg" / "dr"
     port = free_port()
@@ -281,6 +288,19 @@ def test_primary_without_rewind_support_warns_that_failback_rebuilds(scratch: Pa
             "dsn": plain.dsn(), "data_dir": str(plain.data_dir),
             "replica": {"dsn": f"host=127.0.0.1 port={port} user=postgres", "data_dir": str(replica_dir)}})
         sb.policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
+        result = runner.invoke(app, ["--config", str(sb.policy_path), "replica", "create", "app"])
+        assert result.exit_code == 1 and result.stderr.count("\n") == 1
+        for named in ("wal_level is 'minimal' (fix: ALTER SYSTEM SET wal_level = 'replica', then restart",
+                      "max_wal_senders is 0 with 0 in use, 2 more needed (fix: ALTER SYSTEM SET max_wal_senders",
+                      "max_replication_slots is 0 with 0 in use, one more needed for slot 'drkit_dr'"):
+            assert named in result.stderr
+        assert not replica_dir.exists()
+
+        with connect(plain.dsn()) as conn:
+            for setting in ("wal_level = 'replica'", "max_wal_senders = 10", "max_replication_slots = 10"):
+                conn.execute(f"ALTER SYSTEM SET {setting}")
+        plain.stop("fast")
+        plain.start()
         result = runner.invoke(app, ["--config", str(sb.policy_path), "replica", "create", "app"])
         assert result.exit_code == 0, result.stderr
         assert "replica created" in result.stdout

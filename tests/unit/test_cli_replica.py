@@ -5,6 +5,7 @@ Building a replica on real PostgreSQL is tests/integration/test_replica_create.p
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import app
+from drkit.engines.postgres.provision import PrimaryFacts
 
 runner = CliRunner()
 
@@ -54,3 +56,33 @@ def test_bad_input_is_refused_before_any_server_is_reached(policy: Path, db: str
     code, out, err = _run(policy, "replica", "create", db)
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err.startswith("error: ") and expected in err and "Traceback" not in err
+
+
+READY = PrimaryFacts(
+    target="db1:5432/postgres", in_recovery=False, system_identifier="1", role="postgres", can_replicate=True,
+    settings={"wal_level": "replica", "max_wal_senders": "10", "max_replication_slots": "10", "wal_log_hints": "on",
+              "data_checksums": "off", "full_page_writes": "on",
+              "config_file": "/var/lib/postgresql/15/main/postgresql.conf",
+              "data_directory": "/var/lib/postgresql/15/main"},
+    senders_in_use=0, slots_in_use=0, slot_type=None, slot_active=False, replication_login=None)
+
+
+def test_a_ready_primary_has_no_problem_and_no_warning() -> None:
+    facts = READY
+    assert facts.problems(senders_needed=2, slot="drkit_dr") == [] and facts.warnings() == []
+
+
+def test_configuration_outside_the_data_directory_a_logical_slot_and_a_standby_are_named() -> None:
+    facts = replace(READY, settings={**READY.settings, "config_file": "/etc/postgresql/15/main/postgresql.conf"},
+                    slot_type="logical", in_recovery=True)
+    problems = facts.problems(senders_needed=2, slot="drkit_dr")
+    assert any("postgresql.conf (/etc/postgresql/15/main/postgresql.conf) is outside its data directory" in p
+               for p in problems)
+    assert any("slot 'drkit_dr' on db1:5432/postgres is a logical slot" in p for p in problems)
+    assert any("is in recovery, a standby" in p for p in problems)
+
+
+def test_no_rewind_support_is_a_warning_not_a_problem() -> None:
+    facts = replace(READY, settings={**READY.settings, "wal_log_hints": "off", "data_checksums": "off"})
+    assert facts.problems(senders_needed=2, slot="drkit_dr") == []
+    assert "a failback will rebuild the old primary from a full base backup" in facts.warnings()[0]
