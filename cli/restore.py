@@ -141,6 +141,15 @@ def recover(
             db=db, before=target, into=str(into.resolve()) if into else None, port=port, config=config_path())
         return result
     out = guard(run)
-    console.print(("switched" if out["switched"] else "not switched") + f" (by {out['approver']}: {out['reason']})")
+    who = f"(by {out['approver']}: {out['reason']})"
+    if out["switched"]:
+        console.print(f"recovered {db} to {out['before']}: the cluster runs at 127.0.0.1:{out['port']}, data "
+                      f"directory {out['data_dir']}")
+        console.print(f"clients switched {who}: the catalog's endpoint record and the Prefect Variable "
+                      f"{out['variable']} name it; TCP clients: {out['tcp_clients']}")
+    else:
+        console.print(f"recovered {db} to {out['before']} into {out['data_dir']}; the cluster is stopped "
+                      f"(it ran at 127.0.0.1:{out['port']})")
+        console.print(f"clients not switched {who}: they still use the old primary")
 
 

@@ -1,4 +1,4 @@
-"""Status: backups' ages, RPO, replica lag and the last catalog check per database."""
+"""Status: backups' ages, RPO, the active endpoint, each side's role, replica lag and the last catalog check."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Per database: newest backup of each kind, its age, the worst-case data-loss window now, last catalog check."""
+    """Per database: newest backups and their age, the data-loss window now, the active endpoint and each side's
+    role (measured), replica lag, last catalog check."""
     from drkit.status import check_status, database_status
 
     def run() -> None:
@@ -36,16 +37,16 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         rows = [database_status(db, rt.catalog.list_backups(db), rt.catalog.all_copies(db), now=now,
                                 tier_order=rt.tier_order, chain=chain_for(rt, db), locations=locations)
                 for db in rt.policy.databases]
-        from drkit.dr import lag_summary
-        lags = {db: lag_summary(rt, db) for db in rt.policy.databases}
+        from drkit.dr import dr_status
+        drs = {db: dr_status(rt, db) for db in rt.policy.databases}
         checked = rt.catalog.latest_audit("catalog.check")
         if as_json:
-            print_json([{**r.as_json(now), "replica_lag": lags[r.database],
+            print_json([{**r.as_json(now), **drs[r.database].as_json(),
                           "catalog_check": check_status(checked, r.database).as_json()} for r in rows])
             return
         table = Table(title="status")
         for col in ("database", "newest full", "newest diff", "newest log", "restorable until", "RPO now",
-                    "3-2-1", "replica lag", "catalog check"):
+                    "3-2-1", "active endpoint", "sides", "replica lag", "catalog check"):
             table.add_column(col)
         for r in rows:
             def age(kind: str, r: Any = r) -> str:
@@ -57,10 +58,23 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             table.add_row(r.database, age("full"), age("diff"), age("log"),
                           r.restorable_until.isoformat(timespec="seconds") if r.restorable_until else "—",
                           human_age(r.rpo_seconds) if r.rpo_seconds is not None else "no restorable backup",
-                          r.rule_321, _lag_text(lags[r.database]),
+                          r.rule_321, _endpoint_text(drs[r.database].endpoint),
+                          _sides_text(drs[r.database].sides), _lag_text(drs[r.database].replica_lag),
                           check_status(checked, r.database).text(now, human_age))
         console.print(table)
     guard(run)
+
+
+def _endpoint_text(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return "not recorded (the policy's primary)"
+    return f"{record['endpoint']} ({record['side'] or record['active']})"
+
+
+def _sides_text(sides: dict[str, dict[str, Any]] | None) -> str:
+    if sides is None:
+        return "—"
+    return ", ".join(f"{name} {s['role']}" for name, s in sides.items())
 
 
 def _lag_text(lag: dict[str, Any] | None) -> str:

@@ -8,14 +8,18 @@ engine; this module never asks which engine it is.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from drkit.engines import dr_operations
 from drkit.engines.base import DrOperations, Side
 from drkit.health import ProbeResult, ProbeSeries
 from drkit.runtime import Runtime
 from drkit.traffic import Router, build_router
+
+if TYPE_CHECKING:
+    from drkit.catalog.records import EndpointRecord
 
 WritableSides = Literal["primary", "dr", "split", "none"]
 """Which side takes writes: one of them, both (split brain: resolve by hand) or none."""
@@ -37,6 +41,31 @@ def router(rt: Runtime, db: str, ops: DrOperations) -> Router:
     return build_router(db, traffic, catalog=rt.catalog,
                         db_endpoints={traffic.primary: ops.endpoint("primary"), traffic.dr: ops.endpoint("dr")},
                         actor="drkit-dr")
+
+
+def record_primary(rt: Runtime, db: str, side: Side, ops: DrOperations, *, actor: str = "drkit-dr") -> EndpointRecord:
+    """Record ``side`` as the primary of ``db`` in the catalog: its ``host:port``, the router's name for it, its
+    data directory (when the policy says drkit manages it here). One ``endpoint.set`` when it changes, none
+    when the record already says so; the record as it stands afterwards."""
+    cfg = rt.policy.database(db)
+    data_dir = cfg.data_dir if side == "primary" else (cfg.replica.data_dir if cfg.replica else None)
+    rt.catalog.set_endpoint(db, dsn_hint=ops.endpoint(side), role=side_name(rt, db, side), side=side,
+                            data_dir=str(rt.policy.resolve(data_dir)) if data_dir else None, actor=actor)
+    return current_record(rt, db)
+
+
+def record_recovered(rt: Runtime, db: str, *, host_port: str, data_dir: str, actor: str) -> EndpointRecord:
+    """Record a cluster restored by corruption recovery as the primary of ``db`` (one ``endpoint.set``)."""
+    rt.catalog.set_endpoint(db, dsn_hint=host_port, role="recovered", side="recovered", data_dir=data_dir,
+                            actor=actor)
+    return current_record(rt, db)
+
+
+def current_record(rt: Runtime, db: str) -> EndpointRecord:
+    record = rt.catalog.get_endpoint(db)
+    if record is None:  # only after a concurrent downgrade or a hand edit of the catalog
+        raise RuntimeError(f"the catalog holds no endpoint record of {db} right after recording it")
+    return record
 
 
 def writable_sides(primary: ProbeResult, dr: ProbeResult) -> WritableSides:
@@ -117,14 +146,69 @@ class TrafficStep:
 
 # -- status -----------------------------------------------------------------------------------------------
 
+SideRole = Literal["primary", "standby", "down", "unknown"]
+STATUS_TIMEOUT = 1.0
+"""Seconds a status probe of one server may take (libpq's floor is 2 s to connect to a silent host)."""
 
-def lag_summary(rt: Runtime, db: str) -> dict[str, object] | None:
-    """The DR replica's lag for `drkit status` (None when no replica is configured); never raises."""
-    if rt.policy.database(db).replica is None:
-        return None
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def side_role(probe: ProbeResult) -> SideRole:
+    """What a probe says a server is: ``primary`` (takes writes), ``standby`` (answers read-only), ``down``."""
+    if not probe.ok:
+        return "down"
+    if probe.writable is None:
+        return "unknown"
+    return "primary" if probe.writable else "standby"
+
+
+def _side(ops: DrOperations, side: Side, timeout: float) -> dict[str, object]:
     try:
-        lag = dr_operations(rt, db).lag(timeout=3)
+        endpoint = ops.endpoint(side)
+        probe = ops.probe(side, timeout=timeout, require_writable=False)
+    except Exception as exc:  # a status line must not fail because one server is misconfigured
+        return {"role": "unknown", "endpoint": None, "detail": _first_line(exc)}
+    return {"role": side_role(probe), "endpoint": endpoint, "detail": probe.detail}
+
+
+def _lag(ops: DrOperations, timeout: float) -> dict[str, object]:
+    try:
+        lag = ops.lag(timeout=timeout)
     except Exception as exc:  # a status line must not fail because one server is down
-        return {"state": "unknown", "error": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}
+        return {"state": "unknown", "error": _first_line(exc)}
     return {"state": lag.state, "bytes": lag.bytes, "seconds": lag.seconds, "max_lag_seconds": lag.max_lag_seconds,
             "too_far": lag.too_far}
+
+
+@dataclass(frozen=True)
+class DrStatus:
+    """One database's DR picture for `drkit status`: the catalog's endpoint record, each side's measured role,
+    the DR replica's lag (``sides`` and ``replica_lag`` are None when no replica is configured)."""
+
+    endpoint: dict[str, Any] | None
+    sides: dict[str, dict[str, object]] | None
+    replica_lag: dict[str, object] | None
+
+    def as_json(self) -> dict[str, object]:
+        return {"endpoint": self.endpoint, "sides": self.sides, "replica_lag": self.replica_lag}
+
+
+def dr_status(rt: Runtime, db: str, *, timeout: float = STATUS_TIMEOUT) -> DrStatus:
+    """The endpoint record, both sides probed (at once, each bounded by ``timeout``) and the lag; never raises."""
+    record = rt.catalog.get_endpoint(db)
+    endpoint = record.as_dict() if record is not None else None
+    if rt.policy.database(db).replica is None:
+        return DrStatus(endpoint, None, None)
+    try:
+        ops = dr_operations(rt, db)
+    except Exception as exc:
+        unknown: dict[str, object] = {"role": "unknown", "endpoint": None, "detail": _first_line(exc)}
+        return DrStatus(endpoint, {"primary": unknown, "dr": unknown},
+                        {"state": "unknown", "error": _first_line(exc)})
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        primary = pool.submit(_side, ops, "primary", timeout)
+        dr = pool.submit(_side, ops, "dr", timeout)
+        lag = pool.submit(_lag, ops, max(timeout, 2.0))
+        return DrStatus(endpoint, {"primary": primary.result(), "dr": dr.result()}, lag.result())

@@ -144,7 +144,7 @@ def dr_failover(
     pointed = point_clients(db, "dr", config)
     rto = None if resumed else round(time.monotonic() - t_approved, 3)
     _timeline(events, f"clients repointed to {pointed.endpoint}")
-    publish_endpoint(db, pointed)
+    publish_endpoint(db, config)
     probe = probe_side(db, "dr", config)
     _timeline(events, "DR side probed healthy")
     detail = {"approver": decision_by, "reason": decision_reason, "data_loss_window_seconds": loss_window,
@@ -213,6 +213,8 @@ def dr_failback(
                       f"{decision.reason}")
     if not decision.approve:
         outcome = resync_as_standby(db, "primary", config).outcome if where == "dr" else "nothing to do"
+        point_clients(db, where, config, app_weight=None)  # the record names the side that takes writes
+        publish_endpoint(db, config)
         record(db, "failback.stay", decision.approver, {"reason": decision.reason, "resync": outcome}, config)
         return {"failed_back": False, "decision": "stay on DR", "resync": outcome, "by": decision.approver}
     switch: Switchover | None = None
@@ -224,11 +226,15 @@ def dr_failback(
         # Point new connections at the primary first: until its promotion they fail fast (read-only)
         # instead of hanging on DR's closing port through HAProxy's retries.
         point_clients(db, "primary", config, app_weight=None)
+        publish_endpoint(db, config)
         switch = switch_database_back(db, config)
         _timeline(events, f"database switched back ({switch.promotion.summary()}); writes paused "
                           f"{round(switch.write_unavailable_seconds, 3)} s")
         dr_resync = resync_as_standby(db, "dr", config)
         _timeline(events, f"DR is a replica again ({dr_resync.outcome}: {dr_resync.detail})")
+    else:  # switched back by an earlier run: the record (and the Variable) must say so
+        point_clients(db, "primary", config, app_weight=None)
+        publish_endpoint(db, config)
     steps: list[TrafficStep] = []
     if cfg.traffic.router == "endpoint":
         _timeline(events, "no application router configured: the database switch is the whole failback")

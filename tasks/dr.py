@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -104,28 +105,47 @@ def confirm_writes(db: str, side: Side, config: str | None) -> datetime:
 
 @task(name="point-clients", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
 def point_clients(db: str, side: Side, config: str | None, app_weight: int | None = 100) -> dr.Pointed:
-    """The database frontend to ``side`` (atomic), application weights, and the catalog's endpoint record."""
+    """Record ``side`` as the primary in the catalog (one ``endpoint.set`` when it changes), then point the
+    database frontend at it (atomic; the endpoint-record router finds it already recorded) and the
+    application weights. Re-running it changes nothing."""
     rt = runtime(config)
     try:
         ops = dr_operations(rt, db)
+        record = dr.record_primary(rt, db, side, ops)
         active = dr.side_name(rt, db, side)
         other = dr.side_name(rt, db, "primary" if side == "dr" else "dr")
         r = dr.router(rt, db, ops)
         r.switch_database(active)
         if app_weight is not None and rt.policy.database(db).traffic.router != "endpoint":
             r.set_app_weights({active: app_weight, other: 100 - app_weight})
-        endpoint = ops.endpoint(side)
-        rt.catalog.set_endpoint(db, dsn_hint=endpoint, role=f"primary ({side})", actor="drkit-dr")
-        return dr.Pointed(active, endpoint)
+        return dr.Pointed(active, record.dsn_hint)
     finally:
         rt.close()
 
 
+def endpoint_variable(db: str) -> str:
+    """The Prefect Variable clients read the database's endpoint from: ``drkit_endpoint_<db>``."""
+    return artifact_key("drkit-endpoint", db).replace("-", "_")
+
+
 @task(name="publish-endpoint", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
-def publish_endpoint(db: str, pointed: dr.Pointed) -> None:
-    """A Prefect Variable with the active endpoint, for clients that read it (the catalog has the record)."""
-    Variable.set(artifact_key("drkit-endpoint", db).replace("-", "_"), {"database": db, **pointed.as_dict()},
-                 overwrite=True)
+def publish_endpoint(db: str, config: str | None) -> dict[str, Any] | None:
+    """Copy the catalog's endpoint record of ``db`` into the Prefect Variable ``drkit_endpoint_<db>``.
+
+    The one way the Variable is written (failover, failback, stay on DR, corruption recovery), always from
+    the record as it stands, right after it changed: the two cannot disagree. None (and nothing written)
+    when the catalog has no record.
+    """
+    rt = runtime(config)
+    try:
+        record = rt.catalog.get_endpoint(db)
+    finally:
+        rt.close()
+    if record is None:
+        return None
+    value = record.as_dict()
+    Variable.set(endpoint_variable(db), value, overwrite=True)
+    return value
 
 
 @task(name="probe-side", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 2, 5])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from drkit import dr
 from drkit.engines import open_engine
 from drkit.engines.postgres import pgrestore
 from drkit.engines.postgres.pgctl import LocalCluster
@@ -91,10 +93,11 @@ def open_to_clients(db: str, data_dir: str, port: int, config: str | None) -> di
 
 
 @task(name="switch-endpoint", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
-def switch_endpoint(db: str, port: int, role: str, actor: str, config: str | None) -> None:
-    """Record a restored cluster on this host as the database's active endpoint (audited by the catalog)."""
+def switch_endpoint(db: str, port: int, data_dir: str, actor: str, config: str | None) -> dict[str, Any]:
+    """Record a restored cluster on this host (127.0.0.1:``port``, ``data_dir``) as the primary of ``db`` in the
+    catalog: one ``endpoint.set``; the record as it stands."""
     rt = runtime(config)
     try:
-        rt.catalog.set_endpoint(db, dsn_hint=f"127.0.0.1:{port}", role=role, actor=actor)
+        return dr.record_recovered(rt, db, host_port=f"127.0.0.1:{port}", data_dir=data_dir, actor=actor).as_dict()
     finally:
         rt.close()

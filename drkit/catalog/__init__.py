@@ -18,6 +18,7 @@ from drkit.catalog.records import (
     AuditRecord,
     BackupRecord,
     CopyRecord,
+    EndpointRecord,
     HoldRecord,
 )
 from drkit.catalog.repository import Catalog
@@ -31,5 +32,6 @@ __all__ = [
     "BackupRecord",
     "Catalog",
     "CopyRecord",
+    "EndpointRecord",
     "HoldRecord",
 ]

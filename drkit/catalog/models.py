@@ -198,13 +198,15 @@ class AuditEvent(Base):
 
 
 class Endpoint(Base):
-    """Row of ``endpoints``: which server is currently the active endpoint for a database."""
+    """Row of ``endpoints``: which server is the database's primary now, where clients connect to it."""
 
     __tablename__ = "endpoints"
 
     database: Mapped[str] = mapped_column(String(128), primary_key=True)
     dsn_hint: Mapped[str] = mapped_column(String(512))
     role: Mapped[str] = mapped_column(String(32))
+    side: Mapped[str | None] = mapped_column(String(16))  # primary / dr / recovered (migration 0005)
+    data_dir: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_by: Mapped[str] = mapped_column(String(256))
 

@@ -125,3 +125,33 @@ class HoldRecord:
     def active(self) -> bool:
         """True until the hold is removed."""
         return self.removed_at is None
+
+
+PRIMARY_SIDES: tuple[str, ...] = ("primary", "dr", "recovered")
+"""Which server is a database's primary: the policy's own (``primary``), its DR replica promoted by a
+failover (``dr``), or a cluster restored by corruption recovery (``recovered``)."""
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    """Which server is a database's primary now, and where clients connect to it (one row per database).
+
+    ``dsn_hint``: its ``host:port`` (never credentials); ``role``: the traffic router's name for it
+    (``traffic.primary`` / ``traffic.dr``, or ``recovered``); ``side``: one of :data:`PRIMARY_SIDES` (None
+    in records written before the catalog knew it); ``data_dir``: its data directory when drkit manages
+    it on this host. Every change is one ``endpoint.set`` audit event.
+    """
+
+    database: str
+    dsn_hint: str
+    role: str
+    side: str | None
+    data_dir: str | None
+    updated_at: datetime
+    updated_by: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as JSON (what the Prefect Variable ``drkit_endpoint_<db>`` holds, and `drkit status`)."""
+        return {"database": self.database, "side": self.side, "endpoint": self.dsn_hint, "active": self.role,
+                "data_dir": self.data_dir, "updated_at": self.updated_at.isoformat(),
+                "updated_by": self.updated_by}

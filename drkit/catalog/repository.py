@@ -47,10 +47,12 @@ from drkit.catalog.records import (
     BACKUP_KINDS,
     BACKUP_STATUSES,
     COPY_STATUSES,
+    PRIMARY_SIDES,
     RESTORABLE_STATUSES,
     AuditRecord,
     BackupRecord,
     CopyRecord,
+    EndpointRecord,
     HoldRecord,
 )
 from drkit.errors import BackupNotFoundError, CatalogError
@@ -726,18 +728,25 @@ class Catalog:
 
     # -- endpoints ---------------------------------------------------------------------------------
 
-    def set_endpoint(self, database: str, *, dsn_hint: str, role: str, actor: str) -> None:
-        """Record the active endpoint (``host:port``, no credentials) of a database, and audit it."""
+    def set_endpoint(self, database: str, *, dsn_hint: str, role: str, actor: str, side: str | None = None,
+                     data_dir: str | None = None) -> bool:
+        """Record which server is the primary of ``database`` and its ``host:port`` (no credentials), audited
+        as one ``endpoint.set``; False (nothing written, nothing audited) when the record already says so."""
         _check_dsn_hint(dsn_hint)
+        if side is not None and side not in PRIMARY_SIDES:
+            raise CatalogError(f"an endpoint side must be one of {', '.join(PRIMARY_SIDES)}, got {side!r}")
         with self._session() as session:
-            now = _now()
             row = session.get(Endpoint, database, with_for_update=True)
-            previous = None if row is None else {"dsn_hint": row.dsn_hint, "role": row.role}
+            wanted = {"dsn_hint": dsn_hint, "role": role, "side": side, "data_dir": data_dir}
+            previous = None if row is None else {k: getattr(row, k) for k in wanted}
+            if previous == wanted:
+                return False
+            now = _now()
             if row is None:
                 row = Endpoint(database=database)
                 session.add(row)
-            row.dsn_hint = dsn_hint
-            row.role = role
+            for key, value in wanted.items():
+                setattr(row, key, value)
             row.updated_at = now
             row.updated_by = actor
             session.add(
@@ -747,24 +756,20 @@ class Catalog:
                     action="endpoint.set",
                     database=database,
                     subject=dsn_hint,
-                    detail={"dsn_hint": dsn_hint, "role": role, "previous": previous},
+                    detail={**wanted, "previous": previous},
                 )
             )
             self._flush(session, f"cannot record the endpoint of {database}")
+        return True
 
-    def get_endpoint(self, database: str) -> dict[str, Any] | None:
-        """The recorded endpoint of a database (database, dsn_hint, role, updated_at, updated_by)."""
+    def get_endpoint(self, database: str) -> EndpointRecord | None:
+        """The recorded primary of a database and where clients connect to it (None: never recorded)."""
         with self._session(write=False) as session:
             row = session.get(Endpoint, database)
             if row is None:
                 return None
-            return {
-                "database": row.database,
-                "dsn_hint": row.dsn_hint,
-                "role": row.role,
-                "updated_at": row.updated_at,
-                "updated_by": row.updated_by,
-            }
+            return EndpointRecord(database=row.database, dsn_hint=row.dsn_hint, role=row.role, side=row.side,
+                                  data_dir=row.data_dir, updated_at=row.updated_at, updated_by=row.updated_by)
 
     # -- legal holds -------------------------------------------------------------------------------
 

@@ -1,18 +1,24 @@
 """The catalog's active-endpoint record as a router: where clients that look it up connect.
 
 ``switch_database("dr")`` records ``dr``'s ``host:port`` as the active endpoint of the database in the catalog
-(``Catalog.set_endpoint``, audited as ``endpoint.set``); clients and the operator read it back with
-``Catalog.get_endpoint`` / ``drkit status``. It holds one endpoint, so it does not split application traffic.
-Mirroring the record into a Prefect Variable is the flow layer's job (drkit does not import Prefect).
+(``Catalog.set_endpoint``, audited as ``endpoint.set``) unless the record already names it; clients and the
+operator read it back with ``Catalog.get_endpoint`` / ``drkit status``. It holds one endpoint, so it does not
+split application traffic. The DR runbooks write the full record (which side is primary, its data
+directory) first, through ``drkit.dr.record_primary``, so this router then finds nothing to change: one
+``endpoint.set`` per switch. Mirroring the record into a Prefect Variable is the flow layer's job (drkit
+does not import Prefect).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from drkit.traffic.base import TrafficError, check_name
+
+if TYPE_CHECKING:
+    from drkit.catalog.records import EndpointRecord
 
 __all__ = ["EndpointCatalog", "EndpointRecordRouter"]
 
@@ -22,9 +28,10 @@ log = logging.getLogger(__name__)
 class EndpointCatalog(Protocol):
     """The part of :class:`drkit.catalog.repository.Catalog` this router uses."""
 
-    def set_endpoint(self, database: str, *, dsn_hint: str, role: str, actor: str) -> None: ...
+    def set_endpoint(self, database: str, *, dsn_hint: str, role: str, actor: str, side: str | None = None,
+                     data_dir: str | None = None) -> bool: ...
 
-    def get_endpoint(self, database: str) -> dict[str, Any] | None: ...
+    def get_endpoint(self, database: str) -> EndpointRecord | None: ...
 
 
 def _check_host_port(name: str, value: str) -> str:
@@ -88,7 +95,7 @@ class EndpointRecordRouter:
             raise TrafficError(f"{self.describe()}: unknown endpoint {active!r}; known: {', '.join(self.endpoints)}")
         dsn_hint = self.endpoints[active]
         record = self.catalog.get_endpoint(self.database)
-        if record is not None and record.get("dsn_hint") == dsn_hint and record.get("role") == active:
+        if record is not None and record.dsn_hint == dsn_hint and record.role == active:
             return
         self.catalog.set_endpoint(self.database, dsn_hint=dsn_hint, role=active, actor=self.actor)
         log.info("%s: now %s (%s)", self.describe(), active, dsn_hint)
@@ -98,7 +105,7 @@ class EndpointRecordRouter:
         record = self.catalog.get_endpoint(self.database)
         if record is None:
             return None
-        matches = [n for n, hp in self.endpoints.items() if hp == record.get("dsn_hint")]
-        if record.get("role") in matches:
-            return str(record["role"])
+        matches = [n for n, hp in self.endpoints.items() if hp == record.dsn_hint]
+        if record.role in matches:
+            return record.role
         return matches[0] if matches else None

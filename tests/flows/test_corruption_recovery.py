@@ -11,12 +11,15 @@ from typing import Any
 import pytest
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
+from typer.testing import CliRunner
 
+from cli import app
 from drkit.engines import open_engine
 from drkit.runtime import Runtime
 from drkit.sandbox import Sandbox
-from flows.approvals import answer, paused_runs
+from flows.approvals import paused_runs
 from flows.corruption import recover_from_corruption
+from tests.support.approvers import answer
 from tests.support.pgdata import connect
 from tests.support.policies import policy_variant
 
@@ -84,35 +87,44 @@ def test_approved_switch_records_the_endpoint_and_who_approved(
     sandbox: Sandbox, rt: Runtime, damaged: datetime, scratch: Path
 ) -> None:
     cfg = str(policy_variant(sandbox, scratch, approvals={"approvers": ["alice@example.com"]}))
-    thread, out = _run_in_thread(db="app", before=damaged, into=str(scratch / "standby"), config=cfg,
-                                 approval_timeout_seconds=120)
+    switches = len(rt.catalog.audit_events(database="app", action="endpoint.set"))
+    cli: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: cli.update(result=CliRunner().invoke(
+        app, ["--config", cfg, "recover", "app", "--before", damaged.isoformat(), "--into", str(scratch / "standby")])))
+    thread.start()
     run_id = _paused_run()
+    port = _paused_port(run_id)
     # The source's pg_hba.conf (backed up with its data dir) lets its clients in over TCP from 127.0.0.1.
     assert ["host", "all", "all", "127.0.0.1/32", "trust"] in \
         [ln.split() for ln in (sandbox.primary.data_dir / "pg_hba.conf").read_text().splitlines()]
-    assert not _tcp_listener(_paused_port(run_id))  # until approved: its private Unix socket only
+    assert not _tcp_listener(port)  # until approved: its private Unix socket only
     # Someone not on the list answers first: refused, and the run keeps waiting.
-    answer(run_id, approve=True, approver="mallory@example.com", reason="trust me")
-    time.sleep(3)
+    assert answer(run_id, approve=True, approver="mallory@example.com", reason="trust me")["verdict"] == "refused"
     assert any(r["id"] == run_id for r in paused_runs())
     answer(run_id, approve=True, approver="alice@example.com", reason="ledger zeroed at 10:02, INC-42")
     thread.join(180)
-    state = out["state"]
-    assert state.is_completed(), state.message
-    result = state.result()
-    assert result["switched"] and result["approver"] == "alice@example.com"
+    out = cli["result"]
+    assert out.exit_code == 0, out.output
+    # drkit recover says where the recovered cluster runs and that clients were switched.
+    said = " ".join(out.stdout.split())  # as wrapped for the terminal
+    assert f"runs at 127.0.0.1:{port}, data directory {scratch / 'standby'}" in said
+    assert "clients switched (by alice@example.com: ledger zeroed at 10:02, INC-42)" in said
+    assert "drkit_endpoint_app" in said and "as the backup's own pg_hba.conf allows" in said
     endpoint = rt.catalog.get_endpoint("app")
-    assert endpoint is not None and endpoint["dsn_hint"] == f"127.0.0.1:{result['port']}"
+    assert endpoint is not None and endpoint.dsn_hint == f"127.0.0.1:{port}"
+    assert (endpoint.side, endpoint.data_dir) == ("recovered", str(scratch / "standby"))
+    from prefect.variables import Variable
+    assert Variable.get("drkit_endpoint_app") == endpoint.as_dict()  # the Variable holds the record
+    assert len(rt.catalog.audit_events(database="app", action="endpoint.set")) == switches + 1
     actions = [(e.action, e.actor) for e in rt.catalog.audit_events(database="app")]
     assert ("corruption.approval.refused", "mallory@example.com") in actions
     assert ("corruption.switched", "alice@example.com") in actions
     try:
         # clients switched to the endpoint connect over TCP as they did to the old primary
-        assert _restored_amounts_over_tcp(sandbox, int(result["port"])) == [(100, 1000)]
-        assert result["tcp_clients"] == "as the backup's own pg_hba.conf allows"
+        assert _restored_amounts_over_tcp(sandbox, port) == [(100, 1000)]
     finally:
         from drkit.engines.postgres.pgctl import LocalCluster
-        LocalCluster(scratch / "standby", int(result["port"]), rt.bin_dir("app"), rt.os_user("app")).stop()
+        LocalCluster(scratch / "standby", port, rt.bin_dir("app"), rt.os_user("app")).stop()
 
 
 def test_rejected_switch_changes_nothing(sandbox: Sandbox, rt: Runtime, damaged: datetime, scratch: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -9,11 +10,21 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from prefect.variables import Variable
+from typer.testing import CliRunner
 
+from cli import app
 from drkit.engines.postgres import replica
-from flows.approvals import answer
 from flows.dr import dr_failback, dr_failover
-from tests.flows.test_dr_failover import World, _in_recovery, _wait_paused, _writer, world  # noqa: F401
+from tests.flows.test_dr_failover import (  # noqa: F401
+    World,
+    _in_recovery,
+    _wait_paused,
+    _writer,
+    assert_endpoint_truth,
+    world,
+)
+from tests.support.approvers import answer
 from tests.support.pgdata import table_hashes
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -65,6 +76,7 @@ def test_failback_switches_back_without_loss_steps_traffic_and_rolls_back_on_a_b
         assert state.is_failed() and "breached" in (state.message or "")
         assert router.app_weights() == {"primary": 0, "dr": 100}
         assert not _in_recovery(world.sb.primary) and _in_recovery(world.standby)  # the DB stays switched back
+        assert_endpoint_truth(world, side="primary", switches=2)  # the failover's, then the failback's
 
         # Healthy again: a second failback only moves the traffic, 10 → 50 → 100.
         world.haproxy_apps["primary"].delay = 0.0  # type: ignore[attr-defined]
@@ -75,6 +87,10 @@ def test_failback_switches_back_without_loss_steps_traffic_and_rolls_back_on_a_b
         assert steps[50]["weights"] == {"primary": 50, "dr": 50} and steps[50]["served"].get("primary", 0) > 0
         assert steps[100]["served"].get("dr", 0) == 0 and steps[100]["served"].get("primary", 0) > 0
         assert router.app_weights() == {"primary": 100, "dr": 0}
+        assert_endpoint_truth(world, side="primary", switches=2)
+        status = json.loads(CliRunner().invoke(app, ["--config", world.config, "status", "--json"]).stdout)[0]
+        assert {k: v["role"] for k, v in status["sides"].items()} == {"primary": "primary", "dr": "standby"}
+        assert status["endpoint"]["endpoint"] == f"127.0.0.1:{world.sb.primary.port}"
     finally:
         stop.set()
         writer.join()
@@ -85,3 +101,18 @@ def test_failback_switches_back_without_loss_steps_traffic_and_rolls_back_on_a_b
     assert table_hashes(world.sb.primary.dsn()) == table_hashes(world.standby.dsn())
     failover_lost = {i for i, _ in world.acked if i not in present}
     assert len(failover_lost) <= 20  # only the failover (asynchronous) may lose the last writes
+
+
+def test_staying_on_dr_keeps_dr_the_primary_and_republishes_the_record(world: World) -> None:  # noqa: F811
+    world.sb.primary.stop("immediate")
+    out = _run(dr_failover, "failover-app", True, db="app", config=world.config, probe_interval_seconds=0.2)
+    assert out["state"].is_completed()
+    assert_endpoint_truth(world, side="dr", switches=1)
+    # A stale copy (as an older drkit left it after a failback): the decision rewrites it from the catalog.
+    Variable.set("drkit_endpoint_app", {"database": "app", "endpoint": f"127.0.0.1:{world.sb.primary.port}"},
+                 overwrite=True)
+    out = _run(dr_failback, "failback-app", False, db="app", config=world.config)
+    result = out["state"].result()
+    assert result["decision"] == "stay on DR" and result["resync"] in ("rewound", "no rewind required", "rebuilt")
+    assert _in_recovery(world.sb.primary) and not _in_recovery(world.standby)
+    assert_endpoint_truth(world, side="dr", switches=1)  # no switch: still the failover's one record

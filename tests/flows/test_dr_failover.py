@@ -19,12 +19,15 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from cli import app
 from drkit.engines.postgres import replica
 from drkit.engines.postgres.pgctl import LocalCluster, free_port
 from drkit.sandbox import KEY_ENV, Sandbox, create_sandbox
-from flows.approvals import answer, paused_runs
+from flows.approvals import paused_runs
 from flows.dr import dr_failover, replica_lag_check
+from tests.support.approvers import answer
 from tests.support.haproxy import HAProxyProcess, NamedHttpBackend
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -117,9 +120,6 @@ def test_failover_refuses_rejects_times_out_then_promotes_once(world: World) -> 
         assert len(world.acked) >= 50
         lag = replica_lag_check(db="app", config=world.config)
         assert lag["state"] == "streaming" and not lag["too_far"]
-        from typer.testing import CliRunner
-
-        from cli import app
         status = CliRunner().invoke(app, ["--config", world.config, "status", "--json"])
         assert json.loads(status.stdout)[0]["replica_lag"]["state"] == "streaming"
         world.sb.primary.stop("immediate")  # the primary region dies
@@ -147,8 +147,8 @@ def test_failover_refuses_rejects_times_out_then_promotes_once(world: World) -> 
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             run_id = _wait_paused("failover-app")
-            answer(run_id, approve=True, approver="mallory@example.com", reason="trust me")
-            time.sleep(3)
+            refused = answer(run_id, approve=True, approver="mallory@example.com", reason="trust me")
+            assert refused["verdict"] == "refused"
             assert _in_recovery(world.standby)  # refused: still waiting
             answer(run_id, approve=True, approver="alice@example.com", reason="region down, INC-1")
             deadline = time.monotonic() + 60
@@ -163,6 +163,10 @@ def test_failover_refuses_rejects_times_out_then_promotes_once(world: World) -> 
         result = dr_failover(db="app", config=world.config, probe_interval_seconds=0.2)
         assert result["failed_over"] and result["resumed"]
         assert replica.current_timeline(world.standby.dsn()) == 2
+        assert_endpoint_truth(world, side="dr", switches=1)
+        sides = json.loads(CliRunner().invoke(app, ["--config", world.config, "status", "--json"]).stdout)[0]
+        assert sides["endpoint"]["side"] == "dr" and sides["endpoint"]["endpoint"] == f"127.0.0.1:{world.standby.port}"
+        assert {k: v["role"] for k, v in sides["sides"].items()} == {"primary": "down", "dr": "primary"}
         before = len(world.acked)
         deadline = time.monotonic() + 20
         while len(world.acked) < before + 20 and time.monotonic() < deadline:
@@ -177,6 +181,35 @@ def test_failover_refuses_rejects_times_out_then_promotes_once(world: World) -> 
     # Asynchronous replication may lose only the last writes acknowledged before the kill.
     assert all(at <= killed_at for _, at in lost)
     assert len(lost) <= 20, lost
+
+
+def endpoint_variable(db: str = "app") -> Any:
+    from prefect.variables import Variable
+
+    return Variable.get(f"drkit_endpoint_{db}")
+
+
+def assert_endpoint_truth(w: World, *, side: str, switches: int, db: str = "app") -> None:
+    """The catalog names ``side`` as the primary, the Prefect Variable holds exactly that record, the audit
+    trail has ``switches`` endpoint.set events (one per switch), and a client that reads the Variable
+    reaches a server that takes writes."""
+    from drkit.catalog import Catalog
+    from drkit.config import load_policy
+
+    catalog = Catalog.open(load_policy(w.config).catalog_url())
+    try:
+        record = catalog.get_endpoint(db)
+        events = catalog.audit_events(database=db, action="endpoint.set")
+    finally:
+        catalog.close()
+    assert record is not None and record.side == side
+    assert endpoint_variable(db) == record.as_dict()
+    assert len(events) == switches, [e.detail for e in events]
+    host, port = endpoint_variable(db)["endpoint"].rsplit(":", 1)
+    with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=True,
+                         connect_timeout=5) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS variable_clients(at timestamptz DEFAULT now())")
+        conn.execute("INSERT INTO variable_clients DEFAULT VALUES")
 
 
 def _api_url() -> str:

@@ -26,8 +26,9 @@ from typer.testing import CliRunner
 
 from cli import app
 from drkit.catalog import Catalog
-from flows.approvals import answer, paused_runs
+from flows.approvals import paused_runs
 from flows.dr import dr_failback, dr_failover, replica_lag_check
+from tests.support.approvers import answer
 from tests.support.fake_ag import FakeAvailabilityGroup
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -50,7 +51,7 @@ class World:
             record = catalog.get_endpoint("orders")
         finally:
             catalog.close()
-        return None if record is None else str(record["dsn_hint"])
+        return None if record is None else record.dsn_hint
 
 
 @pytest.fixture

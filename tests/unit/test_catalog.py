@@ -441,19 +441,28 @@ def test_endpoint_upsert_is_audited(catalog: Catalog) -> None:
     catalog.set_endpoint("orders", dsn_hint="db1.internal:5432", role="primary", actor="alice")
     first = catalog.get_endpoint("orders")
     assert first is not None
-    assert (first["database"], first["dsn_hint"], first["role"], first["updated_by"]) == (
+    assert (first.database, first.dsn_hint, first.role, first.updated_by) == (
         "orders",
         "db1.internal:5432",
         "primary",
         "alice",
     )
-    assert first["updated_at"].tzinfo == UTC
-    catalog.set_endpoint("orders", dsn_hint="db2.internal:5432", role="promoted-standby", actor="bob")
+    assert first.updated_at.tzinfo == UTC
+    assert catalog.set_endpoint("orders", dsn_hint="db2.internal:5432", role="dr", side="dr",
+                                data_dir="/srv/pg/dr", actor="bob")
     second = catalog.get_endpoint("orders")
-    assert second is not None and (second["dsn_hint"], second["updated_by"]) == ("db2.internal:5432", "bob")
+    assert second is not None and (second.dsn_hint, second.side, second.data_dir, second.updated_by) == (
+        "db2.internal:5432", "dr", "/srv/pg/dr", "bob")
+    # The same record again writes nothing and audits nothing: one endpoint.set per switch.
+    assert not catalog.set_endpoint("orders", dsn_hint="db2.internal:5432", role="dr", side="dr",
+                                    data_dir="/srv/pg/dr", actor="carol")
     events = catalog.audit_events(database="orders", action="endpoint.set")
     assert [e.actor for e in events] == ["alice", "bob"]
-    assert events[1].detail["previous"] == {"dsn_hint": "db1.internal:5432", "role": "primary"}
+    assert events[1].detail["previous"] == {"dsn_hint": "db1.internal:5432", "role": "primary", "side": None,
+                                            "data_dir": None}
+    assert catalog.get_endpoint("orders") == second
+    with pytest.raises(CatalogError, match="side must be one of primary, dr, recovered"):
+        catalog.set_endpoint("orders", dsn_hint="db3:5432", role="x", side="elsewhere", actor="bob")
 
 
 @pytest.mark.parametrize(

@@ -395,7 +395,7 @@ def test_endpoint_record_router_switches_the_recorded_endpoint(catalog: Catalog)
     router.switch_database("dr")
     record = catalog.get_endpoint("orders")
     assert record is not None
-    assert (record["dsn_hint"], record["role"], record["updated_by"]) == ("10.1.1.5:5432", "dr", "dr_failover")
+    assert (record.dsn_hint, record.role, record.updated_by) == ("10.1.1.5:5432", "dr", "dr_failover")
     assert router.active_database() == "dr"
 
     def audits() -> list[Any]:
