@@ -44,5 +44,9 @@ serve: install
 clean:
 	rm -rf var/demo
 
+# The demo's Prefect server (var/demo/prefect), and the one flow commands start beside the policy file
+# (var/prefect-local) when PREFECT_API_URL is not set.
 stop:
-	@if [ -f var/demo/prefect-server.pid ]; then kill -TERM -$$(cat var/demo/prefect-server.pid) 2>/dev/null || true; rm -f var/demo/prefect-server.pid; echo "stopped the demo's Prefect server"; fi
+	@for d in var/demo/prefect var/prefect-local; do \
+	  if [ -f $$d/server.pid ]; then kill -TERM -$$(cat $$d/server.pid) 2>/dev/null || true; \
+	    rm -f $$d/server.pid $$d/server.url; echo "stopped the Prefect server of $$d"; fi; done

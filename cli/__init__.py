@@ -15,6 +15,7 @@ import cli.approvals
 import cli.status
 import cli.deployments
 import cli.service
+import cli.server
 from cli.common import app
 
 __all__ = ["app"]

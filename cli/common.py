@@ -31,12 +31,10 @@ from rich.text import Text
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from drkit.config import load_policy
 from drkit.errors import ConfigError, DrkitError, EncryptionKeyError
-from drkit.runtime import Runtime
 
 if TYPE_CHECKING:
-    pass
+    from drkit.runtime import Runtime
 
 
 class _Commands(TyperGroup):
@@ -74,6 +72,10 @@ def main(ctx: typer.Context, config: ConfigOpt = None, verbose: VerboseOpt = Fal
     # server that must not inherit the quiet setting (its log file is kept).
     if not verbose and ctx.invoked_subcommand not in ("serve", "demo"):
         ctx.call_on_close(_quiet_prefect_console())
+    # A command that imports Prefect (to run a flow) and finds no PREFECT_API_URL uses the local server
+    # beside the policy file, started on first use and left running (see cli.prefect_server).
+    from cli.prefect_server import use_local_server_for_prefect
+    ctx.call_on_close(use_local_server_for_prefect(policy_dir, lambda line: err.print(line)))
 
 
 # -- output and errors ---------------------------------------------------------------------------------
@@ -127,6 +129,7 @@ def error(message: str) -> None:
 def _key_unusable() -> bool:
     """True when the configured backup key is missing or malformed (bad input, exit 2), as opposed to a
     well-formed key that is not the one a backup was written with (a failed operation, exit 1)."""
+    from drkit.config import load_policy
     from drkit.pipeline import EncryptionKey
     try:
         EncryptionKey.from_env(load_policy(state["config"]).encryption.key_env)
@@ -177,6 +180,11 @@ def report(exc: Exception) -> int:
     return code
 
 
+def policy_dir() -> Path:
+    """The directory of the policy file (where drkit keeps its local Prefect server)."""
+    return Path(config_path()).parent
+
+
 def config_path() -> str:
     from drkit.config import find_config
     return str(find_config(state["config"]).resolve())
@@ -193,6 +201,8 @@ def guard(fn: Callable[[], T]) -> T:
 
 
 def runtime() -> Runtime:
+    from drkit.config import load_policy
+    from drkit.runtime import Runtime
     return Runtime(load_policy(state["config"]))
 
 

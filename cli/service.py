@@ -29,5 +29,5 @@ def serve() -> None:
 @app.command()
 def demo(workdir: Annotated[Path, typer.Option("--workdir")] = Path("var/demo")) -> None:
     """Run the whole story once on a local sandbox (what `make demo` runs)."""
-    from flows.demo import run_demo
+    from cli.demo import run_demo
     guard(lambda: run_demo(workdir))

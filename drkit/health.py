@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 ProbeKind = Literal["http", "db"]
 
@@ -145,6 +146,8 @@ class ProbeSeries:
 
 def url_target(url: str) -> str:
     """scheme://host[:port]/path of ``url``: no user info, no query string (tokens live there)."""
+    import httpx  # only when probing over HTTP (0.1 s to import; `drkit status` does not need it)
+
     try:
         u = httpx.URL(url)
     except (httpx.InvalidURL, TypeError):
@@ -179,6 +182,8 @@ def probe_http(
     ``timeout`` bounds each phase (connect, each read) as httpx does; a slow endpoint fails with
     "timeout after Ns". A given ``client`` is reused (connection pooling) with this call's timeout.
     """
+    import httpx
+
     target = url_target(url)
     expected = expect_status if isinstance(expect_status, range) else frozenset(expect_status)
     at = _now()

@@ -3,6 +3,9 @@
 
 Everything is opened lazily, so a command that fails on bad input (unknown
 database, missing key) fails before it touches the catalog or a store.
+Imports are lazy too (read-only commands must start fast): the catalog reads a current SQLite file without
+SQLAlchemy (:func:`drkit.catalog.reader.open_catalog`), and the key, stores and engine helpers are imported
+when first used.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ import os
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from drkit.catalog import Catalog
 from drkit.config import Policy, default_bin_dir
-from drkit.engines.postgres.pgctl import effective_os_user
 from drkit.errors import ConfigError
-from drkit.pipeline import EncryptionKey
-from drkit.storage import FilesystemStore, Store
+
+if TYPE_CHECKING:
+    from drkit.catalog import Catalog
+    from drkit.pipeline import EncryptionKey
+    from drkit.storage import Store
 
 
 class Runtime:
@@ -28,10 +33,14 @@ class Runtime:
 
     @cached_property
     def catalog(self) -> Catalog:
-        return Catalog.open(self.policy.catalog_url())
+        from drkit.catalog.reader import open_catalog
+
+        return open_catalog(self.policy.catalog_url())
 
     @cached_property
     def key(self) -> EncryptionKey:
+        from drkit.pipeline import EncryptionKey
+
         return EncryptionKey.from_env(self.policy.encryption.key_env, self.environ)
 
     @property
@@ -50,10 +59,14 @@ class Runtime:
                 options = ClientOptions(retry_total=cfg.request_retries)
                 self._stores[tier] = open_azure_store(tier, cfg, self.environ, options=options)
             else:
+                from drkit.storage import FilesystemStore
+
                 self._stores[tier] = FilesystemStore(self.policy.tier_path(tier), name=tier)
         return self._stores[tier]
 
     def os_user(self, db: str) -> str | None:
+        from drkit.engines.postgres.pgctl import effective_os_user
+
         return effective_os_user(self.policy.database(db).os_user)
 
     def bin_dir(self, db: str) -> Path:

@@ -10,6 +10,8 @@ Everything a restore or retention decision needs is read from here, as immutable
 The schema is migrated with Alembic revisions bundled in this package (``Catalog.open`` / ``migrate``).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from drkit.catalog.records import (
     BACKUP_KINDS,
     BACKUP_STATUSES,
@@ -21,7 +23,19 @@ from drkit.catalog.records import (
     EndpointRecord,
     HoldRecord,
 )
-from drkit.catalog.repository import Catalog
+
+if TYPE_CHECKING:
+    from drkit.catalog.repository import Catalog
+
+
+def __getattr__(name: str) -> Any:
+    """``Catalog`` on first use: the repository imports SQLAlchemy (0.3 s), which records' users never need."""
+    if name == "Catalog":
+        from drkit.catalog.repository import Catalog
+
+        return Catalog
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BACKUP_KINDS",

@@ -23,10 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
@@ -56,6 +54,9 @@ from drkit.catalog.records import (
     HoldRecord,
 )
 from drkit.errors import BackupNotFoundError, CatalogError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 """Alembic script directory bundled inside the package."""
@@ -374,6 +375,8 @@ class Catalog:
 
     def migrate(self, revision: str = "head") -> None:
         """Upgrade the catalog schema to ``revision``, by default the newest bundled with drkit (idempotent)."""
+        from alembic import command  # Alembic only when migrating (0.3 s to import)
+
         self._run_migrations(command.upgrade, revision)
 
     def downgrade(self, revision: str) -> None:
@@ -382,6 +385,8 @@ class Catalog:
         Facts the newer revisions added and the older schema cannot hold are dropped (e.g. revision 0004's
         ``lineage``, and SQL Server log positions, which do not fit the older BIGINT columns).
         """
+        from alembic import command
+
         self._run_migrations(command.downgrade, revision)
 
     def _run_migrations(self, step: Callable[[Config, str], None], revision: str) -> None:
@@ -393,6 +398,8 @@ class Catalog:
         (it can only be switched outside one), and ``PRAGMA foreign_key_check`` must find nothing before
         the transaction commits.
         """
+        from alembic.config import Config
+
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         try:

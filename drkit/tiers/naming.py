@@ -9,13 +9,14 @@ engine-neutral: positions are plain decimal numbers, whatever notation the engin
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from drkit.binding import stream_context
 from drkit.catalog.records import BackupRecord
-from drkit.config import Policy
-from drkit.runtime import Runtime
-from drkit.storage import Store
+
+if TYPE_CHECKING:  # `drkit status` imports tier_location: no cryptography, stores or runtime for it
+    from drkit.config import Policy
+    from drkit.runtime import Runtime
+    from drkit.storage import Store
 
 __all__ = ["DATA_OBJECT", "DESCRIPTOR_OBJECT", "MANIFEST_OBJECT", "OBJECTS", "blob_labels", "label_copy",
            "object_key", "open_writer", "same_location", "tier_location"]
@@ -28,6 +29,8 @@ OBJECTS = (DATA_OBJECT, MANIFEST_OBJECT, DESCRIPTOR_OBJECT)
 
 def object_key(backup: BackupRecord, name: str) -> str:
     """Where a backup's object lives in a store: ``<database>/<backup id>/<name>``, also its stream context."""
+    from drkit.binding import stream_context
+
     return stream_context(backup, name)
 
 

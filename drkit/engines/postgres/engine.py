@@ -20,11 +20,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
-
-from drkit.config import resolve_dsn
 from drkit.engines.base import BackupOutcome, BaseInfo, ByteSink, CheckItem, Progress, SetupResult
 from drkit.engines.postgres.lsn import format_lsn, parse_lsn, parse_segment_name, segment_name, segment_number
 from drkit.engines.postgres.pgctl import make_owned_dir
@@ -40,6 +35,8 @@ from drkit.errors import DatabaseUnreachableError, EngineError, PrerequisiteErro
 from drkit.safedir import SafeDir, trusted_path
 
 if TYPE_CHECKING:
+    import psycopg
+
     from drkit.runtime import Runtime
 
 ARCHIVE_SCRIPT_NAME = ".drkit-archive-wal.py"
@@ -51,6 +48,9 @@ REPLICA_ITEM = "DR replica"
 
 def dsn_hint(dsn: str) -> str:
     """host:port/dbname of a DSN, for messages; never the password."""
+    import psycopg  # psycopg only when a DSN is used (`drkit restore-plan` needs none)
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
@@ -115,6 +115,8 @@ class PostgresEngine:
         return dsn_hint(self._dsn)
 
     def connect(self) -> psycopg.Connection[Any]:
+        import psycopg
+
         try:
             return psycopg.connect(self._dsn, autocommit=True, connect_timeout=10, application_name="drkit")
         except psycopg.Error as exc:
@@ -228,6 +230,8 @@ class PostgresEngine:
                 current = self._one(conn, "SELECT setting FROM pg_settings WHERE name = %s", [name])
                 if current == value:
                     continue
+                from psycopg import sql
+
                 conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
                 applied.append(f"{name} = {value!r}")
             conn.execute("SELECT pg_reload_conf()")
@@ -305,7 +309,9 @@ class PostgresEngine:
                 started = False
             finally:
                 if started:
-                    with suppress(psycopg.Error):
+                    from psycopg import Error as PsycopgError
+
+                    with suppress(PsycopgError):
                         conn.execute("SELECT pg_backup_stop(false)")
             assert row is not None
             stop_lsn, label, spcmap, stop_time = parse_lsn(row[0]), row[1], row[2], row[3]
@@ -430,10 +436,12 @@ def _label_timeline(label: str) -> int:
 
 
 def server(rt: Runtime, db: str) -> PostgresEngine:
-    """The PostgreSQL server of the policy's database ``db`` (its DSN, data directory, WAL spool)."""
+    """The server that is ``db``'s primary now (the catalog's endpoint record says which: the policy's own, the
+    promoted DR replica, a recovered cluster; see ``primary.active_primary``): its DSN, data directory, WAL spool."""
+    from drkit.engines.postgres.primary import active_primary
 
     cfg = rt.policy.database(db)
-    assert cfg.data_dir is not None  # the policy requires it for engine: postgres
-    return PostgresEngine(db, dsn=resolve_dsn(db, cfg, rt.environ), data_dir=rt.policy.resolve(cfg.data_dir),
-                          spool=rt.policy.wal_spool(db), bin_dir=rt.bin_dir(db), os_user=rt.os_user(db),
-                          replica_slot=cfg.replica.slot if cfg.replica is not None else None)
+    active = active_primary(rt, db)
+    slot = cfg.replica.slot if cfg.replica is not None and active.side == "primary" else None
+    return PostgresEngine(db, dsn=active.dsn, data_dir=active.data_dir, spool=rt.policy.wal_spool(db),
+                          bin_dir=rt.bin_dir(db), os_user=rt.os_user(db), replica_slot=slot)

@@ -20,8 +20,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from psycopg.conninfo import make_conninfo
-
 from drkit.errors import EngineError
 from drkit.safedir import chown_fd_tree, open_leaf
 
@@ -163,6 +161,8 @@ class LocalCluster:
 
     def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
         host = str(self.socket_dir) if self.socket_dir is not None else "127.0.0.1"
+        from psycopg.conninfo import make_conninfo  # psycopg (0.2 s) only when a DSN is made
+
         return make_conninfo(host=host, port=str(self.port), user=user, dbname=dbname)
 
     def _bin(self, name: str) -> str:

@@ -6,26 +6,26 @@ writes → diff → writes with timed markers → log → point-in-time restore 
 recorded marker time, checked against the data. Ends with a summary table and
 the Prefect UI's URL. The Prefect server keeps running so the runs and
 artifacts can be inspected; `make stop` stops it.
+
+It lives in ``cli/`` (not ``flows/``) because it drives the flows as an operator would, answers their
+approvals, and shares the local-server code with the ``drkit`` command (:mod:`cli.prefect_server`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 from rich.console import Console
 from rich.table import Table
 
+from cli.prefect_server import ensure_local_server
 from drkit.engines.postgres.pgctl import LocalCluster
 from drkit.sandbox import KEY_ENV, create_sandbox
 
@@ -33,41 +33,14 @@ console = Console(width=150)
 PREFECT_PORT = int(os.environ.get("DRKIT_DEMO_PREFECT_PORT", "4200"))
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def ensure_prefect_server(workdir: Path) -> str:
-    """A Prefect server on 127.0.0.1 (reused if one already answers), left running for the UI."""
-    url = os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{PREFECT_PORT}/api"
-    if _healthy(url):
-        return url
-    home = workdir / "prefect-home"
-    home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1", "PREFECT_API_URL": url, "PREFECT_SERVER_UI_API_URL": url}
-    log = open(workdir / "prefect-server.log", "ab")  # noqa: SIM115 - handed to the server process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(PREFECT_PORT)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    (workdir / "prefect-server.pid").write_text(str(proc.pid))
-    deadline = time.monotonic() + 120
-    while not _healthy(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the Prefect server did not start; see {workdir / 'prefect-server.log'}")
-        time.sleep(0.5)
-    return url
-
-
-def stop_prefect_server(workdir: Path) -> None:
-    pid_file = workdir / "prefect-server.pid"
-    if pid_file.exists():
-        with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
-            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
-        pid_file.unlink()
+    """The demo's Prefect server on 127.0.0.1:PREFECT_PORT (reused if one answers), left running for the UI;
+    its data, pid and log in ``workdir/prefect`` (``make stop`` stops it)."""
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        return configured
+    server = ensure_local_server(workdir / "prefect", port=PREFECT_PORT, stop_hint="make stop")
+    return server.url
 
 
 def _reset_world(world: Path) -> None:
@@ -86,7 +59,7 @@ def run_demo(workdir: Path) -> None:
     world = workdir / "world"
     _reset_world(world)
     console.rule("[bold]drkit demo")
-    console.print("starting a local Prefect server …")
+    console.print("starting (or reusing) a local Prefect server …")
     api = ensure_prefect_server(workdir)
     os.environ["PREFECT_API_URL"] = api  # also for the runbooks' threads (settings contexts are per thread)
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -121,11 +94,14 @@ def _story(world: Path, api: str) -> None:
         from drkit.runtime import Runtime
         rt = Runtime(load_policy(cfg))
 
-        def step(label: str, fn: Any) -> Any:
+        def step(label: str, fn: Callable[[], Any], show: Callable[[Any], str] = str) -> Any:
+            """Run one step, timed from its start to its end (approval waits included), and say what it
+            left behind in an operator's words."""
             s = time.monotonic()
             result = fn()
-            rows.append({"step": label, "result": result, "seconds": time.monotonic() - s})
-            console.print(f"✔ {label}: {result} ({time.monotonic() - s:.1f} s)")
+            seconds = time.monotonic() - s
+            rows.append({"step": label, "result": result, "seconds": seconds})
+            console.print(f"✔ {label}: {show(result)} ({seconds:.1f} s)", highlight=False)
             return result
 
         step("full backup", lambda: full_backup(db="shop", config=cfg))
@@ -146,9 +122,11 @@ def _story(world: Path, api: str) -> None:
                      lambda: "PASS" if verify_latest_chain(db="shop", config=cfg)["passed"] else "FAIL")
         k = 6
         target = marks[k]
-        out = step(f"point-in-time restore to marker {k} ({target.isoformat(timespec='milliseconds')})",
-                   lambda: restore_point_in_time(db="shop", into=str(world / "restored"), target=target,
-                                                 keep_running=True, config=cfg)["data_dir"])
+        pitr = step(f"point-in-time restore to marker {k} ({target.isoformat(timespec='milliseconds')})",
+                    lambda: restore_point_in_time(db="shop", into=str(world / "restored"), target=target,
+                                                  keep_running=True, config=cfg),
+                    show=lambda r: f"reaches {r['reaches']}; running from {r['data_dir']} ({r['connect']})")
+        out = pitr["data_dir"]
         port = int((Path(out) / "postmaster.pid").read_text().splitlines()[3])
         restored = LocalCluster(Path(out), port, sb.primary.bin_dir, socket_dir=Path(out))  # no TCP: its socket
         with psycopg.connect(restored.dsn(), autocommit=True) as c:
@@ -194,7 +172,7 @@ def _story(world: Path, api: str) -> None:
         raise SystemExit(1)
 
 
-def _approve_when_paused(name: str, approver: str, *, delay: float = 2.0) -> None:
+def _approve_when_paused(name: str, approver: str, app: Any, *, delay: float = 2.0) -> None:
     """What a DBA does in the UI (Resume → fill the form), done by the demo so it runs unattended."""
     from flows.approvals import answer, paused_runs
 
@@ -206,7 +184,7 @@ def _approve_when_paused(name: str, approver: str, *, delay: float = 2.0) -> Non
                           f"the Prefect UI or with `drkit approve {runs[0]['id']} --as NAME --reason TEXT`; "
                           f"the demo approves as {approver} in {delay:.0f} s")
             time.sleep(delay)
-            answer(str(runs[0]["id"]), approve=True, approver=approver, reason="drkit demo")
+            answer(str(runs[0]["id"]), approve=True, approver=approver, reason="drkit demo", code=app.next_code())
             return
         time.sleep(0.3)
     raise RuntimeError(f"{name} never paused for approval")
@@ -220,36 +198,51 @@ def _dr_story(sb: Any, cfg: str, step: Any) -> tuple[dict[str, Any], dict[str, A
 
     from drkit.engines.postgres import replica
     from drkit.engines.postgres.pgctl import free_port
+    from drkit.totp import Authenticator
     from flows.dr import dr_failback, dr_failover
+    from tasks.approvers import enroll
 
     standby = step("create a streaming DR replica", lambda: replica.create_standby(
         sb.dsn, data_dir=sb.root / "pg" / "dr", port=free_port(), slot="drkit_dr", bin_dir=sb.primary.bin_dir,
-        os_user=sb.primary.os_user))
+        os_user=sb.primary.os_user),
+        show=lambda c: f"streaming from the primary (slot drkit_dr), on 127.0.0.1:{c.port}, data in {c.data_dir}")
     policy = yaml.safe_load(Path(cfg).read_text())
     policy["databases"]["shop"].update({
         "replica": {"dsn": standby.dsn(), "data_dir": str(standby.data_dir), "slot": "drkit_dr"},
         "traffic": {"router": "endpoint"}, "health": {"interval": "1s", "retries": 2, "timeout": "1s"}})
     Path(cfg).write_text(yaml.safe_dump(policy, sort_keys=False))
     approver = policy["approvals"]["approvers"][0]
+    app = Authenticator(enroll(approver, replace=True))  # what `drkit approvers enroll` gives their phone
     with psycopg.connect(sb.dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO marker(id) VALUES (100)")
     replica.wait_caught_up(sb.dsn, "drkit_dr", timeout=60)
     console.print("[red]✘ the primary region fails (PostgreSQL killed)[/red]")
     sb.primary.stop("immediate")
-    out: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: out.update(fo=dr_failover(db="shop", config=cfg)))
-    t.start()
-    _approve_when_paused("failover-shop", approver)
-    t.join()
-    step("failover to DR (approved)", lambda: f"now on {out['fo']['endpoint']}")
+
+    def runbook(name: str, run: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        """The runbook in a thread (it pauses for approval), answered as the DBA would, to its end."""
+        def go() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            t = threading.Thread(target=lambda: out.update(result=run()))
+            t.start()
+            _approve_when_paused(name, approver, app)
+            t.join()
+            if "result" not in out:
+                raise RuntimeError(f"{name} did not finish; see its run in the Prefect UI")
+            return dict(out["result"])
+        return go
+
+    fo = step("failover to DR (approved)", runbook("failover-shop", lambda: dr_failover(db="shop", config=cfg)),
+              show=lambda r: f"the DR replica was promoted and takes writes at {r.get('endpoint')}, "
+                             f"{r.get('time_to_recover_seconds_excluding_approval')} s after the approval")
     with psycopg.connect(standby.dsn(), autocommit=True) as conn:
         conn.execute("INSERT INTO marker(id) VALUES (101)")  # written on DR while the primary is away
-    t = threading.Thread(target=lambda: out.update(fb=dr_failback(db="shop", config=cfg)))
-    t.start()
-    _approve_when_paused("failback-shop", approver)
-    t.join()
+    fb = step("failback to the primary region", runbook("failback-shop", lambda: dr_failback(db="shop", config=cfg)),
+              show=lambda r: (f"the primary at 127.0.0.1:{sb.primary.port} takes writes again, DR at "
+                              f"127.0.0.1:{standby.port} is its replica again") if r.get("failed_back")
+              else f"stayed on DR ({r.get('resync')})")
     with psycopg.connect(sb.dsn, autocommit=True) as conn:
         back = conn.execute("SELECT count(*) FROM marker WHERE id IN (100, 101)").fetchone()
-    step("failback to the primary region", lambda: f"rows written on DR present on the primary: {back == (2,)}")
+    console.print(f"rows written on DR while the primary was away are on the primary: {back == (2,)}")
     standby.stop()
-    return out["fo"], out["fb"]
+    return fo, fb

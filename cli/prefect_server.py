@@ -1,0 +1,311 @@
+"""The Prefect API a ``drkit`` command talks to, and a local Prefect server started on demand.
+
+Where the API is: ``PREFECT_API_URL`` (the environment, else the active Prefect profile) when set.
+Otherwise drkit uses a local server of its own, beside the policy file in ``var/prefect-local/`` (its own
+``PREFECT_HOME``, ``server.pid``, ``server.url``, ``server.log``): the first command that runs a flow
+starts it (about 10 s, one line on stderr says so and how to stop it) and leaves it running, so later
+commands reuse it instead of Prefect starting a temporary server per command. ``drkit server stop``
+(or ``make stop``) stops it. ``make demo`` runs its own, the same way, on a fixed port for its UI link.
+
+Nothing here imports Prefect: read-only commands (``drkit approvals``) read the API over plain HTTP, and
+flow commands get the server from :func:`use_local_server_for_prefect`, a hook that runs when the command
+first imports Prefect, so commands that never do never start a server.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import importlib.abc
+import importlib.machinery
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+LOCAL_DIR = Path("var") / "prefect-local"
+"""The local server's directory, relative to the policy file's directory."""
+
+START_TIMEOUT_S = 120.0
+
+
+# -- where the API is --------------------------------------------------------------------------------
+
+
+def _profile_setting(name: str) -> str | None:
+    """A setting of the active Prefect profile (``$PREFECT_HOME/profiles.toml``), read without Prefect."""
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active")
+    profile = data.get("profiles", {}).get(active or "", {})
+    value = profile.get(name) if isinstance(profile, dict) else None
+    return str(value) if value else None
+
+
+def configured_api_url() -> str | None:
+    """``PREFECT_API_URL`` from the environment or the active Prefect profile; None when neither sets it."""
+    return os.environ.get("PREFECT_API_URL") or _profile_setting("PREFECT_API_URL")
+
+
+def _auth_header() -> dict[str, str]:
+    """What Prefect's own client sends: an API key as a bearer token, else the server's auth string."""
+    key = os.environ.get("PREFECT_API_KEY") or _profile_setting("PREFECT_API_KEY")
+    if key:
+        return {"Authorization": f"Bearer {key}"}
+    auth = os.environ.get("PREFECT_API_AUTH_STRING") or _profile_setting("PREFECT_API_AUTH_STRING")
+    if auth:
+        return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+    return {}
+
+
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    """True when a Prefect API answers ``GET /health`` at ``api_url``."""
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as resp:  # noqa: S310 - http(s) URL of our own
+            return bool(resp.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+def api_request(api_url: str, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+    """One JSON request to the Prefect API (no Prefect import); DrkitError when it fails."""
+    from drkit.errors import DrkitError
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{api_url.rstrip('/')}/{path.lstrip('/')}", data=data, method=method,  # noqa: S310
+                                 headers={"Content-Type": "application/json", **_auth_header()})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        hint = ("; it wants its API auth string: set PREFECT_API_AUTH_STRING (see README, Approvals)"
+                if exc.code == 401 else "")
+        raise DrkitError(f"the Prefect API at {api_url} answered {method} {path} with HTTP {exc.code}{hint}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DrkitError(f"cannot reach the Prefect API at {api_url.removesuffix('/api')}: {reason}; start the "
+                         "Prefect server, or point PREFECT_API_URL at a running one") from None
+
+
+def current_api_url(policy_dir: Path | None) -> str | None:
+    """The configured API, else the local server beside the policy file if it runs; None: no server."""
+    configured = configured_api_url()
+    if configured:
+        return configured
+    known = recorded(policy_dir / LOCAL_DIR) if policy_dir is not None else None
+    return known.url if known is not None and healthy(known.url) else None
+
+
+def _command_policy_dir() -> Path | None:
+    from cli.common import policy_dir
+    from drkit.errors import ConfigError
+
+    try:
+        return policy_dir()
+    except ConfigError:
+        return None
+
+
+def paused_runs(api_url: str | None = None) -> list[dict[str, Any]]:
+    """Flow runs waiting for a human (state PAUSED): id, name, since (a datetime) and parameters.
+
+    The same rows as ``flows.approvals.paused_runs``, read over plain HTTP so ``drkit approvals`` does
+    not import Prefect. ``api_url`` defaults to :func:`current_api_url`; with no server running, no run
+    can be waiting.
+    """
+    api_url = api_url or current_api_url(_command_policy_dir())
+    if api_url is None:
+        return []
+    runs = api_request(api_url, "POST", "flow_runs/filter",
+                       {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}, "sort": "ID_DESC"})
+    out = []
+    for r in runs or []:
+        stamp = (r.get("state") or {}).get("timestamp")
+        out.append({"id": str(r["id"]), "name": r.get("name"),
+                    "since": datetime.fromisoformat(stamp) if stamp else None,
+                    "parameters": r.get("parameters") or {}})
+    return out
+
+
+# -- a local server ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    home: Path
+    url: str
+    pid: int | None
+    started: bool  # this call started it (else it was running already)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _locked(home: Path) -> Iterator[None]:
+    """One process at a time decides whether to start the server (two commands at once start one)."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "server.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def recorded(home: Path) -> LocalServer | None:
+    """The server recorded in ``home`` (its URL and pid files), whether or not it still answers."""
+    try:
+        url = (home / "server.url").read_text().strip()
+    except OSError:
+        return None
+    try:
+        pid: int | None = int((home / "server.pid").read_text())
+    except (OSError, ValueError):
+        pid = None
+    return LocalServer(home, url, pid, started=False) if url else None
+
+
+def ensure_local_server(home: Path, *, port: int | None = None, announce: Callable[[str], None] | None = None,
+                        stop_hint: str = "drkit server stop") -> LocalServer:
+    """A Prefect server on 127.0.0.1 with ``home`` as its PREFECT_HOME: the one recorded there if it
+    answers, else a new one (on ``port``, default a free one), left running after this process ends."""
+    home = home.resolve()
+    with _locked(home):
+        known = recorded(home)
+        if known is not None and healthy(known.url) and (port is None or known.url.endswith(f":{port}/api")):
+            return known
+        port = port or _free_port()
+        url = f"http://127.0.0.1:{port}/api"
+        if healthy(url):  # someone else's server on the fixed port: use it, as `make serve` would
+            return LocalServer(home, url, None, started=False)
+        env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "DO_NOT_TRACK": "1", "PREFECT_API_URL": url, "PREFECT_SERVER_UI_API_URL": url}
+        with open(home / "server.log", "ab") as log:
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        (home / "server.pid").write_text(str(proc.pid))
+        (home / "server.url").write_text(url + "\n")
+        if announce:
+            announce(f"starting a local Prefect server at {url.removesuffix('/api')} (pid {proc.pid}, data in "
+                     f"{home}); it keeps running for the next commands; stop it with `{stop_hint}`")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not healthy(url, timeout=1.0):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _stop(proc.pid, home)
+                raise RuntimeError(f"the local Prefect server did not start; see {home / 'server.log'}")
+            time.sleep(0.25)
+        return LocalServer(home, url, proc.pid, started=True)
+
+
+def _stop(pid: int | None, home: Path) -> None:
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)  # the server and what it started (its own session)
+    for name in ("server.pid", "server.url"):
+        with contextlib.suppress(FileNotFoundError):
+            (home / name).unlink()
+
+
+def stop_local_server(home: Path, timeout: float = 20.0) -> LocalServer | None:
+    """Stop the server recorded in ``home`` (None: none was recorded); waits until it no longer answers."""
+    known = recorded(home)
+    if known is None:
+        return None
+    _stop(known.pid, home)
+    deadline = time.monotonic() + timeout
+    while known.pid is not None and healthy(known.url, timeout=0.5) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return known
+
+
+# -- the hook for flow commands ------------------------------------------------------------------------
+
+
+class _OnFirstPrefectImport(importlib.abc.MetaPathFinder):
+    """Runs ``before`` when ``prefect`` is first imported, and ``after`` once it is, then steps aside."""
+
+    def __init__(self, before: Callable[[], None], after: Callable[[], None]) -> None:
+        self.before, self.after = before, after
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "prefect":
+            return None
+        sys.meta_path.remove(self)
+        self.before()
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, after = spec.loader, self.after
+
+        class _Then(importlib.abc.Loader):
+            def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+                return loader.create_module(spec)
+
+            def exec_module(self, module: ModuleType) -> None:
+                loader.exec_module(module)
+                after()
+
+        spec.loader = _Then()
+        return spec
+
+
+_KEPT: list[Any] = []  # the settings context entered for the rest of the command (collected, it would exit)
+
+
+def _quiet_heartbeats() -> None:
+    """A command's flow runs in the operator's terminal, so nothing needs their heartbeats to see them
+    crash; each sync flow call would otherwise wait up to 1 s at its end for the heartbeat thread."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    context = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    context.__enter__()  # for the rest of the command
+    _KEPT.append(context)
+
+
+def use_local_server_for_prefect(policy_dir: Callable[[], Path],
+                                 announce: Callable[[str], None]) -> Callable[[], None]:
+    """While a command runs: when it first imports Prefect and no API URL is configured, point Prefect at
+    the local server beside the policy file (started if it is not running). Does nothing if Prefect is
+    already imported. Returns the undo, for the command's end (the process may run other code later)."""
+    if "prefect" in sys.modules or any(isinstance(f, _OnFirstPrefectImport) for f in sys.meta_path):
+        return lambda: None
+
+    def before() -> None:
+        if configured_api_url():
+            return
+        try:
+            home = policy_dir() / LOCAL_DIR
+        except Exception:  # no policy file: the command reports that itself
+            return
+        os.environ["PREFECT_API_URL"] = ensure_local_server(home, announce=announce).url
+
+    hook = _OnFirstPrefectImport(before, _quiet_heartbeats)
+    sys.meta_path.insert(0, hook)
+
+    def undo() -> None:
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(hook)
+    return undo

@@ -1,0 +1,71 @@
+"""Read-only `drkit` commands start fast because they import only what they use: no Prefect, no Alembic or
+SQLAlchemy (the catalog is read with sqlite3 when it is at the newest schema), no Azure SDK, no httpx.
+
+The import graph is asserted, not timings (bench/cli.py measures those): each command runs in a fresh
+interpreter, as `drkit` does, and reports which heavy packages ended up in sys.modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from drkit.catalog import Catalog
+
+HEAVY = ("prefect", "alembic", "sqlalchemy", "azure", "httpx")
+RUN = f"""
+import json, sys
+from cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({{"code": code, "loaded": sorted(m for m in {HEAVY!r} if m in sys.modules)}}), file=sys.stderr)
+"""
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> Path:
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+    Catalog.open(catalog).close()  # at the newest schema, as after any earlier command
+    path = tmp_path / "drkit.yaml"
+    path.write_text(yaml.safe_dump({
+        "catalog": catalog,
+        "tiers": {"local": {"store": "filesystem", "path": str(tmp_path / "local")}},
+        "databases": {"app": {"engine": "postgres", "dsn": "postgresql://127.0.0.1:1/app",
+                              "data_dir": str(tmp_path / "pg")}},
+        "approvals": {"approvers": ["alice"]},
+    }))
+    return path
+
+
+def loaded_by(policy: Path, *args: str) -> tuple[int, list[str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(policy.parent / "prefect-home")  # no profile with an API URL
+    proc = subprocess.run([sys.executable, "-c", RUN, "--config", str(policy), *args], capture_output=True,
+                          text=True, env=env, timeout=120, check=False)
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    return report["code"], report["loaded"]
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"],
+    ["status"],
+    ["status", "--json"],
+    ["backups", "app"],
+    ["backups", "app", "--json"],
+    ["restore-plan", "app"],  # exit 1: nothing to restore from yet; still nothing heavy imported
+    ["approvals"],  # no server configured or running: no run can be waiting
+    ["server", "status"],
+])
+def test_read_only_commands_import_nothing_heavy(policy: Path, args: list[str]) -> None:
+    code, loaded = loaded_by(policy, *args)
+    assert code in (0, 1, None)
+    assert loaded == []
+    assert not (policy.parent / "var" / "prefect-local" / "server.pid").exists()  # and started no server
