@@ -26,7 +26,8 @@ app.add_typer(replica_app, name="replica")
 @replica_app.command("create")
 def create(
     db: str,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds for the base backup and the start")] = 3600,
+    timeout: Annotated[float, typer.Option("--timeout", min=1,
+                                                 help="seconds for the base backup and the start")] = 3600,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Build DB's DR replica from the primary (slot, base backup, standby settings), start it, wait until it

@@ -35,6 +35,17 @@ def policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+def test_a_replica_on_another_host_is_built_there_not_here(policy: Path, tmp_path: Path) -> None:
+    doc = yaml.safe_load(policy.read_text())
+    doc["databases"]["app"]["replica"] = {"dsn": "host=192.0.2.1 port=5432 user=postgres",
+                                          "data_dir": str(tmp_path / "dr")}
+    policy.write_text(yaml.safe_dump(doc))
+    code, out, err = _run(policy, "replica", "create", "app")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "databases.app.replica: its DSN names host 192.0.2.1, which is not this machine" in err
+    assert not (tmp_path / "dr").exists()
+
+
 def _run(policy: Path, *args: str) -> tuple[int, str, str]:
     result = runner.invoke(app, ["--config", str(policy), *args])
     return result.exit_code, result.stdout, result.stderr

@@ -217,7 +217,12 @@ class PostgresDr:
         if s.replica_dir is None or s.bin_dir is None:
             raise ConfigError(f"databases.{s.db}.replica.data_dir: not set; drkit builds the replica into that "
                               "directory on this host (run drkit on the replica's host)")
-        port = int(conninfo_to_dict(s.replica_dsn).get("port") or 5432)
+        params = conninfo_to_dict(s.replica_dsn)
+        host = str(params.get("host") or params.get("hostaddr") or "")
+        if not provision.is_this_host(host.split(",")[0]):
+            raise ConfigError(f"databases.{s.db}.replica: its DSN names host {host}, which is not this machine; "
+                              "run `drkit replica create` on the replica's host")
+        port = int(params.get("port") or 5432)
         built = provision.provision_standby(
             s.primary_dsn, data_dir=s.replica_dir, port=port, slot=s.slot, bin_dir=s.bin_dir, os_user=s.os_user,
             key=f"databases.{s.db}.replica.data_dir", primary_data_dir=s.primary_dir,

@@ -27,6 +27,7 @@ import logging
 import os
 import pwd
 import re
+import socket
 import stat
 import time
 from dataclasses import dataclass
@@ -172,6 +173,24 @@ def standby_conninfo(primary_dsn: str) -> str:
     params = conninfo_to_dict(primary_dsn)
     params.pop("password", None)
     return make_conninfo("", **params)
+
+
+def is_this_host(host: str) -> bool:
+    """Whether a DSN's ``host`` is this machine: a Unix socket directory, or a name whose addresses bind here."""
+    if not host or host.startswith("/") or host.startswith("@"):
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    for family, _, _, _, addr in infos:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((addr[0], 0))  # only an address of one of this machine's interfaces binds
+            except OSError:
+                continue
+            return True
+    return False
 
 
 # -- the replica's directory -----------------------------------------------------------------------
