@@ -26,7 +26,14 @@ from cli import app
 from drkit.config import default_bin_dir, load_policy
 from drkit.engines import open_engine
 from drkit.engines.postgres import replica as replica_module
-from drkit.engines.postgres.pgctl import LocalCluster, chown_tree, effective_os_user, free_port, run_as
+from drkit.engines.postgres.pgctl import (
+    LocalCluster,
+    chown_tree,
+    effective_os_user,
+    free_port,
+    make_owned_dir,
+    run_as,
+)
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox, create_sandbox
 from tests.support.pgdata import connect
@@ -199,6 +206,25 @@ def test_refuses_what_is_not_a_replica_of_this_primary(world: World) -> None:
     assert err.startswith("error: databases.app.replica.data_dir: ") and "holds no PostgreSQL cluster" in err
     assert _snapshot(world.replica_dir) == before
     assert _one(world.sb.dsn, "SELECT count(*) FROM pg_replication_slots") == 0
+
+    # something that looks like an unfinished base backup, but not one drkit's OS user left
+    (world.replica_dir / "PG_VERSION").write_text("15\n")
+    (world.replica_dir / "backup_label").write_text("START WAL LOCATION: 0/2000028\n")
+    before = _snapshot(world.replica_dir)
+    code, _, err = world.drkit("replica", "create", "app")
+    assert code == 2 and err.count("\n") == 1 and "holds an incomplete cluster" in err
+    assert _snapshot(world.replica_dir) == before
+
+    # a copy of this very primary that is not a replica (a restore, never started): kept
+    copy = world.root / "copy"
+    make_owned_dir(copy, world.sb.primary.os_user)
+    run_as(world.sb.primary.os_user, [str(world.sb.primary.bin_dir / "pg_basebackup"), "-d", world.sb.dsn,
+                                      "-D", str(copy), "-c", "fast", "-X", "fetch"])
+    world.policy(data_dir=str(copy))
+    before = _snapshot(copy)
+    code, _, err = world.drkit("replica", "create", "app")
+    assert code == 2 and err.count("\n") == 1 and "not a replica (no standby.signal)" in err
+    assert _snapshot(copy) == before
 
     # another cluster, even one that looks like a standby
     other = LocalCluster(world.root / "other", free_port(), world.sb.primary.bin_dir, world.sb.primary.os_user)

@@ -201,21 +201,24 @@ def _refuse(key: str, path: Path, what: str) -> ConfigError:
                        "point the key at another directory, then rerun)")
 
 
-def _system_identifier(cluster: LocalCluster) -> str | None:
-    """The cluster's system identifier from its pg_control (None when it has none yet: an unfinished copy)."""
-    if not (cluster.data_dir / "global" / "pg_control").exists():
-        return None
+def _system_identifier(cluster: LocalCluster, key: str) -> str:
+    """The cluster's system identifier, read from its pg_control by ``pg_controldata`` (as the OS user)."""
     try:
-        return replica._control_data(cluster).get("Database system identifier")
-    except EngineError:
-        return None
+        sysid = replica._control_data(cluster).get("Database system identifier")
+    except EngineError as exc:
+        raise _refuse(key, cluster.data_dir, f"holds a cluster whose pg_control drkit cannot read ({exc})") from None
+    if not sysid:
+        raise _refuse(key, cluster.data_dir, "holds a cluster whose pg_control names no system identifier")
+    return sysid
 
 
 def inspect_data_dir(cluster: LocalCluster, *, key: str, primary_sysid: str,
                      primary_data_dir: Path | None) -> tuple[DirState, Path]:
     """What ``cluster.data_dir`` holds, and its resolved path; raises ConfigError for anything not ours to use.
 
-    Reads only: ``lstat``, a directory listing, ``pg_controldata`` and ``pg_ctl status``.
+    Reads only: ``lstat``, directory listings, ``pg_controldata`` and ``pg_ctl status``. An interrupted base
+    backup is recognised by what pg_basebackup leaves: the OS user's directory with ``backup_label`` and no
+    ``global/pg_control`` yet (it is copied last), no ``standby.signal`` and no ``recovery.signal``.
     """
     try:
         path = trusted_path(cluster.data_dir)
@@ -232,6 +235,7 @@ def inspect_data_dir(cluster: LocalCluster, *, key: str, primary_sysid: str,
     try:
         with SafeDir.open(path) as d:
             names = set(d.listdir())
+            has_control = bool(names) and d.exists("global/pg_control")
     except EngineError as exc:
         raise ConfigError(f"{key}: {exc}; nothing was changed") from None
     if not names:
@@ -239,19 +243,23 @@ def inspect_data_dir(cluster: LocalCluster, *, key: str, primary_sysid: str,
     if "PG_VERSION" not in names:
         raise _refuse(key, path, "is not empty and holds no PostgreSQL cluster")
     here = LocalCluster(path, cluster.port, cluster.bin_dir, cluster.os_user, log_file=cluster.log_file)
-    sysid = _system_identifier(here)
-    if sysid is not None and sysid != primary_sysid:
+    if not has_control:
+        owner = pwd.getpwnam(cluster.os_user).pw_uid if cluster.os_user else os.geteuid()
+        if {"backup_label"} <= names and not names & {"standby.signal", "recovery.signal"} \
+                and st.st_uid == owner and not here.is_running():
+            return "interrupted", path
+        raise _refuse(key, path, "holds an incomplete cluster (no global/pg_control) that is not a base backup "
+                                 "drkit left unfinished")
+    sysid = _system_identifier(here, key)
+    if sysid != primary_sysid:
         raise _refuse(key, path, f"holds another cluster (system identifier {sysid}; the primary's is "
                                  f"{primary_sysid})")
-    if "standby.signal" in names and sysid is not None:
+    if "standby.signal" in names:
         return "standby", path
-    running = here.is_running()
-    if "backup_label" in names and "standby.signal" not in names and not running:
-        return "interrupted", path  # pg_control is copied last: a base backup of this primary that never finished
-    if running:
+    if here.is_running():
         raise _refuse(key, path, "holds a running server that is not a replica (no standby.signal): a primary")
-    raise _refuse(key, path, "holds a cluster that is not a replica (no standby.signal): a primary or a "
-                             "promoted replica")
+    raise _refuse(key, path, "holds a cluster that is not a replica (no standby.signal): a primary, a promoted "
+                             "replica or a restore")
 
 
 def _make_data_dir(path: Path, os_user: str | None) -> None:
