@@ -50,9 +50,6 @@ Outcome = Literal["created", "started", "already streaming"]
 BASE_BACKUP_SENDERS = 2
 """WAL senders a base backup takes while it runs: one sends the files, one streams the WAL (``-X stream``)."""
 
-_AUTH_FAILED = ("password authentication failed", "no password supplied", "authentication failed for user")
-
-
 # -- the primary -----------------------------------------------------------------------------------
 
 
@@ -286,14 +283,13 @@ class Provisioned:
 
 
 def _login_hint(cluster: LocalCluster, exc: EngineError) -> EngineError:
-    """A streaming failure because the replica cannot log in says what to do about the password."""
-    tail = " ".join(cluster.log_tail(40))
-    if any(p in tail for p in _AUTH_FAILED):
-        return replica.ReplicaError(
-            f"the replica in {cluster.data_dir} cannot log in to the primary: drkit writes no password into its "
-            "primary_conninfo; put the role's password in the postgres OS user's ~/.pgpass (0600) or in a "
-            "passfile named in the DSN (passfile=...), then rerun `drkit replica create` (it starts the replica)")
-    return exc
+    """A replica that cannot log in (replica.wait_streaming read it in its log) is told what to do about it."""
+    if "cannot log in to its source" not in str(exc):
+        return exc
+    return replica.ReplicaError(
+        f"the replica in {cluster.data_dir} cannot log in to the primary: drkit writes no password into its "
+        "primary_conninfo; put the role's password in the postgres OS user's ~/.pgpass (0600) or in a "
+        "passfile named in the DSN (passfile=...), then rerun `drkit replica create` (it starts the replica)")
 
 
 def provision_standby(
@@ -320,14 +316,15 @@ def provision_standby(
     warnings = tuple(facts.warnings())
     conninfo = standby_conninfo(primary_dsn)
 
-    if state == "standby" and cluster.is_running() and not facts.in_recovery \
+    running = state == "standby" and cluster.is_running()
+    if running and not facts.in_recovery \
             and replica._streams_from(cluster, primary_dsn, replica.current_timeline(primary_dsn)):
         return Provisioned("already streaming", cluster, warnings, time.monotonic() - t0)
 
     building = state != "standby"
-    needed = 0 if state == "standby" and cluster.is_running() else (BASE_BACKUP_SENDERS if building else 1)
+    needed = 0 if running else (BASE_BACKUP_SENDERS if building else 1)
     problems = facts.problems(senders_needed=needed, slot=slot)
-    if facts.slot_active and building:
+    if facts.slot_active and not running:
         problems.append(f"slot {slot!r} on {facts.target} is in use by another standby (fix: name another "
                         "replica.slot)")
     if problems:
@@ -341,7 +338,7 @@ def provision_standby(
             log.info("%s holds a replica of %s: starting it", path, facts.target)
             replica.apply_node_settings(path, port=port, slot=slot, os_user=os_user, primary_conninfo=conninfo)
             replica.ensure_slot(primary_dsn, slot)
-            if cluster.is_running():  # following another server, or not at all: re-read primary_conninfo
+            if running:  # following another server, or not at all: re-read primary_conninfo
                 cluster.pg_ctl("reload", check=False)
             replica.start_standby(cluster, timeout=remaining())
             return Provisioned("started", cluster, warnings, time.monotonic() - t0)
