@@ -59,17 +59,32 @@ def _profile_setting(name: str) -> str | None:
     return str(value) if value else None
 
 
+def _setting(name: str) -> str | None:
+    """A Prefect setting as Prefect itself sees it: its settings when this process imported Prefect already
+    (they may be a temporary context), else the environment, else the active profile."""
+    if "prefect" in sys.modules:
+        from prefect.settings import get_current_settings
+
+        api = get_current_settings().api
+        value = {"PREFECT_API_URL": api.url, "PREFECT_API_KEY": api.key,
+                 "PREFECT_API_AUTH_STRING": api.auth_string}[name]
+        if value is not None and hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        return str(value) if value else None
+    return os.environ.get(name) or _profile_setting(name)
+
+
 def configured_api_url() -> str | None:
-    """``PREFECT_API_URL`` from the environment or the active Prefect profile; None when neither sets it."""
-    return os.environ.get("PREFECT_API_URL") or _profile_setting("PREFECT_API_URL")
+    """``PREFECT_API_URL`` (Prefect's settings, the environment or the active profile); None when unset."""
+    return _setting("PREFECT_API_URL")
 
 
 def _auth_header() -> dict[str, str]:
     """What Prefect's own client sends: an API key as a bearer token, else the server's auth string."""
-    key = os.environ.get("PREFECT_API_KEY") or _profile_setting("PREFECT_API_KEY")
+    key = _setting("PREFECT_API_KEY")
     if key:
         return {"Authorization": f"Bearer {key}"}
-    auth = os.environ.get("PREFECT_API_AUTH_STRING") or _profile_setting("PREFECT_API_AUTH_STRING")
+    auth = _setting("PREFECT_API_AUTH_STRING")
     if auth:
         return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
     return {}
