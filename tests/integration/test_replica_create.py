@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from drkit.config import default_bin_dir, load_policy
-from drkit.engines import open_engine
+from drkit.engines import dr_operations, open_engine
 from drkit.engines.postgres import replica as replica_module
 from drkit.engines.postgres.pgctl import (
     LocalCluster,
@@ -349,6 +349,21 @@ def test_primary_without_rewind_support_warns_that_failback_rebuilds(scratch: Pa
         down = next(i for i in open_engine(rt, "app").check() if i.name == "DR replica (slot drkit_dr)")
         rt.close()
         assert not down.ok and down.current.startswith("inactive") and down.fix.startswith("drkit replica create app")
+
+        # what the warning says: after a failover, the failback's resync cannot rewind the old primary; it
+        # rebuilds it from a base backup of DR (the old directory kept aside)
+        result = runner.invoke(app, ["--config", str(sb.policy_path), "replica", "create", "app"])
+        assert result.exit_code == 0 and "replica started" in result.stdout, result.stderr
+        plain.stop("immediate")
+        _one(replica.dsn(), "SELECT pg_promote(true, 30)")
+        rt = Runtime(load_policy(sb.policy_path))
+        try:
+            resync = dr_operations(rt, "app").resync("primary")
+        finally:
+            rt.close()
+        assert resync.outcome == "rebuilt"
+        assert _one(plain.dsn(), "SELECT pg_is_in_recovery()") is True
+        assert list(plain.data_dir.parent.glob("plain.drkit-old-*"))
     finally:
         replica.stop("immediate")
         plain.stop("immediate")
