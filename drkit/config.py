@@ -276,9 +276,24 @@ class DatabaseConfig(_Model):
 
 
 class ApprovalsConfig(_Model):
+    """Who may approve a runbook's switch, and how many of them must.
+
+    Every approver proves who they are with a code from an authenticator app (``drkit approvers enroll``).
+    ``required`` distinct approvers must approve a switch (failover, failback, corruption switch); a
+    rejection by any one of them settles it.
+    """
+
     approvers: list[str] = Field(default_factory=list)
+    required: int = Field(default=1, ge=1)
     failover_timeout: Duration = timedelta(minutes=30)
     restore_timeout: Duration = timedelta(hours=1)
+
+    @model_validator(mode="after")
+    def _enough_approvers(self) -> ApprovalsConfig:
+        if self.required > 1 and len(set(self.approvers)) < self.required:
+            raise ValueError(f"required: {self.required} distinct approvers must approve, but approvers lists "
+                             f"{len(set(self.approvers))}; list at least {self.required}")
+        return self
 
 
 def _default_tiers() -> dict[str, TierConfig]:

@@ -94,7 +94,8 @@ def recover_from_corruption(
     try:
         decision = wait_for_approval(
             description, approvers=policy.approvals.approvers, timeout=timeout,
-            audit=lambda action, detail: record(db, f"corruption.{action}", str(detail.get("by")), detail, config))
+            audit=lambda action, detail: record(db, f"corruption.{action}", str(detail.get("by")), detail, config),
+            config=config, required=policy.approvals.required)
     except ApprovalError as exc:
         release_restored(db, result, config)
         record(db, "corruption.timeout", "drkit", {"before": before.isoformat(), "data_dir": into,

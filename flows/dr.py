@@ -122,7 +122,8 @@ def dr_failover(
             decision = wait_for_approval(
                 description, approvers=policy.approvals.approvers, timeout=timeout, form_class=FailoverApproval,
                 initial={"confirm_region_failure": False}, decide=lambda a: bool(a.confirm_region_failure),
-                audit=lambda action, detail: record(db, f"failover.{action}", str(detail.get("by")), detail, config))
+                audit=lambda action, detail: record(db, f"failover.{action}", str(detail.get("by")), detail, config),
+                config=config, required=policy.approvals.required)
         except ApprovalError as exc:
             record(db, "failover.timeout", "drkit", {"outcome": f"{exc}; nothing was promoted"}, config)
             log.error("%s: nothing was promoted", exc)
@@ -205,7 +206,8 @@ def dr_failback(
         decision = wait_for_approval(
             description, approvers=policy.approvals.approvers, timeout=timeout, form_class=FailbackChoice,
             initial={"decision": "stay on DR"}, decide=lambda a: a.decision == "fail back",
-            audit=lambda action, detail: record(db, f"failback.{action}", str(detail.get("by")), detail, config))
+            audit=lambda action, detail: record(db, f"failback.{action}", str(detail.get("by")), detail, config),
+            config=config, required=policy.approvals.required)
     except ApprovalError as exc:
         record(db, "failback.timeout", "drkit", {"outcome": f"{exc}; nothing changed"}, config)
         raise

@@ -1,7 +1,8 @@
 // Approves a paused drkit failover through the Prefect UI's Resume form, in Debian's chromium.
 //
-//   node tests/browser/approve.mjs <ui-base-url> <flow-run-id> <approver> <reason> <screenshot-dir>
+//   DRKIT_APPROVAL_CODE=123456 node tests/browser/approve.mjs <ui-base-url> <flow-run-id> <approver> <reason> <screenshot-dir>
 //
+// The code (from the approver's authenticator app) comes in the environment, not on the command line.
 // playwright-core comes from .tools/playwright (scripts/install-browser.sh); no browser is downloaded.
 // Prints one line per step; exits 1 (after a screenshot and the dialog's HTML) when a step fails.
 import { createRequire } from 'node:module';
@@ -15,8 +16,9 @@ const require = createRequire(path.join(toolsDir, 'package.json'));
 const { chromium } = require('playwright-core');
 
 const [ui, runId, approver, reason, shots] = process.argv.slice(2);
-if (!ui || !runId || !approver || !reason || !shots) {
-  console.error('usage: approve.mjs <ui-base-url> <flow-run-id> <approver> <reason> <screenshot-dir>');
+const code = process.env.DRKIT_APPROVAL_CODE || '';
+if (!ui || !runId || !approver || !reason || !shots || !code) {
+  console.error('usage: DRKIT_APPROVAL_CODE=<code> approve.mjs <ui-base-url> <flow-run-id> <approver> <reason> <screenshot-dir>');
   process.exit(2);
 }
 mkdirSync(shots, { recursive: true });
@@ -53,6 +55,7 @@ try {
     throw new Error('the confirm_region_failure switch did not turn on');
   }
   await prop(/^\s*approver/i).locator('textarea').fill(approver);
+  await prop(/^\s*code/i).locator('textarea, input').first().fill(code);
   await prop(/^\s*reason/i).locator('textarea').fill(reason);
   await page.screenshot({ path: path.join(shots, 'filled.png'), fullPage: true });
   step('the form is filled');

@@ -1,5 +1,8 @@
 """A paused failover in a real Prefect server, approved by a person through the UI's Resume form.
 
+The approver types the code from their authenticator app into the form; the flow judges it: a wrong
+code is refused (the run pauses again and its form says why), the right one approves.
+
 Debian's chromium is driven by playwright-core (Node, from .tools/playwright; both installed by
 scripts/install-browser.sh, no browser download). The Prefect server is a real `prefect server start`
 with its own PREFECT_HOME, not the session's test harness: this directory is not under tests/flows.
@@ -27,9 +30,11 @@ import pytest
 
 from drkit.engines.postgres import replica
 from drkit.engines.postgres.pgctl import LocalCluster, free_port
-from flows.approvals import answer, paused_runs
+from drkit.errors import DrkitError
+from flows.approvals import pause_of, paused_runs
 from flows.dr import dr_failover
 from tests.flows.test_dr_failover import World, world  # noqa: F401  (the fixture: primary + standby + HAProxy)
+from tests.support.approvers import answer, authenticator, wrong_code
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("DRKIT_CHROMIUM", "/usr/bin/chromium"))
@@ -108,6 +113,22 @@ def _wait_paused(name: str, timeout: float = 60) -> str:
     raise AssertionError(f"{name} never paused for approval")
 
 
+def _form_after_refusal(run_id: str, timeout: float = 60) -> str:
+    """The Resume form's text once the run has paused again after a refused answer."""
+    from prefect.input.actions import read_flow_run_input
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            text = str(read_flow_run_input(pause_of(run_id)["description"], flow_run_id=UUID(run_id)))
+        except DrkitError:  # between two pauses
+            text = ""
+        if "refused" in text:
+            return text
+        time.sleep(0.3)
+    raise AssertionError("the run did not pause again after the refused answer")
+
+
 def _drain_prefect_workers() -> None:
     """Send the queued logs and events to this server now: once it is stopped they would be retried at exit."""
     from prefect.events.worker import EventsWorker
@@ -145,14 +166,26 @@ def test_failover_approved_through_the_prefect_ui(world: World, prefect_server: 
             run_id = _wait_paused("failover-app")
             assert _in_recovery(world.standby)  # nothing promoted before the approval
 
+            app = authenticator(APPROVER)  # enrolled in this server (`drkit approvers enroll`)
+
+            def resume_in_the_ui(code: str, shots_dir: Path) -> subprocess.CompletedProcess[str]:
+                ui = subprocess.run(
+                    ["node", str(APPROVE_JS), prefect_server, run_id, APPROVER, REASON, str(shots_dir)],
+                    cwd=ROOT, capture_output=True, text=True, timeout=90,
+                    env={**os.environ, "DRKIT_CHROMIUM": str(CHROMIUM), "DRKIT_PLAYWRIGHT_DIR": str(PLAYWRIGHT),
+                         "DRKIT_APPROVAL_CODE": code})
+                assert ui.returncode == 0, (f"the browser could not answer (screenshot/HTML in {shots_dir}):\n"
+                                            f"{ui.stdout}\n{ui.stderr}")
+                return ui
+
+            # A wrong code: the flow refuses it, the run waits again and its form says why.
+            resume_in_the_ui(wrong_code(APPROVER), shots / "wrong-code")
+            assert "wrong or expired code" in _form_after_refusal(run_id)
+            assert _in_recovery(world.standby)
+
             t0 = time.monotonic()
-            ui = subprocess.run(
-                ["node", str(APPROVE_JS), prefect_server, run_id, APPROVER, REASON, str(shots)],
-                cwd=ROOT, capture_output=True, text=True, timeout=90,
-                env={**os.environ, "DRKIT_CHROMIUM": str(CHROMIUM), "DRKIT_PLAYWRIGHT_DIR": str(PLAYWRIGHT)})
+            ui = resume_in_the_ui(app.next_code(), shots)
             browser_seconds = time.monotonic() - t0
-            assert ui.returncode == 0, (f"the browser could not approve (screenshot/HTML in {shots}):\n"
-                                        f"{ui.stdout}\n{ui.stderr}")
 
             flow_thread.join(90)
             assert not flow_thread.is_alive(), "the failover did not finish after the UI approval"

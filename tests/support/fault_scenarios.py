@@ -56,6 +56,7 @@ from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox, create_sandbox
 from drkit.storage.filesystem import is_partial_name
 from drkit.tiers.naming import DATA_OBJECT, DESCRIPTOR_OBJECT, MANIFEST_OBJECT, object_key
+from tests.support.approvers import from_enroll_output
 from tests.support.azurite import Azurite, azurite_binary, start_azurite
 from tests.support.prefect_process import PrefectProcess
 from tests.support.tcpproxy import TcpProxy
@@ -1029,7 +1030,10 @@ def prefect_down_paused_failover(world: World, *, outage_seconds: float = 5.0, a
         still = _paused_runs(world, f"failover-{DB}")
         if run_id not in still:
             out.problem(f"after the outage the run {run_id} is no longer paused (paused now: {still})")
-        answer = world.drkit("approve", run_id, "--as", APPROVER, "--reason", "region down (fault suite)")
+        enrolled = world.drkit("approvers", "enroll", APPROVER, "--replace")  # their authenticator app
+        code = from_enroll_output(world.prefect.api_url, APPROVER, enrolled.stdout).next_code()
+        answer = world.drkit("approve", run_id, "--as", APPROVER, "--reason", "region down (fault suite)",
+                             "--code", code)
         if answer.code != 0:
             out.problem(f"the approval after the outage failed: {answer.describe()}")
     except BaseException:

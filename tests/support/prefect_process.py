@@ -27,7 +27,9 @@ PREFECT = Path(sys.executable).with_name("prefect")
 
 
 class PrefectProcess:
-    def __init__(self, home: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, home: Path | None = None, port: int | None = None, *,
+                 server_env: dict[str, str] | None = None) -> None:
+        self.server_env = dict(server_env or {})  # extra settings of the server (e.g. its API auth string)
         self.home = home or Path(tempfile.mkdtemp(prefix="drkit-fpf-", dir="/tmp"))
         self._own_home = home is None
         self.port = port or free_port()
@@ -66,6 +68,7 @@ class PrefectProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(PREFECT_HOME=str(self.home / "server"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                    DO_NOT_TRACK="1", PREFECT_UI_ENABLED="false")
+        env.update(self.server_env)
         (self.home / "server").mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
