@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test test-fast lint golden demo serve stop clean
+.PHONY: install test test-fast lint golden demo serve screenshots stop clean
 
 install: $(VENV)/.installed
 	@scripts/install-system.sh
@@ -40,6 +40,10 @@ demo: install
 
 serve: install
 	scripts/serve.sh
+
+# The README's Prefect UI screenshots (docs/img/ui-*.png), taken by the browser test of a restore run from the UI.
+screenshots: install
+	DRKIT_SCREENSHOTS=docs/img $(BIN)/python -m pytest -q -p no:cacheprovider tests/browser/test_ui_restore.py
 
 clean:
 	rm -rf var/demo

@@ -27,10 +27,11 @@ PREFECT = Path(sys.executable).with_name("prefect")
 
 
 class PrefectProcess:
-    def __init__(self, home: Path | None = None, port: int | None = None, *,
+    def __init__(self, home: Path | None = None, port: int | None = None, *, ui: bool = False,
                  server_env: dict[str, str] | None = None) -> None:
         self.server_env = dict(server_env or {})  # extra settings of the server (e.g. its API auth string)
         self.home = home or Path(tempfile.mkdtemp(prefix="drkit-fpf-", dir="/tmp"))
+        self.ui = ui  # serve the web UI too (browser tests)
         self._own_home = home is None
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -67,7 +68,9 @@ class PrefectProcess:
             return
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(PREFECT_HOME=str(self.home / "server"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                   DO_NOT_TRACK="1", PREFECT_UI_ENABLED="false")
+                   DO_NOT_TRACK="1", PREFECT_UI_ENABLED="true" if self.ui else "false",
+                   # the UI asks /ui-settings where the API is; without this it says port 4200
+                   PREFECT_SERVER_UI_API_URL=self.api_url)
         env.update(self.server_env)
         (self.home / "server").mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
