@@ -64,8 +64,12 @@ def test_every_runbook_is_deployed_on_demand_where_it_can_work() -> None:
         "catalog-check-now": "catalog-check"}
     for name, d in on_demand.items():
         db = name.split("-")[0]
-        assert d.parameters == ({"config": CONFIG, "deep": False, "repair": False} if name == "catalog-check-now"
-                                else {"db": db, "config": CONFIG}), name
+        if name == "catalog-check-now":
+            assert d.parameters == {"config": CONFIG, "deep": False, "repair": False}  # report only
+            assert d.tags == ["drkit", "catalog", "runbook"]
+        else:
+            assert d.parameters == {"db": db, "config": CONFIG}, name
+            assert d.tags == ["drkit", f"db:{db}", "runbook"], name
 
 
 def test_the_run_forms_describe_every_parameter_and_need_only_what_an_operator_decides() -> None:
@@ -82,6 +86,16 @@ def test_the_run_forms_describe_every_parameter_and_need_only_what_an_operator_d
         must_fill[name] = sorted(set(schema.required or []) - set(d.parameters))
     assert must_fill == {"orders-restore": ["into"], "orders-verify-backup": [], "orders-recover": ["before"],
                          "orders-failover": [], "orders-failback": [], "catalog-check-now": []}
+    # the fields README's "From the Prefect UI" table lists, besides the db and config filled in
+    fields = {n: [p for p in d._parameter_openapi_schema.properties if p not in ("db", "config")]
+              for n, d in deps.items() if not d.schedules}
+    assert fields == {
+        "orders-restore": ["into", "target", "keep_running", "port", "run_checks", "target_lsn"],
+        "orders-verify-backup": ["backup_id"],
+        "orders-recover": ["before", "into", "port", "approval_timeout_seconds"],
+        "orders-failover": ["probe_interval_seconds", "approval_timeout_seconds"],
+        "orders-failback": ["approval_timeout_seconds", "hold_seconds"],
+        "catalog-check-now": ["deep", "repair"]}
     # the times are date-time fields: the form shows a date and time picker
     target = deps["orders-restore"]._parameter_openapi_schema.properties["target"]
     assert {"type": "string", "format": "date-time"} in target["anyOf"]
