@@ -1,1 +1,2 @@
-"""Deployments built from the policy file's schedules; ``python -m deployments`` serves them all."""
+"""Deployments built from the policy file: scheduled flows and on-demand runbooks; ``python -m deployments`` serves
+them all, ``deployments.prefect_yaml`` writes them as ``prefect.yaml``."""

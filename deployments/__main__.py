@@ -1,4 +1,4 @@
-"""``python -m deployments [POLICY]``: serve every deployment on its schedule."""
+"""``python -m deployments [POLICY]``: serve every deployment (scheduled ones on their schedule, runbooks on demand)."""
 
 import sys
 

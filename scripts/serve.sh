@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make serve`: a Prefect server (reused if PREFECT_API_URL already answers) and every deployment
-# from the policy file ($DRKIT_CONFIG or ./drkit.yaml) on its schedule. Ctrl-C stops both.
+# from the policy file ($DRKIT_CONFIG or ./drkit.yaml): backups on their schedules, runbooks on demand
+# (Deployments -> name -> Run in the UI). Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
