@@ -15,6 +15,7 @@ tag ``db:NAME``); its Run form starts with that database and the policy filled i
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,19 @@ if TYPE_CHECKING:
 
 DEFAULT_LIMIT = 4
 
+# The flows, named rather than imported: writing prefect.yaml (``drkit deployments``) needs no Prefect.
+BACKUP_FLOWS = {"full": "flows.backup:full_backup", "diff": "flows.backup:differential_backup",
+                "log": "flows.backup:log_backup_flow"}
+VERIFY_CHAIN = "flows.verify:verify_latest_chain"
+VERIFY_BACKUP = "flows.verify:verify_backup_flow"
+REPLICA_LAG = "flows.dr:replica_lag_check"
+FAILOVER = "flows.dr:dr_failover"
+FAILBACK = "flows.dr:dr_failback"
+RETENTION = "flows.retention:retention_sweep"
+CATALOG_CHECK = "flows.catalog_check:catalog_check"
+RESTORE = "flows.restore:restore_point_in_time"
+RECOVER = "flows.corruption:recover_from_corruption"
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -37,9 +51,10 @@ class Schedule:
 
 @dataclass(frozen=True)
 class Spec:
-    """One deployment: which flow, its name, fixed parameters, schedule (None: on demand only) and tags."""
+    """One deployment: which flow (``module:function``), its name, fixed parameters, schedule (None: on demand
+    only) and tags."""
 
-    flow: Flow[..., Any]
+    target: str
     name: str
     parameters: dict[str, Any]
     description: str
@@ -49,14 +64,19 @@ class Spec:
     @property
     def entrypoint(self) -> str:
         """``path/to/module.py:function``, relative to the project's root (the worker's working directory)."""
-        fn = self.flow.fn
-        return f"{fn.__module__.replace('.', '/')}.py:{fn.__name__}"
+        module, fn = self.target.split(":")
+        return f"{module.replace('.', '/')}.py:{fn}"
+
+    def flow(self) -> Flow[..., Any]:
+        module, fn = self.target.split(":")
+        flow: Flow[..., Any] = getattr(importlib.import_module(module), fn)
+        return flow
 
     def to_deployment(self) -> RunnerDeployment:
         from prefect.deployments.runner import RunnerDeployment
         from prefect.schedules import Cron
 
-        deployment = self.flow.to_deployment(
+        deployment = self.flow().to_deployment(
             name=self.name, parameters=self.parameters, tags=self.tags, description=self.description,
             schedule=Cron(self.schedule.cron, timezone=self.schedule.timezone) if self.schedule else None)
         assert isinstance(deployment, RunnerDeployment)  # called from sync code: never a coroutine
@@ -64,12 +84,6 @@ class Spec:
 
 
 def _scheduled(policy: Policy, config: str) -> list[Spec]:
-    from flows.backup import BACKUP_FLOWS
-    from flows.catalog_check import catalog_check
-    from flows.dr import replica_lag_check
-    from flows.retention import retention_sweep
-    from flows.verify import verify_latest_chain
-
     specs = []
     for db, cfg in policy.databases.items():
         params = {"db": db, "config": config}
@@ -79,55 +93,49 @@ def _scheduled(policy: Policy, config: str) -> list[Spec]:
                 specs.append(Spec(flow, f"{db}-{kind}", params, f"{kind} backup of {db} on '{cron}' ({cfg.timezone})",
                                   ["drkit", f"db:{db}", kind], Schedule(cron, cfg.timezone)))
         if cfg.replica is not None:
-            specs.append(Spec(replica_lag_check, f"{db}-replica-lag", params,
+            specs.append(Spec(REPLICA_LAG, f"{db}-replica-lag", params,
                               f"DR replica lag of {db}; alerts past replica.max_lag_seconds",
                               ["drkit", f"db:{db}", "dr"], Schedule("* * * * *", "UTC")))
         if cfg.schedules.verify is not None:
-            specs.append(Spec(verify_latest_chain, f"{db}-verify-chain", params,
+            specs.append(Spec(VERIFY_CHAIN, f"{db}-verify-chain", params,
                               f"restore the newest chain of {db} end to end and check it (daily)",
                               ["drkit", f"db:{db}", "verify"], Schedule(cfg.schedules.verify, cfg.timezone)))
     if policy.retention_schedule is not None:
-        specs.append(Spec(retention_sweep, "retention-sweep", {"config": config},
+        specs.append(Spec(RETENTION, "retention-sweep", {"config": config},
                           "copy, move and expire backups across tiers, never breaking a restore chain",
                           ["drkit", "retention"], Schedule(policy.retention_schedule, "UTC")))
     if policy.catalog_check_schedule is not None:
-        specs.append(Spec(catalog_check, "catalog-check", {"config": config, "deep": False, "repair": True},
+        specs.append(Spec(CATALOG_CHECK, "catalog-check", {"config": config, "deep": False, "repair": True},
                           "every copy the catalog counts on exists with its size; stale runs and debris cleared",
                           ["drkit", "catalog"], Schedule(policy.catalog_check_schedule, "UTC")))
     return specs
 
 
 def _runbooks(policy: Policy, config: str) -> list[Spec]:
-    from flows.catalog_check import catalog_check
-    from flows.corruption import recover_from_corruption
-    from flows.dr import dr_failback, dr_failover
-    from flows.restore import restore_point_in_time
-    from flows.verify import verify_backup_flow
-
     rt = Runtime(policy)  # lazy: nothing is opened to read an engine's declared features
     specs = []
     for db, cfg in policy.databases.items():
         params = {"db": db, "config": config}
         tags = ["drkit", f"db:{db}", "runbook"]
-        specs.append(Spec(restore_point_in_time, f"{db}-restore", params,
+        specs.append(Spec(RESTORE, f"{db}-restore", params,
                           f"Point-in-time restore of {db} into a new place (Run → Custom run: the target time, "
                           "`into`, and `keep_running` to keep it as a new standby); validated, with a report "
                           "artifact.", tags))
-        specs.append(Spec(verify_backup_flow, f"{db}-verify-backup", params,
+        specs.append(Spec(VERIFY_BACKUP, f"{db}-verify-backup", params,
                           f"Verify one backup of {db} (default: the newest full) by restoring it into a scratch "
                           "copy and checking it; a failure marks it corrupt.", tags))
         if open_engine(rt, db).features.standby_restore:
-            specs.append(Spec(recover_from_corruption, f"{db}-recover", params,
+            specs.append(Spec(RECOVER, f"{db}-recover", params,
                               f"Corruption recovery of {db}: restore a standby to `before` (the last good moment), "
                               "validate it, pause for approval, then switch to it.", tags))
         if cfg.replica is not None:
-            specs.append(Spec(dr_failover, f"{db}-failover", params,
+            specs.append(Spec(FAILOVER, f"{db}-failover", params,
                               f"Unplanned failover of {db} to its DR replica: probes, then pauses for a listed "
                               "approver to confirm the region failure.", tags))
-            specs.append(Spec(dr_failback, f"{db}-failback", params,
+            specs.append(Spec(FAILBACK, f"{db}-failback", params,
                               f"Planned failback of {db} to its primary region, or stay on DR: pauses for the "
                               "decision.", tags))
-    specs.append(Spec(catalog_check, "catalog-check-now", {"config": config, "deep": False, "repair": False},
+    specs.append(Spec(CATALOG_CHECK, "catalog-check-now", {"config": config, "deep": False, "repair": False},
                       "Check the catalog against every store now (Custom run: `deep` hashes every copy, `repair` "
                       "fixes what it can); fails while findings remain.", ["drkit", "catalog", "runbook"]))
     return specs

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +66,16 @@ def test_prefect_yaml_declares_what_serve_builds() -> None:
     assert {d["name"]: yaml_side(d) for d in declared["deployments"]} == {d.name: served(d) for d in built}
     assert {d["name"] for d in declared["deployments"] if not d["schedules"]} == {
         "orders-restore", "orders-verify-backup", "orders-recover", "catalog-check-now"}
+
+
+def test_writing_prefect_yaml_needs_no_prefect_server(tmp_path: Path) -> None:
+    policy = tmp_path / "drkit.yaml"
+    policy.write_text((ROOT / "examples" / "drkit.yaml").read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    out = subprocess.run([str(Path(sys.executable).with_name("drkit")), "--config", str(policy), "deployments",
+                          "--output", str(tmp_path / "prefect.yaml")],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stderr) == (0, ""), out.stderr  # no server started, nothing announced
+    assert out.stdout == f"wrote {tmp_path / 'prefect.yaml'}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drkit.yaml", "prefect.yaml"]
+    assert yaml.safe_load((tmp_path / "prefect.yaml").read_text())["deployments"]
