@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,31 +29,20 @@ from drkit.engines import open_engine
 from drkit.engines.postgres.pgctl import LocalCluster
 from drkit.runtime import Runtime
 from drkit.sandbox import Sandbox
+from tests.support.browser import missing_tools, node_environ
 from tests.support.pgdata import connect
 from tests.support.policies import policy_variant
 from tests.support.prefect_process import PrefectProcess
+from tests.support.procs import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path(os.environ.get("DRKIT_CHROMIUM", "/usr/bin/chromium"))
-PLAYWRIGHT = Path(os.environ.get("DRKIT_PLAYWRIGHT_DIR", ROOT / ".tools" / "playwright"))
 RESTORE_JS = Path(__file__).with_name("restore.mjs")
 DRKIT = Path(sys.executable).with_name("drkit")
 README_SHOTS = {"run-form.png": "ui-restore-run-form.png", "run-completed.png": "ui-restore-completed.png",
                 "report.png": "ui-restore-report.png"}
 
-
-def _missing_tools() -> str | None:
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} is missing (run `make install`: scripts/install-browser.sh installs Debian's chromium)"
-    if not (PLAYWRIGHT / "node_modules" / "playwright-core" / "package.json").exists():
-        return f"playwright-core is missing from {PLAYWRIGHT} (run `make install`: scripts/install-browser.sh)"
-    if shutil.which("node") is None:
-        return "node is missing (run `make install`)"
-    return None
-
-
 pytestmark = [pytest.mark.slow, pytest.mark.integration,
-              pytest.mark.skipif(_missing_tools() is not None, reason=_missing_tools() or "")]
+              pytest.mark.skipif(missing_tools() is not None, reason=missing_tools() or "")]
 
 
 @pytest.fixture
@@ -97,16 +85,6 @@ def _wait_for_deployment(name: str, api_url: str, timeout: float = 120) -> str:
             time.sleep(0.5)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def test_point_in_time_restore_from_the_deployment_run_form(sandbox: Sandbox, scratch: Path,
                                                             ui_server: PrefectProcess) -> None:
     # runbooks only: no scheduled backup runs while the test works
@@ -140,7 +118,7 @@ def test_point_in_time_restore_from_the_deployment_run_form(sandbox: Sandbox, sc
             ["node", str(RESTORE_JS), ui_server.url, deployment_id, str(into),
              target.astimezone(UTC).strftime("%Y-%m-%dT%H:%M"), str(shots)],
             cwd=ROOT, capture_output=True, text=True, timeout=400,
-            env={**os.environ, "DRKIT_CHROMIUM": str(CHROMIUM), "DRKIT_PLAYWRIGHT_DIR": str(PLAYWRIGHT)})
+            env=node_environ())
         assert ui.returncode == 0, (f"the browser could not run the restore (screenshots/HTML in {shots}):\n"
                                     f"{ui.stdout}\n{ui.stderr}\n{(scratch / 'serve.log').read_text()[-3000:]}\n"
                                     f"{ui_server.log_path.read_text(errors='replace')[-3000:]}")
@@ -173,7 +151,7 @@ def test_point_in_time_restore_from_the_deployment_run_form(sandbox: Sandbox, sc
             for shot, name in README_SHOTS.items():
                 shutil.copyfile(shots / shot, Path(keep) / name)
     finally:
-        _stop(serve)
+        stop_group(serve)
         log.close()
         if ok:
             shutil.rmtree(shots, ignore_errors=True)

@@ -4,8 +4,6 @@ catalog (a scheduled backup deployment, then an on-demand runbook)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ from drkit.config import load_policy
 from drkit.sandbox import Sandbox
 from tests.support.policies import policy_variant
 from tests.support.prefect_process import PREFECT, PrefectProcess
+from tests.support.procs import stop_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -76,10 +75,5 @@ def test_a_process_worker_runs_the_generated_deployments(sandbox: Sandbox, scrat
             assert verify.parameters["config"] == str(policy)  # filled in by the deployment
     finally:
         catalog.close()
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_group(worker)
         log.close()
