@@ -52,7 +52,9 @@ class Side:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update({KEY_ENV: self.sandbox.key_b64, "DRKIT_CONFIG": str(self.sandbox.policy_path),
                     "PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                    "DO_NOT_TRACK": "1"})
+                    "DO_NOT_TRACK": "1",
+                    # a temporary server (before, without a URL) may take longer than Prefect's 20 s here
+                    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"})
         if api_url:
             env["PREFECT_API_URL"] = api_url
         if self.pythonpath:
@@ -146,6 +148,7 @@ def main() -> None:
             over = [c - f for c, f in zip(cmd, flow, strict=True)]
             rows.setdefault("backup full (no URL)", {})[side.name] = (
                 f"{median(cmd):.2f} (flow {median(flow):.2f}, overhead {median(over):.2f}); first {first:.2f}")
+            print(side.name, json.dumps({k: v.get(side.name) for k, v in rows.items()}), flush=True)
             stop_local_server(local)
     finally:
         stop_local_server(server_home)

@@ -52,8 +52,22 @@ class _Commands(TyperGroup):
             raise typer.Exit(report(exc)) from None
 
 
-app = typer.Typer(cls=_Commands, no_args_is_help=True, add_completion=False,
-                  help="Database backup and disaster recovery.")
+class _App(typer.Typer):
+    """The `drkit` process: after a command that ran flows, it ends as soon as Prefect has delivered the
+    runs' logs and events (see :func:`cli.prefect_server.exit_now`), not after the interpreter has torn
+    down every module and thread Prefect started (about 0.7 s more)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit as exc:
+            from cli.prefect_server import exit_now
+            exit_now(exc.code)
+            raise
+
+
+app = _App(cls=_Commands, no_args_is_help=True, add_completion=False,
+           help="Database backup and disaster recovery.")
 console = Console(markup=False, emoji=False)
 err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
 T = TypeVar("T")

@@ -210,12 +210,15 @@ def ensure_local_server(home: Path, *, port: int | None = None, announce: Callab
         known = recorded(home)
         if known is not None and healthy(known.url) and (port is None or known.url.endswith(f":{port}/api")):
             return known
+        if known is not None:  # recorded but not answering: a server that died or hangs
+            _stop(known.pid, home)
         port = port or _free_port()
         url = f"http://127.0.0.1:{port}/api"
         if healthy(url):  # someone else's server on the fixed port: use it, as `make serve` would
             return LocalServer(home, url, None, started=False)
-        env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "DO_NOT_TRACK": "1", "PREFECT_API_URL": url, "PREFECT_SERVER_UI_API_URL": url}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING_")}  # its own log
+        env.update({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                    "DO_NOT_TRACK": "1", "PREFECT_API_URL": url, "PREFECT_SERVER_UI_API_URL": url})
         with open(home / "server.log", "ab") as log:
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
                 [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -234,8 +237,16 @@ def ensure_local_server(home: Path, *, port: int | None = None, announce: Callab
         return LocalServer(home, url, proc.pid, started=True)
 
 
+def _is_prefect_server(pid: int) -> bool:
+    """The pid still names a Prefect server (not a process that reused the number)."""
+    try:
+        return b"prefect" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _stop(pid: int | None, home: Path) -> None:
-    if pid is not None:
+    if pid is not None and _is_prefect_server(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)  # the server and what it started (its own session)
     for name in ("server.pid", "server.url"):
@@ -324,3 +335,28 @@ def use_local_server_for_prefect(policy_dir: Callable[[], Path],
         with contextlib.suppress(ValueError):
             sys.meta_path.remove(hook)
     return undo
+
+
+def exit_now(code: object) -> None:
+    """End a process that used Prefect with ``code`` once Prefect's log and event services have delivered
+    what they hold, skipping the interpreter's teardown. Returns (for a normal exit) when Prefect was not
+    imported, or runs a temporary server of its own that must be stopped at exit."""
+    if "prefect" not in sys.modules or not configured_api_url():
+        return
+    import logging
+
+    from prefect._internal.concurrency.services import QueueService
+
+    QueueService.drain_all(timeout=30)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:
+        print(code, file=sys.stderr, flush=True)
+        status = 1
+    os._exit(status)
