@@ -38,8 +38,11 @@ def ensure_prefect_server(workdir: Path) -> str:
     its data, pid and log in ``workdir/prefect`` (``make stop`` stops it)."""
     configured = os.environ.get("PREFECT_API_URL")
     if configured:
+        console.print(f"using the Prefect server at PREFECT_API_URL={configured}")
         return configured
     server = ensure_local_server(workdir / "prefect", port=PREFECT_PORT, stop_hint="make stop")
+    how = f"started (pid {server.pid}, data in {server.home})" if server.started else "already running, reused"
+    console.print(f"Prefect server at {server.url.removesuffix('/api')}: {how}", highlight=False)
     return server.url
 
 
@@ -59,7 +62,7 @@ def run_demo(workdir: Path) -> None:
     world = workdir / "world"
     _reset_world(world)
     console.rule("[bold]drkit demo")
-    console.print("starting (or reusing) a local Prefect server …")
+    console.print("starting (or reusing) a local Prefect server …")  # the first start takes ~10 s
     api = ensure_prefect_server(workdir)
     os.environ["PREFECT_API_URL"] = api  # also for the runbooks' threads (settings contexts are per thread)
     from prefect.settings import PREFECT_API_URL, temporary_settings
