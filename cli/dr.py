@@ -29,6 +29,7 @@ def failover(db: str) -> None:
         rto = out["time_to_recover_seconds_excluding_approval"]
         console.print(f"{db} failed over to {out['endpoint']} (approved by {out['approver']}); data-loss window "
                       f"≈ {out['data_loss_window_seconds']} s, recovered in {rto} s")
+        _print_protection(db, out.get("protection"))
     else:
         console.print(f"no failover: {out.get('why')}")
 
@@ -43,6 +44,18 @@ def failback(db: str) -> None:
         return result
     out = guard(run)
     console.print("failed back" if out.get("failed_back") else f"stayed on DR ({out.get('resync')})")
+    _print_protection(db, out.get("protection"))
+
+
+def _print_protection(db: str, protection: dict[str, Any] | None) -> None:
+    """What the runbook did so backups follow the new primary (nothing when it switched nothing)."""
+    if not protection or not protection.get("archiving", {}).get("needed"):
+        return
+    if protection.get("full"):
+        console.print(f"backups follow the new primary: full backup {protection['full']} starts its chain")
+    else:
+        console.print(f"the full backup of the new primary failed ({protection.get('error')}); run `drkit "
+                      f"backup full {db}` once it is fixed (the schedules retry)")
 
 
 @app.command("import-history")

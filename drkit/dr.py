@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
-from drkit.engines import dr_operations
+from drkit.engines import dr_operations, open_engine
 from drkit.engines.base import DrOperations, Side
 from drkit.health import ProbeResult, ProbeSeries
 from drkit.runtime import Runtime
@@ -173,6 +173,15 @@ def _side(ops: DrOperations, side: Side, timeout: float) -> dict[str, object]:
     return {"role": side_role(probe), "endpoint": endpoint, "detail": probe.detail}
 
 
+def _recovered(rt: Runtime, db: str, endpoint: str, timeout: float) -> dict[str, object]:
+    """The recovered cluster the record names, probed through the engine (the server it backs up)."""
+    try:
+        probe = open_engine(rt, db).probe_primary(timeout=timeout)
+    except Exception as exc:
+        return {"role": "unknown", "endpoint": endpoint, "detail": _first_line(exc)}
+    return {"role": side_role(probe), "endpoint": endpoint, "detail": probe.detail}
+
+
 def _lag(ops: DrOperations, timeout: float) -> dict[str, object]:
     try:
         lag = ops.lag(timeout=timeout)
@@ -184,8 +193,9 @@ def _lag(ops: DrOperations, timeout: float) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class DrStatus:
-    """One database's DR picture for `drkit status`: the catalog's endpoint record, each side's measured role,
-    the DR replica's lag (``sides`` and ``replica_lag`` are None when no replica is configured)."""
+    """One database's DR picture for `drkit status`: the catalog's endpoint record, each side's measured role
+    (``primary``, ``dr`` when a replica is configured, ``recovered`` when the record names one), the DR
+    replica's lag (``replica_lag`` None, and ``sides`` None unless a cluster was recovered, without a replica)."""
 
     endpoint: dict[str, Any] | None
     sides: dict[str, dict[str, object]] | None
@@ -195,20 +205,26 @@ class DrStatus:
         return {"endpoint": self.endpoint, "sides": self.sides, "replica_lag": self.replica_lag}
 
 
+def _is_recovered(record: EndpointRecord | None) -> TypeGuard[EndpointRecord]:
+    return record is not None and record.side == "recovered"
+
+
 def dr_status(rt: Runtime, db: str, *, timeout: float = STATUS_TIMEOUT) -> DrStatus:
     """The endpoint record, both sides probed (at once, each bounded by ``timeout``) and the lag; never raises."""
     record = rt.catalog.get_endpoint(db)
     endpoint = record.as_dict() if record is not None else None
     if rt.policy.database(db).replica is None:
-        return DrStatus(endpoint, None, None)
+        sides = {"recovered": _recovered(rt, db, record.dsn_hint, timeout)} if _is_recovered(record) else None
+        return DrStatus(endpoint, sides, None)
     try:
         ops = dr_operations(rt, db)
     except Exception as exc:
         unknown: dict[str, object] = {"role": "unknown", "endpoint": None, "detail": _first_line(exc)}
-        return DrStatus(endpoint, {"primary": unknown, "dr": unknown},
-                        {"state": "unknown", "error": _first_line(exc)})
-    with ThreadPoolExecutor(max_workers=3) as pool:
+        return DrStatus(endpoint, {"primary": unknown, "dr": unknown}, {"state": "unknown", "error": _first_line(exc)})
+    with ThreadPoolExecutor(max_workers=3) as pool:  # the catalog is read in this thread only
         primary = pool.submit(_side, ops, "primary", timeout)
         dr = pool.submit(_side, ops, "dr", timeout)
         lag = pool.submit(_lag, ops, max(timeout, 2.0))
-        return DrStatus(endpoint, {"primary": primary.result(), "dr": dr.result()}, lag.result())
+        extra = {"recovered": _recovered(rt, db, record.dsn_hint, timeout)} if _is_recovered(record) else {}
+        sides = {"primary": primary.result(), "dr": dr.result(), **extra}
+        return DrStatus(endpoint, sides, lag.result())

@@ -20,6 +20,7 @@ from drkit.config import load_policy
 from drkit.engines.postgres.pgrestore import hba_is_drkit_peer_only
 from drkit.errors import ApprovalError, ConfigError, DrkitError, VerificationError
 from flows.approvals import wait_for_approval
+from flows.dr import protect_new_primary
 from tasks.common import artifact_key, record
 from tasks.dr import endpoint_variable, publish_endpoint
 from tasks.restore import (
@@ -119,6 +120,7 @@ def recover_from_corruption(
     detail.update(listen_addresses=opened["listen_addresses"], tcp_clients=opened["tcp_clients"])
     switch_endpoint(db, port, str(Path(into).absolute()), decision.approver, config)
     detail.update(endpoint=publish_endpoint(db, config), variable=endpoint_variable(db))
+    detail["protection"] = protect_new_primary(db, config)
     record(db, "corruption.switched", decision.approver, detail, config)
     create_markdown_artifact(
         markdown=f"# {db} switched to the restored standby\n\n" + "\n".join(f"* {k}: {v}" for k, v in detail.items()),

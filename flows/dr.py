@@ -19,8 +19,10 @@ from drkit.dr import PrimaryProbe, TrafficStep
 from drkit.engines.base import Promotion, ReplicaLag, Switchover
 from drkit.errors import ApprovalError
 from flows.approvals import FailbackChoice, FailoverApproval, wait_for_approval
+from flows.backup import full_backup
 from tasks.common import artifact_key, record
 from tasks.dr import (
+    archive_on_primary,
     confirm_writes,
     dr_methods,
     fence_primary,
@@ -52,6 +54,22 @@ def _loss_window(probes: PrimaryProbe, lag: ReplicaLag) -> float | None:
     if first is None or last is None:
         return None
     return max(0.0, round((first - last).total_seconds(), 3))
+
+
+def protect_new_primary(db: str, config: str | None) -> dict[str, Any]:
+    """After a switch of primary: the new primary archives into drkit, and a full backup of it starts the new
+    chain at once (engines whose chain carries on across a switch need neither). A failed backup does not
+    undo the switch: it is reported (and notified by the backup flow), and the scheduled backups retry."""
+    archiving = archive_on_primary(db, config)
+    if not archiving["needed"]:
+        return {"archiving": archiving, "full": None, "why": "the log chain carries on on the new primary"}
+    if not archiving["ok"]:
+        get_run_logger().warning("the new primary of %s does not archive into drkit yet: %s", db, archiving)
+    state = full_backup(db=db, config=config, return_state=True)
+    if state.is_completed():
+        return {"archiving": archiving, "full": state.result()}
+    get_run_logger().error("the full backup of the new primary of %s failed: %s", db, state.message)
+    return {"archiving": archiving, "full": None, "error": state.message}
 
 
 def _timeline(events: list[tuple[str, str]], what: str) -> None:
@@ -148,11 +166,14 @@ def dr_failover(
     publish_endpoint(db, config)
     probe = probe_side(db, "dr", config)
     _timeline(events, "DR side probed healthy")
+    protection = protect_new_primary(db, config)
+    _timeline(events, f"new chain on DR: full backup {protection['full'] or 'FAILED (see the log)'}")
     detail = {"approver": decision_by, "reason": decision_reason, "data_loss_window_seconds": loss_window,
               "time_to_recover_seconds_excluding_approval": rto, "waited_for_approval_seconds": round(waited, 1),
               "promotion": promotion.as_dict() if promotion else {"already_primary": True},
               "endpoint": pointed.endpoint, "resumed": resumed,
-              "switch_seconds": round(time.monotonic() - t_switch, 3), "timeline": events}
+              "switch_seconds": round(time.monotonic() - t_switch, 3), "protection": protection,
+              "timeline": events}
     record(db, "failover.completed", decision_by, detail, config)
     notify("p1", f"{db} failed over to DR", f"database: {db}\nnow served from {pointed.endpoint}\n"
            f"approved by {decision_by}; data-loss window ≈ {loss_window} s; time to recover {rto} s", config)
@@ -220,6 +241,7 @@ def dr_failback(
         record(db, "failback.stay", decision.approver, {"reason": decision.reason, "resync": outcome}, config)
         return {"failed_back": False, "decision": "stay on DR", "resync": outcome, "by": decision.approver}
     switch: Switchover | None = None
+    protection: dict[str, Any] | None = None
     if where == "dr":
         resynced = resync_as_standby(db, "primary", config)
         _timeline(events, f"old primary resynchronised as a replica of DR ({resynced.outcome}: {resynced.detail})")
@@ -234,6 +256,8 @@ def dr_failback(
                           f"{round(switch.write_unavailable_seconds, 3)} s")
         dr_resync = resync_as_standby(db, "dr", config)
         _timeline(events, f"DR is a replica again ({dr_resync.outcome}: {dr_resync.detail})")
+        protection = protect_new_primary(db, config)
+        _timeline(events, f"new chain on the primary: full backup {protection['full'] or 'FAILED (see the log)'}")
     else:  # switched back by an earlier run: the record (and the Variable) must say so
         point_clients(db, "primary", config, app_weight=None)
         publish_endpoint(db, config)
@@ -255,7 +279,8 @@ def dr_failback(
             _postmortem(db, events, steps, switch, decision.approver, breached=True)
             raise RuntimeError(f"failback of {db} breached its bounds at {pct}% (error rate "
                                f"{step.error_rate}, p95 {step.p95_ms} ms): traffic routed back to DR")
-    report = {"switch": switch.as_dict() if switch else {}, "steps": [s.as_dict() for s in steps]}
+    report = {"switch": switch.as_dict() if switch else {}, "steps": [s.as_dict() for s in steps],
+              "protection": protection}
     record(db, "failback.completed", decision.approver,
            {"reason": decision.reason, **report, "timeline": events}, config)
     notify("p1", f"{db} failed back: incident closed",

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
 from drkit import dr, health
-from drkit.engines import dr_operations
+from drkit.engines import dr_operations, open_engine
 from drkit.engines.base import (
     CaughtUp,
     DrMethods,
@@ -259,3 +259,21 @@ def replica_lag(db: str, config: str | None) -> ReplicaLag:
     finally:
         rt.close()
     return ops.lag()
+
+
+@task(name="archive-on-primary", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+def archive_on_primary(db: str, config: str | None) -> dict[str, Any]:
+    """After a switch: check that the new primary archives its log into drkit, and apply what `drkit setup`
+    can (PostgreSQL: archive_command, reloaded). ``needed``: whether the engine starts a new chain on a switch
+    (then the runbook takes a full at once); ``ok``: archiving is set up (nothing waits for a restart)."""
+    rt = runtime(config)
+    try:
+        engine = open_engine(rt, db)
+        if not engine.features.new_chain_after_switch:
+            return {"needed": False, "ok": True, "applied": [], "remaining": []}
+        done = engine.setup()
+    finally:
+        rt.close()
+    remaining = [f"{i.name}: {i.current} (needs {i.expected}; {i.fix})" for i in done.remaining]
+    return {"needed": True, "ok": not done.restart_needed, "applied": list(done.applied),
+            "restart_needed": done.restart_needed, "remaining": remaining}

@@ -163,6 +163,10 @@ class EngineFeatures:
     (corruption recovery)."""
     position_targets: bool
     """A restore can stop at a log position (``--lsn``), not only at a time."""
+    new_chain_after_switch: bool = False
+    """A switch of primary (promotion, corruption recovery) starts a new log chain (PostgreSQL: a new
+    timeline), so the runbooks take a full backup of the new primary at once, after checking that it
+    archives its log into drkit. False where the log chain carries on (a SQL Server availability group)."""
 
 
 class Engine(Protocol):
@@ -195,6 +199,11 @@ class Engine(Protocol):
 
     def setup(self) -> SetupResult:
         """Apply what can be applied to meet the prerequisites."""
+        ...
+
+    def probe_primary(self, *, timeout: float) -> ProbeResult:
+        """One probe of the server that is the database's primary now (where backups go); never raises
+        for a server that does not answer."""
         ...
 
     def require_ready(self) -> None:

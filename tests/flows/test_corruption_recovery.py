@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime
@@ -15,6 +16,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from drkit.engines import open_engine
+from drkit.engines.postgres.pgctl import LocalCluster
+from drkit.engines.postgres.restore import restored_dsn
 from drkit.runtime import Runtime
 from drkit.sandbox import Sandbox
 from flows.approvals import paused_runs
@@ -83,6 +86,38 @@ def _paused_port(run_id: str) -> int:
     return int(pid_file.read_text().splitlines()[3])
 
 
+def test_rejected_switch_changes_nothing(sandbox: Sandbox, rt: Runtime, damaged: datetime, scratch: Path) -> None:
+    before = rt.catalog.get_endpoint("app")
+    cfg = str(policy_variant(sandbox, scratch, approvals={"approvers": ["bob@example.com"]}))
+    thread, out = _run_in_thread(db="app", before=damaged, into=str(scratch / "standby-r"), config=cfg,
+                                 approval_timeout_seconds=120)
+    run_id = _paused_run()
+    port = _paused_port(run_id)
+    answer(run_id, approve=False, approver="bob@example.com", reason="wrong time window")
+    thread.join(180)
+    result = out["state"].result()
+    assert result["switched"] is False
+    assert not _tcp_listener(port)
+    assert rt.catalog.get_endpoint("app") == before
+    assert ("corruption.rejected", "bob@example.com") in [(e.action, e.actor) for e in rt.catalog.audit_events()]
+    assert not (scratch / "standby-r" / "postmaster.pid").exists()  # the standby was stopped
+
+
+def test_no_answer_times_out_safely(sandbox: Sandbox, rt: Runtime, damaged: datetime, scratch: Path) -> None:
+    before = rt.catalog.get_endpoint("app")
+    cfg = str(policy_variant(sandbox, scratch))
+    state = recover_from_corruption(db="app", before=damaged, into=str(scratch / "standby-t"), config=cfg,
+                                    approval_timeout_seconds=3, return_state=True)
+    # Prefect itself fails a run whose pause timed out ("never resumed"); the runbook says why in its
+    # log and audit trail.
+    assert state.is_failed()
+    assert rt.catalog.get_endpoint("app") == before
+    assert not (scratch / "standby-t" / "postmaster.pid").exists()
+    timeout = [e for e in rt.catalog.audit_events(database="app") if e.action == "corruption.timeout"]
+    assert timeout and "nothing was switched" in str(timeout[-1].detail["outcome"])
+    assert datetime.now(UTC) > damaged
+
+
 def test_approved_switch_records_the_endpoint_and_who_approved(
     sandbox: Sandbox, rt: Runtime, damaged: datetime, scratch: Path
 ) -> None:
@@ -122,38 +157,28 @@ def test_approved_switch_records_the_endpoint_and_who_approved(
     try:
         # clients switched to the endpoint connect over TCP as they did to the old primary
         assert _restored_amounts_over_tcp(sandbox, port) == [(100, 1000)]
+        # It is the database's primary now: it archives into drkit, the runbook took a full of it at once,
+        # and backups (which name only the database) back it up, on its new timeline.
+        recovered = make_conninfo(sandbox.dsn, host="127.0.0.1", port=str(port))
+        with connect(recovered) as conn:
+            assert conn.execute("SHOW archive_mode").fetchone() == ("on",)
+            timeline = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0]  # type: ignore[index]
+            conn.execute("INSERT INTO ledger VALUES (1001, 7)")
+        switched = [e for e in rt.catalog.audit_events(database="app") if e.action == "corruption.switched"][-1]
+        first_full = rt.catalog.get(switched.detail["protection"]["full"])
+        assert first_full.timeline == timeline > 1
+        status = json.loads(CliRunner().invoke(app, ["--config", cfg, "status", "--json"]).stdout)[0]
+        assert status["endpoint"]["side"] == "recovered" and status["sides"]["recovered"]["role"] == "primary"
+        assert status["newest"]["full"]["id"] == first_full.id
+        log = open_engine(rt, "app").take_backup("log")
+        assert log is not None and log.timeline == timeline
+        restored = scratch / "pitr-recovered"
+        engine = open_engine(rt, "app")
+        done = engine.restore(engine.plan_restore(None), str(restored), keep_running=True)
+        try:
+            with connect(restored_dsn(done)) as conn:
+                assert conn.execute("SELECT amount FROM ledger WHERE id = 1001").fetchone() == (7,)
+        finally:
+            engine.release_restored(done)
     finally:
-        from drkit.engines.postgres.pgctl import LocalCluster
         LocalCluster(scratch / "standby", port, rt.bin_dir("app"), rt.os_user("app")).stop()
-
-
-def test_rejected_switch_changes_nothing(sandbox: Sandbox, rt: Runtime, damaged: datetime, scratch: Path) -> None:
-    before = rt.catalog.get_endpoint("app")
-    cfg = str(policy_variant(sandbox, scratch, approvals={"approvers": ["bob@example.com"]}))
-    thread, out = _run_in_thread(db="app", before=damaged, into=str(scratch / "standby-r"), config=cfg,
-                                 approval_timeout_seconds=120)
-    run_id = _paused_run()
-    port = _paused_port(run_id)
-    answer(run_id, approve=False, approver="bob@example.com", reason="wrong time window")
-    thread.join(180)
-    result = out["state"].result()
-    assert result["switched"] is False
-    assert not _tcp_listener(port)
-    assert rt.catalog.get_endpoint("app") == before
-    assert ("corruption.rejected", "bob@example.com") in [(e.action, e.actor) for e in rt.catalog.audit_events()]
-    assert not (scratch / "standby-r" / "postmaster.pid").exists()  # the standby was stopped
-
-
-def test_no_answer_times_out_safely(sandbox: Sandbox, rt: Runtime, damaged: datetime, scratch: Path) -> None:
-    before = rt.catalog.get_endpoint("app")
-    cfg = str(policy_variant(sandbox, scratch))
-    state = recover_from_corruption(db="app", before=damaged, into=str(scratch / "standby-t"), config=cfg,
-                                    approval_timeout_seconds=3, return_state=True)
-    # Prefect itself fails a run whose pause timed out ("never resumed"); the runbook says why in its
-    # log and audit trail.
-    assert state.is_failed()
-    assert rt.catalog.get_endpoint("app") == before
-    assert not (scratch / "standby-t" / "postmaster.pid").exists()
-    timeout = [e for e in rt.catalog.audit_events(database="app") if e.action == "corruption.timeout"]
-    assert timeout and "nothing was switched" in str(timeout[-1].detail["outcome"])
-    assert datetime.now(UTC) > damaged

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drkit.catalog.records import BackupRecord
 from drkit.engines.base import BackupKind, ChainModel, CheckItem, EngineFeatures, Progress, SetupResult, StepCallback
@@ -21,6 +22,9 @@ from drkit.plans import RestorePlan, RestoreResult
 from drkit.restore import make_plan
 from drkit.runtime import Runtime
 from drkit.verify import CheckResult, VerifyReport
+
+if TYPE_CHECKING:
+    from drkit.health import ProbeResult
 
 
 class PostgresDatabase:
@@ -40,7 +44,7 @@ class PostgresDatabase:
 
     @property
     def features(self) -> EngineFeatures:
-        return EngineFeatures(standby_restore=True, position_targets=True)
+        return EngineFeatures(standby_restore=True, position_targets=True, new_chain_after_switch=True)
 
     @property
     def chain(self) -> ChainModel:
@@ -51,6 +55,12 @@ class PostgresDatabase:
 
     def check(self) -> list[CheckItem]:
         return self.server().check()
+
+    def probe_primary(self, *, timeout: float) -> ProbeResult:
+        from drkit.engines.postgres.primary import active_primary
+        from drkit.engines.postgres.probe import probe_db
+
+        return probe_db(active_primary(self._rt, self._db).dsn, timeout=timeout)
 
     def setup(self) -> SetupResult:
         return self.server().setup()

@@ -712,6 +712,10 @@ def wait_streaming(cluster: LocalCluster, *, timeout: float = 60.0, expected_tim
             conn.close()
 
 
+START_WAIT = 30
+"""Seconds ``pg_ctl start -w`` may wait for a standby; after that its log and WAL receiver tell how it is doing."""
+
+
 def start_standby(cluster: LocalCluster, *, timeout: float = 60.0, expected_timeline: int | None = None) -> None:
     """Start a configured standby (if not running) and wait until it streams.
 
@@ -725,7 +729,13 @@ def start_standby(cluster: LocalCluster, *, timeout: float = 60.0, expected_time
         if not cluster.is_running():
             _clear_stale_socket_locks(cluster)
             started = True
-            cluster.start(wait_seconds=max(5, int(timeout)))
+            try:  # a standby that cannot reach consistency (its WAL gone on the source) never gets "ready"
+                cluster.start(wait_seconds=max(5, min(START_WAIT, int(timeout))))
+            except EngineError:
+                problem = _log_problem(cluster, offset)
+                if problem is not None or not cluster.is_running():
+                    raise problem or EngineError(f"{cluster.data_dir} did not start: " + " | ".join(
+                        cluster.log_tail(4))) from None
         wait_streaming(cluster, timeout=max(1.0, deadline - time.monotonic()), expected_timeline=expected_timeline,
                        log_offset=offset)
     except EngineError:

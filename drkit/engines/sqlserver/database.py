@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from drkit.catalog.records import BackupRecord
 from drkit.engines.base import BackupKind, ChainModel, CheckItem, EngineFeatures, Progress, SetupResult, StepCallback
@@ -24,6 +25,9 @@ from drkit.plans import RestorePlan, RestoreResult
 from drkit.restore import make_plan
 from drkit.runtime import Runtime
 from drkit.verify import CheckResult, VerifyReport
+
+if TYPE_CHECKING:
+    from drkit.health import ProbeResult
 
 
 class SqlServerDatabase:
@@ -57,6 +61,12 @@ class SqlServerDatabase:
 
     def check(self) -> list[CheckItem]:
         return self.server().check()
+
+    def probe_primary(self, *, timeout: float) -> ProbeResult:
+        from drkit.engines.sqlserver.dr import probe_database
+
+        server = self.server()
+        return probe_database(server, server.settings.database, timeout=timeout, require_writable=False)
 
     def setup(self) -> SetupResult:
         return self.server().setup()

@@ -131,6 +131,30 @@ def lag_from_rows(rows: Sequence[Mapping[str, Any]], group: str, max_lag_seconds
     return ReplicaLag(state, behind, seconds, applied, now, max_lag_seconds, tuple(details))
 
 
+def probe_database(engine: SqlServerEngine, database: str, *, timeout: float,
+                   require_writable: bool = True) -> ProbeResult:
+    """Connect through ``engine``, read whether ``database`` takes writes there (ONLINE, READ_WRITE); never raises."""
+    at = datetime.now(UTC)
+    t0 = time.perf_counter()
+
+    def result(ok: bool, detail: str, writable: bool | None = None) -> ProbeResult:
+        return ProbeResult(target=engine.endpoint, ok=ok, kind="db", latency_ms=(time.perf_counter() - t0) * 1000,
+                           detail=detail, at=at, writable=writable)
+
+    try:
+        with engine.session() as session:
+            row = session.run(tsql.database_writable(database)).one()
+    except (DatabaseUnreachableError, SqlServerError) as exc:
+        return result(False, _first_line(exc))
+    status, updateability = row.get("status"), row.get("updateability")
+    writable = status == "ONLINE" and updateability == "READ_WRITE"
+    elapsed = time.perf_counter() - t0
+    how = "writable" if writable else f"not writable here ({status or 'no such database'}, {updateability or '?'})"
+    if elapsed > timeout:
+        return result(False, f"timeout after {timeout:g}s (answered in {elapsed:.1f}s)", writable)
+    return result(writable or not require_writable, how, writable)
+
+
 def _promotion(report: ag.FailoverReport, seconds: float, at: datetime) -> Promotion:
     lsns = report.end_of_log_lsn.get(report.new_primary, {})
     position = f"{report.new_primary}: " + (", ".join(f"{db} end of log {lsn}" for db, lsn in lsns.items())
@@ -195,26 +219,8 @@ class SqlServerDr:
 
     def probe(self, side: Side, *, timeout: float, require_writable: bool = True) -> ProbeResult:
         """Connect, read whether the database takes writes here (ONLINE, READ_WRITE); never raises."""
-        engine = self.engine(side, timeout=timeout)
-        at = datetime.now(UTC)
-        t0 = time.perf_counter()
-
-        def result(ok: bool, detail: str, writable: bool | None = None) -> ProbeResult:
-            return ProbeResult(target=engine.endpoint, ok=ok, kind="db", latency_ms=(time.perf_counter() - t0) * 1000,
-                               detail=detail, at=at, writable=writable)
-
-        try:
-            with engine.session() as session:
-                row = session.run(tsql.database_writable(self.settings.database)).one()
-        except (DatabaseUnreachableError, SqlServerError) as exc:
-            return result(False, _first_line(exc))
-        status, updateability = row.get("status"), row.get("updateability")
-        writable = status == "ONLINE" and updateability == "READ_WRITE"
-        elapsed = time.perf_counter() - t0
-        how = "writable" if writable else f"not writable here ({status or 'no such database'}, {updateability or '?'})"
-        if elapsed > timeout:
-            return result(False, f"timeout after {timeout:g}s (answered in {elapsed:.1f}s)", writable)
-        return result(writable or not require_writable, how, writable)
+        return probe_database(self.engine(side, timeout=timeout), self.settings.database, timeout=timeout,
+                              require_writable=require_writable)
 
     def _lag(self, engine: SqlServerEngine) -> ReplicaLag:
         with engine.session() as session:
