@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from cli import app
@@ -87,6 +88,9 @@ def _backed_up_timeline(w: World, backup_id: str) -> int:
 
 
 def test_backups_follow_the_primary_through_failover_and_failback(world: World) -> None:  # noqa: F811
+    policy = yaml.safe_load(Path(world.config).read_text())
+    policy["databases"]["app"]["failback"] = {"hold": "1s", "probe_interval": "0.2s"}  # traffic steps: quick
+    Path(world.config).write_text(yaml.safe_dump(policy, sort_keys=False))
     backup(world, "full")
     _write(world.sb.dsn, 1, 2)
     backup(world, "log")
@@ -108,7 +112,7 @@ def test_backups_follow_the_primary_through_failover_and_failback(world: World) 
     _write(world.standby.dsn(), 6)
     log_id = backup(world, "log")
     assert _backed_up_timeline(world, log_id) == 2
-    full_id = backup(world, "full").strip().splitlines()[-1]
+    full_id = backup(world, "full")
     assert _backed_up_timeline(world, full_id) == 2
     _write(world.standby.dsn(), 7)
     backup(world, "log")
