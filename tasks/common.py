@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,9 +23,7 @@ from prefect import get_client, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.context import ConcurrencyContext
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import MissingContextError, ObjectNotFound
+from prefect.exceptions import MissingContextError, ObjectNotFound, PrefectHTTPStatusError
 from prefect.variables import Variable
 
 from drkit.config import load_policy
@@ -103,8 +102,11 @@ def ensure_limit(name: str, limit: int = 1) -> None:
 
 LOCK_LEASE_SECONDS = 60.0
 """Prefect's lease on a database lock's slot: the shortest the server accepts (it refuses under 60 s).
-The holder's process renews it every 45 s while it lives; if the process dies, the server takes the
-slot back once the lease lapses (its repossessor looks every 15 s): within about 75 s."""
+The holder's process renews it every 20 s while it lives (:class:`_LeaseRenewer`); if the process dies,
+the server takes the slot back once the lease lapses (its repossessor looks every 15 s): within about 75 s."""
+
+LOCK_RENEW_SECONDS = 20.0
+"""How often the holder renews its lease (three chances before it lapses)."""
 
 LOCK_POLL_SECONDS = 2.0
 """How often a waiting backup looks whether the lock is free, or its holder a process that is gone."""
@@ -126,6 +128,10 @@ def _holder_variable(db: str) -> str:
 def database_lock(db: str, timeout_seconds: float = 3600) -> Iterator[None]:
     """At most one backup of ``db`` at a time, across processes and workers (strict: never a no-op).
 
+    Each attempt is one call to the Prefect API that either takes the slot with a lease or answers that it
+    is taken (``423 Locked``): no acquisition is left pending when a waiter gives up, so the server never
+    grants the slot to a waiter that has stopped waiting. The holder renews its lease while it works.
+
     A holder killed outright (SIGKILL, OOM) cannot release its slot. Its lease lapses within about 75 s
     (:data:`LOCK_LEASE_SECONDS`), but a waiter does not wait for that when it can tell: the holder
     records its lease and process in a Prefect Variable, and a waiter on the same host that finds that
@@ -135,25 +141,18 @@ def database_lock(db: str, timeout_seconds: float = 3600) -> Iterator[None]:
     ensure_limit(name)
     deadline = time.monotonic() + timeout_seconds
     while True:
-        if _slot_free(name):
-            acquired = False
+        lease = _try_acquire(name)
+        if lease is not None:
+            renewer = _LeaseRenewer(db, lease)
+            _record_holder(db, lease)
             try:
-                wait = max(1.0, min(LOCK_POLL_SECONDS, deadline - time.monotonic()))
-                with ConcurrencyContext() as ctx, concurrency(
-                        name, occupy=1, timeout_seconds=wait, strict=True, lease_duration=LOCK_LEASE_SECONDS):
-                    acquired = True
-                    lease = ctx.cleanup_lease_ids[-1] if ctx.cleanup_lease_ids else None
-                    _record_holder(db, lease)
-                    try:
-                        yield
-                    finally:
-                        _forget_holder(db, lease)
-                    return
-            except TimeoutError:
-                if acquired:
-                    raise
-                # another waiter took the slot first: wait for it like for any holder
-        elif _release_dead_holder(db):
+                yield
+            finally:
+                renewer.stop()
+                _forget_holder(db, lease)
+                _release(lease)
+            return
+        if _release_dead_holder(db):
             continue
         if time.monotonic() >= deadline:
             raise BackupInProgressError(
@@ -162,11 +161,48 @@ def database_lock(db: str, timeout_seconds: float = 3600) -> Iterator[None]:
         time.sleep(min(LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
 
-def _slot_free(name: str) -> bool:
-    """Whether the limit has a free slot now (polled here: a Prefect acquisition that times out logs an error)."""
+def _try_acquire(name: str) -> UUID | None:
+    """Take the lock's slot with a lease (its id), or None when another holder has it."""
     with get_client(sync_client=True) as client:
-        limit = client.read_global_concurrency_limit_by_name(name)
-    return limit.active_slots < limit.limit
+        try:
+            response = client.increment_concurrency_slots_with_lease(
+                names=[name], slots=1, mode="concurrency", lease_duration=LOCK_LEASE_SECONDS)
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 423:
+                return None
+            raise
+    return UUID(str(response.json()["lease_id"]))
+
+
+def _release(lease: UUID) -> None:
+    try:
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(lease)
+    except Exception as exc:  # the lease lapses on its own within LOCK_LEASE_SECONDS
+        _log().warning("could not release the backup lock's lease %s (it lapses within %.0f s): %s",
+                       lease, LOCK_LEASE_SECONDS, exc)
+
+
+class _LeaseRenewer:
+    """Renews the lock's lease every :data:`LOCK_RENEW_SECONDS` until stopped (a daemon thread)."""
+
+    def __init__(self, db: str, lease: UUID) -> None:
+        self.db, self.lease = db, lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"drkit-lock-{db}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(LOCK_RENEW_SECONDS):
+            try:
+                with get_client(sync_client=True) as client:
+                    client.renew_concurrency_lease(self.lease, lease_duration=LOCK_LEASE_SECONDS)
+            except Exception as exc:  # tried again at the next turn, while the lease still runs
+                logging.getLogger("drkit.lock").warning("could not renew the backup lock of %s: %s", self.db, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 def _record_holder(db: str, lease: UUID | None) -> None:
