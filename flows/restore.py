@@ -54,7 +54,8 @@ def restore_point_in_time(
     if archived:
         rearchive(archived, config)
     checks = validate_restored(db, result, config) if run_checks else []
-    publish_restore_report(result, checks)
+    running = keep_running or result.running and result.port is None
+    publish_restore_report(result, checks, running=running)
     if not keep_running:
         release_restored(db, result, config)
     failed = [c for c in checks if not c.ok]
@@ -62,7 +63,7 @@ def restore_point_in_time(
         raise VerificationError(f"the database restored into {result.location} failed validation: "
                                 + "; ".join(f"{c.name}: {c.detail[:200]}" for c in failed))
     return {"into": result.location, "data_dir": result.location, "port": result.port,
-            "running": keep_running or result.running and result.port is None, "connect": result.connect,
+            "running": running, "connect": result.connect,
             "reaches": plan.reaches.isoformat(), "pieces": [p.backup.id for p in plan.pieces],
             "seconds": round(result.seconds, 2), "checks": [c.name for c in checks],
             "read_from": result.read_from, "warnings": result.warnings}

@@ -48,13 +48,17 @@ def execute_restore(db: str, plan: RestorePlan, into: str, port: int | None, kee
 
 
 @task(name="publish-restore-report", cache_policy=NO_CACHE)
-def publish_restore_report(result: RestoreResult, checks: list[CheckResult] | None = None) -> None:
+def publish_restore_report(result: RestoreResult, checks: list[CheckResult] | None = None,
+                           running: bool | None = None) -> None:
+    """The restore's report artifact. ``running``: whether the restored copy is left running when the run ends
+    (default: whether it runs now, e.g. a standby that waits for an approval)."""
     plan = result.plan
+    running = result.running if running is None else running
     lines = [f"# Restore of {plan.database}", "",
              f"* target: **{plan.target_time.isoformat() if plan.target_time else 'latest'}**"
              f" (recovery: {plan.recovery}, reaches {plan.reaches.isoformat()})",
-             f"* into: `{result.location}` ({'running' if result.running else 'stopped'}); "
-             f"to connect: `{result.connect}`",
+             f"* into: `{result.location}` "
+             + (f"(running; to connect: `{result.connect}`)" if running else "(stopped after the checks)"),
              f"* {result.bytes_read} bytes restored in {result.seconds:.1f} s", "",
              "| piece | backup | tier | bytes |", "|---|---|---|---|"]
     lines += [f"| {p.role} | {p.backup.id} | {result.read_from.get(p.backup.id, p.tier)} | {p.stored_bytes} |"

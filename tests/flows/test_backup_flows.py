@@ -58,6 +58,13 @@ def test_full_diff_log_flows_record_backups_and_publish_artifacts(
         cluster.stop()
     report = Artifact.get("app-restore-report")
     assert report is not None and full_id in str(report.data) and log_id in str(report.data)
+    assert "(running; to connect:" in str(report.data)
+
+    out = restore_point_in_time(db="app", into=str(scratch / "r2"), config=cfg)  # not kept: stopped at the end
+    assert out["running"] is False
+    report = Artifact.get("app-restore-report")
+    assert report is not None and str(scratch / "r2") in str(report.data)
+    assert "(stopped after the checks)" in str(report.data) and "to connect" not in str(report.data)
 
 
 def test_two_backups_of_one_database_never_overlap(sandbox: Sandbox, rt: Runtime) -> None:
