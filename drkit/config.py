@@ -296,6 +296,34 @@ class ApprovalsConfig(_Model):
         return self
 
 
+class MetricsConfig(_Model):
+    """``metrics``: the HTTP listener ``drkit serve`` starts (Prometheus ``/metrics``, the Alertmanager receiver).
+
+    ``listen``: ``host:port`` (null: no listener); ``alert_token_env``: the environment variable holding the
+    bearer token the Alertmanager receiver requires."""
+
+    listen: str | None = "127.0.0.1:9187"
+    alert_token_env: str = "DRKIT_ALERT_TOKEN"  # noqa: S105 - the name of a variable, not a token
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_listen(v)
+        return v
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``'127.0.0.1:9187'``, ``'[::1]:9187'`` or ``':9187'`` (all addresses) -> (host, port)."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port like '127.0.0.1:9187', got {value!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if any(c.isspace() or c in "[]/" for c in host):
+        raise ValueError(f"expected host:port like '127.0.0.1:9187', got {value!r}")
+    return host, int(port)
+
+
 def _default_tiers() -> dict[str, TierConfig]:
     return {"local": TierConfig(store="filesystem", path=Path("var/drkit/local"), keep_days=7)}
 
@@ -310,6 +338,7 @@ class Policy(_Model):
     catalog_check_schedule: Cron | None = "0 6 * * *"  # the daily `drkit catalog check --repair` (UTC)
     databases: dict[str, DatabaseConfig] = Field(default_factory=dict)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     notifications: dict[str, list[str]] = Field(default_factory=dict)
     base_dir: Path = Field(default=Path("."), exclude=True)
 
