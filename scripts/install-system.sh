@@ -14,6 +14,10 @@ command -v zstd >/dev/null || need+=(zstd)
 ldconfig -p 2>/dev/null | grep -q 'libodbc\.so\.2' || need+=(unixodbc)
 # HAProxy (traffic router tests drive a real one through its runtime API); the package's service is not used.
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# Prometheus (promtool tests the alert rules; the scrape test runs a real server) and Alertmanager (amtool checks
+# the routing example); tests start their own processes, the packages' services are not used.
+command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
+command -v amtool >/dev/null && command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
@@ -25,5 +29,16 @@ if [ ${#need[@]} -gt 0 ]; then
   if command -v pg_lsclusters >/dev/null && [ -n "$(pg_lsclusters -h 2>/dev/null)" ]; then
     $SUDO pg_ctlcluster 15 main stop 2>/dev/null || true
   fi
+  # Debian's prometheus packages start their services (and node-exporter, should it come along); stop any that did.
+  for svc in prometheus prometheus-alertmanager prometheus-node-exporter; do
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+      if systemctl is-active --quiet "$svc" 2>/dev/null; then
+        $SUDO systemctl stop "$svc" || true
+        $SUDO systemctl disable "$svc" 2>/dev/null || true
+      fi
+    elif [ -x "/etc/init.d/$svc" ] && "/etc/init.d/$svc" status >/dev/null 2>&1; then
+      $SUDO "/etc/init.d/$svc" stop || true
+    fi
+  done
 fi
 id postgres >/dev/null 2>&1 || { echo "the postgres OS user is missing (install postgresql-15)"; exit 1; }
