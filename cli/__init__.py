@@ -13,6 +13,7 @@ import cli.dr
 import cli.replica
 import cli.approvals
 import cli.status
+import cli.metrics
 import cli.deployments
 import cli.service
 import cli.server

@@ -5,9 +5,11 @@ Each engine runs a plan its own way (``Engine.restore``); what to read is its ch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from drkit.binding import require_key
+from drkit.catalog.records import AuditRecord
 from drkit.engines.base import ChainModel
 from drkit.errors import ConfigError
 from drkit.plans import RestorePlan
@@ -37,10 +39,18 @@ def make_plan(rt: Runtime, db: str, chain: ChainModel, target: datetime | None, 
     return plan
 
 
-def estimated_seconds(rt: Runtime, db: str, plan: RestorePlan) -> tuple[float, str]:
-    """Estimated restore time from the last verification's measured throughput (else an assumed 100 MiB/s)."""
-    for event in reversed(rt.catalog.audit_events(database=db, action="backup.verify")):
+def measured_rate_mib_s(verifications: Sequence[AuditRecord]) -> float | None:
+    """Stored MiB/s read by the newest of these ``backup.verify`` events (oldest first) that measured one."""
+    for event in reversed(verifications):
         rate = float(event.detail.get("stored_throughput_mib_s") or 0)
         if rate > 0:
-            return plan.total_bytes / 2**20 / rate, f"at {rate:.0f} MiB/s measured by the last verification"
+            return rate
+    return None
+
+
+def estimated_seconds(rt: Runtime, db: str, plan: RestorePlan) -> tuple[float, str]:
+    """Estimated restore time from the last verification's measured throughput (else an assumed 100 MiB/s)."""
+    rate = measured_rate_mib_s(rt.catalog.audit_events(database=db, action="backup.verify"))
+    if rate is not None:
+        return plan.total_bytes / 2**20 / rate, f"at {rate:.0f} MiB/s measured by the last verification"
     return plan.total_bytes / 2**20 / 100, "at an assumed 100 MiB/s (no verification measured yet)"

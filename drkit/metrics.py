@@ -1,0 +1,294 @@
+"""Prometheus metrics: drkit's state read afresh from the catalog and the DR replicas at each scrape.
+
+:class:`DrkitCollector` is a ``prometheus_client`` custom collector on its own registry
+(:func:`metrics_registry`): each scrape reads the catalog once (every backup, copy and the audit events the
+metrics use, for all databases together), derives each database's status with :func:`drkit.status.database_status`
+(the numbers ``drkit status`` shows), and probes every DR replica's lag through the engine's DR operations at
+the same time, each bounded by :data:`PROBE_TIMEOUT`. A catalog that cannot be read gives
+``drkit_exporter_collect_success 0`` (and no catalog metric), never a failed scrape; a replica that does not
+answer gives ``drkit_replica_up 0`` and no lag.
+
+The metric names are listed in README "Monitoring"; approvals waiting come from a callable the caller gives
+(``drkit serve`` asks Prefect; ``drkit`` itself cannot).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from drkit.catalog.records import AuditRecord, BackupRecord, CopyRecord
+from drkit.engines import chain_for, dr_operations
+from drkit.errors import RestorePlanError
+from drkit.restore import measured_rate_mib_s
+from drkit.runtime import Runtime
+from drkit.status import DatabaseStatus, database_status
+
+PROBE_TIMEOUT = 2.0
+"""Seconds one replica's lag probe may take (libpq's floor to connect to a silent host is 2 s)."""
+
+Approvals = Callable[[], Sequence[datetime]]
+"""Start times of the runs paused for an approval now."""
+
+KINDS = ("full", "diff", "log")
+VERIFY, CHECK, DRILL_OK, DRILL_FAILED = "backup.verify", "catalog.check", "drill.completed", "drill.failed"
+REPLICA_DOWN_STATES = frozenset({"disconnected", "absent"})
+"""Lag states in which the replica itself did not answer (the primary reports it gone)."""
+
+
+def _ts(t: datetime) -> float:
+    return t.timestamp()
+
+
+def _end(b: BackupRecord) -> datetime:
+    return b.end_time or b.finished_at or b.started_at
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One read of the catalog: everything the catalog metrics need, for every database."""
+
+    backups: list[BackupRecord]
+    copies: list[CopyRecord]
+    verifications: list[AuditRecord]
+    drills: list[AuditRecord]
+    check: AuditRecord | None
+
+    @classmethod
+    def read(cls, rt: Runtime) -> Snapshot:
+        cat = rt.catalog
+        return cls(backups=cat.list_backups(), copies=cat.all_copies(),
+                   verifications=cat.audit_events(action=VERIFY),
+                   drills=cat.audit_events(action=DRILL_OK) + cat.audit_events(action=DRILL_FAILED),
+                   check=cat.latest_audit(CHECK))
+
+
+@dataclass(frozen=True)
+class ReplicaProbe:
+    up: bool
+    lag_seconds: float | None
+
+
+def probe_replica(rt: Runtime, db: str, timeout: float = PROBE_TIMEOUT) -> ReplicaProbe:
+    """The DR replica's lag through the engine's DR operations; never raises (a failure is ``up`` False)."""
+    try:
+        lag = dr_operations(rt, db).lag(timeout=timeout)
+    except Exception:  # a metric must not fail because one server is down or misconfigured
+        return ReplicaProbe(False, None)
+    if lag.state in REPLICA_DOWN_STATES:
+        return ReplicaProbe(False, None)
+    return ReplicaProbe(True, lag.seconds)
+
+
+class _Families:
+    """The gauge families of one scrape, made on first use, yielded in the order they were first set."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, GaugeMetricFamily] = {}
+
+    def set(self, name: str, doc: str, value: float, **labels: str) -> None:
+        family = self._families.get(name)
+        if family is None:
+            family = self._families[name] = GaugeMetricFamily(name, doc, labels=list(labels))
+        family.add_metric(list(labels.values()), float(value))
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter(self._families.values())
+
+
+class DrkitCollector(Collector):
+    """drkit's metrics for the policy of ``rt``; ``approvals`` (None: those two metrics are left out)."""
+
+    def __init__(self, rt: Runtime, *, approvals: Approvals | None = None,
+                 now: Callable[[], datetime] | None = None, probe_timeout: float = PROBE_TIMEOUT) -> None:
+        self.rt = rt
+        self.approvals = approvals
+        self._now = now or (lambda: datetime.now(UTC))
+        self._probe_timeout = probe_timeout
+        self._lock = threading.Lock()
+        # One thread reads the catalog, whichever thread scrapes: the SQLite reader keeps one connection per
+        # thread, and a threaded HTTP server would otherwise leave one behind per request.
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drkit-metrics")
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not scrape (a registry collects a collector without ``describe``)
+
+    def close(self) -> None:
+        self._reader.shutdown(wait=True)
+        self.rt.close()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:  # scrapes at once wait for each other rather than probe every replica twice
+            return iter(self._collect())
+
+    def _collect(self) -> list[Metric]:
+        now = self._now()
+        out = _Families()
+        dbs = list(self.rt.policy.databases)
+        with_replica = [db for db in dbs if self.rt.policy.databases[db].replica is not None]
+        with ThreadPoolExecutor(max_workers=max(1, len(with_replica))) as pool:
+            probes = {db: pool.submit(probe_replica, self.rt, db, self._probe_timeout) for db in with_replica}
+            snapshot: Snapshot | None
+            try:
+                snapshot = self._reader.submit(Snapshot.read, self.rt).result()
+            except Exception:  # an unreadable catalog is a metric, not a failed scrape
+                snapshot = None
+            if snapshot is not None:
+                try:
+                    staged = _Families()
+                    self._catalog_metrics(staged, snapshot, now)
+                except Exception:  # records the planner cannot read: as unreadable
+                    snapshot = None
+                else:
+                    out = staged
+            self._policy_metrics(out)
+            self._replica_metrics(out, probes)
+        self._approval_metrics(out, now)
+        out.set("drkit_exporter_collect_success", "1 = this scrape read the catalog, 0 = it could not",
+                1 if snapshot is not None else 0)
+        return list(out)
+
+    # -- from the catalog ----------------------------------------------------------------------------------
+
+    def _catalog_metrics(self, out: _Families, snap: Snapshot, now: datetime) -> None:
+        rt = self.rt
+        from drkit.tiers.naming import tier_location
+
+        tiers = rt.tier_order
+        locations = {t: tier_location(rt.policy, t) for t in tiers}
+        for db in rt.policy.databases:
+            chain = chain_for(rt, db)
+            st = database_status(db, snap.backups, snap.copies, now=now, tier_order=tiers, chain=chain,
+                                 locations=locations)
+            self._backups(out, db, st, [b for b in snap.backups if b.database == db], now)
+            mine = {b.id for b in snap.backups if b.database == db}
+            for tier in tiers:
+                stored = sum(c.stored_bytes for c in snap.copies
+                             if c.tier == tier and c.status == "complete" and c.backup_id in mine)
+                out.set("drkit_stored_bytes", "bytes of complete copies stored per tier", stored,
+                        database=db, tier=tier)
+            verifications = [e for e in snap.verifications if e.database == db]
+            self._verification(out, db, verifications, st, snap, now)
+            self._drill(out, db, [e for e in snap.drills if e.database == db])
+        if snap.check is not None:
+            out.set("drkit_catalog_check_last_timestamp_seconds", "time of the last catalog check",
+                    _ts(snap.check.at))
+            out.set("drkit_catalog_check_findings", "findings the last catalog check left",
+                    int(snap.check.detail.get("remaining") or 0))
+
+    @staticmethod
+    def _backups(out: _Families, db: str, st: DatabaseStatus, mine: list[BackupRecord], now: datetime) -> None:
+        for kind in KINDS:
+            newest = st.newest[kind]
+            if newest is not None:
+                out.set("drkit_backup_last_success_timestamp_seconds",
+                        "end time of the newest restorable backup of that kind", _ts(_end(newest)),
+                        database=db, kind=kind)
+                out.set("drkit_backup_age_seconds", "now - the end of the newest restorable backup of that kind",
+                        (now - _end(newest)).total_seconds(), database=db, kind=kind)
+            failed = [b.started_at for b in mine if b.kind == kind and b.status == "failed"]
+            if failed:
+                out.set("drkit_backup_last_failure_timestamp_seconds",
+                        "start time of the newest failed backup of that kind", _ts(max(failed)),
+                        database=db, kind=kind)
+        if st.restorable_until is not None and st.rpo_seconds is not None:
+            out.set("drkit_restorable_until_timestamp_seconds", "newest point a restore can reach",
+                    _ts(st.restorable_until), database=db)
+            out.set("drkit_rpo_seconds", "now - restorable until: the data-loss window now", st.rpo_seconds,
+                    database=db)
+        out.set("drkit_chain_copies", "copies of the newest restorable chain (the fewest any piece has)",
+                st.copies, database=db)
+        out.set("drkit_chain_stores", "distinct stores holding every piece of the newest restorable chain",
+                st.stores, database=db)
+
+    def _verification(self, out: _Families, db: str, events: list[AuditRecord], st: DatabaseStatus,
+                      snap: Snapshot, now: datetime) -> None:
+        if events:
+            last = max(events, key=lambda e: (e.at, e.id))
+            out.set("drkit_verification_last_timestamp_seconds", "time of the newest verification",
+                    _ts(last.at), database=db)
+            out.set("drkit_verification_last_success", "1 = the newest verification passed, 0 = it failed",
+                    1 if last.detail.get("passed") else 0, database=db)
+        rate = measured_rate_mib_s(events)
+        if rate is None:
+            return
+        out.set("drkit_restore_throughput_bytes_per_second",
+                "stored bytes per second read by the last verification's restore", rate * 2**20, database=db)
+        if st.restorable_until is None:
+            return
+        try:
+            plan = chain_for(self.rt, db).plan_restore(db, [b for b in snap.backups if b.database == db],
+                                                       snap.copies, target=None, now=now,
+                                                       tier_order=self.rt.tier_order)
+        except RestorePlanError:
+            return
+        out.set("drkit_estimated_rto_seconds", "estimated time to read the newest chain at the measured throughput",
+                plan.total_bytes / 2**20 / rate, database=db)
+
+    @staticmethod
+    def _drill(out: _Families, db: str, events: list[AuditRecord]) -> None:
+        if not events:
+            return
+        last = max(events, key=lambda e: (e.at, e.id))
+        ok = last.action == DRILL_OK
+        out.set("drkit_drill_last_timestamp_seconds", "time of the last DR drill", _ts(last.at), database=db)
+        out.set("drkit_drill_last_success", "1 = the last drill completed and met both targets",
+                1 if ok and last.detail.get("met") else 0, database=db)
+        completed = [e for e in events if e.action == DRILL_OK]
+        if completed:
+            done = max(completed, key=lambda e: (e.at, e.id)).detail
+            for what in ("rto", "rpo"):
+                value = done.get(f"{what}_seconds")
+                if isinstance(value, (int, float)):
+                    out.set(f"drkit_drill_last_{what}_seconds", f"measured {what.upper()} of the last completed drill",
+                            value, database=db)
+
+    # -- from the policy, the replicas and the approvals ---------------------------------------------------
+
+    def _policy_metrics(self, out: _Families) -> None:
+        for db, cfg in self.rt.policy.databases.items():
+            for what in ("rpo", "rto"):
+                target = getattr(cfg, f"{what}_target", None)  # the drill's policy keys
+                if target is not None:
+                    out.set(f"drkit_{what}_target_seconds", f"policy {what}_target", target.total_seconds(),
+                            database=db)
+            if cfg.replica is not None:
+                out.set("drkit_replica_max_lag_seconds", "policy replica.max_lag_seconds",
+                        cfg.replica.max_lag_seconds, database=db)
+
+    @staticmethod
+    def _replica_metrics(out: _Families, probes: Mapping[str, Future[ReplicaProbe]]) -> None:
+        for db, future in probes.items():
+            probe = future.result()
+            out.set("drkit_replica_up", "1 = the DR replica answered the probe, 0 = not", 1 if probe.up else 0,
+                    database=db)
+            if probe.lag_seconds is not None:
+                out.set("drkit_replica_lag_seconds", "replay lag of the DR replica", probe.lag_seconds, database=db)
+
+    def _approval_metrics(self, out: _Families, now: datetime) -> None:
+        if self.approvals is None:
+            return
+        try:
+            since = list(self.approvals())
+        except Exception:  # Prefect not answering: the approvals are unknown, the rest still scraped
+            return
+        out.set("drkit_approvals_waiting", "runs paused for an approval now", len(since))
+        oldest = max(((now - t).total_seconds() for t in since), default=0.0)
+        out.set("drkit_approval_oldest_wait_seconds", "how long the oldest paused run has waited (0 if none)",
+                max(0.0, oldest))
+
+
+def metrics_registry(rt: Runtime, *, approvals: Approvals | None = None,
+                     **options: Any) -> tuple[CollectorRegistry, DrkitCollector]:
+    """A registry of its own (no process or GC metrics) holding drkit's collector for ``rt``'s policy."""
+    registry = CollectorRegistry()
+    collector = DrkitCollector(rt, approvals=approvals, **options)
+    registry.register(collector)
+    return registry, collector
