@@ -10,15 +10,67 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from drkit.alerts import receive, token_env_name
+from drkit.alerts import FIRING_EVENT, database_resource, receive, token_env_name
 from drkit.config import Policy
+
+if TYPE_CHECKING:
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
 ALERTMANAGER_PATH = "/alertmanager"
 
 Handler = Callable[[bytes, "str | None"], "tuple[int, str]"]
 
 log = logging.getLogger("drkit.alerts")
+
+BACKUP_ALERTS = {"log": ("DrkitLogBackupTooOld", 30 * 60), "full": ("DrkitFullBackupTooOld", 6 * 3600)}
+"""Backup kind -> (the alert that starts a backup of that kind at once, the trigger's cooldown in seconds).
+
+Alertmanager re-sends a firing alert every ``repeat_interval`` (and on group changes); the trigger is reactive
+with ``threshold: 1, within: cooldown``, so Prefect runs the deployment on the first notification and ignores
+the repeats for the rest of the window: at most one alert-started log backup per 30 minutes per database (the
+alert's own threshold) and one full per 6 hours. A backup that is still running when a second one starts
+waits for the database's backup lock; it never runs twice at once."""
+
+
+@dataclass(frozen=True)
+class AlertTrigger:
+    """Run the deployment carrying this when Alertmanager reports ``alertname`` firing for database ``db``
+    (once per ``cooldown_seconds``). The same document is written to ``prefect.yaml`` and served."""
+
+    db: str
+    alertname: str
+    cooldown_seconds: int
+
+    def document(self) -> dict[str, Any]:
+        """The ``triggers:`` entry of ``prefect.yaml`` (Prefect's deployment-trigger schema)."""
+        return {
+            "type": "event",
+            "name": f"{self.db}: {self.alertname}",
+            "description": f"{self.alertname} firing for {self.db} (Alertmanager): run now, at most once per "
+                           f"{self.cooldown_seconds // 60} min",
+            "enabled": True,
+            "match": {"prefect.resource.id": database_resource(self.db), "drkit.alertname": self.alertname},
+            "expect": [FIRING_EVENT],
+            "posture": "Reactive",
+            "threshold": 1,
+            "within": self.cooldown_seconds,
+        }
+
+    def to_prefect(self) -> DeploymentEventTrigger:
+        from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+        return DeploymentEventTrigger.model_validate(self.document())
+
+
+def backup_triggers(db: str, kind: str) -> tuple[AlertTrigger, ...]:
+    """The alert triggers of ``db``'s ``kind`` backup deployment (none for a differential)."""
+    if kind not in BACKUP_ALERTS:
+        return ()
+    alertname, cooldown = BACKUP_ALERTS[kind]
+    return (AlertTrigger(db, alertname, cooldown),)
 
 
 def alert_routes(policy: Policy) -> dict[str, Handler]:

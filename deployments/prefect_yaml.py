@@ -46,6 +46,7 @@ def _deployment(spec: Spec, pool: str) -> dict[str, Any]:
         "schedules": ([{"cron": spec.schedule.cron, "timezone": spec.schedule.timezone, "active": True}]
                       if spec.schedule else []),
         "work_pool": {"name": pool, "work_queue_name": "default"},
+        **({"triggers": [t.document() for t in spec.triggers]} if spec.triggers else {}),
     }
 
 

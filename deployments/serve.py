@@ -19,6 +19,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from deployments.alert_events import AlertTrigger, backup_triggers
 from drkit.config import Policy, load_policy
 from drkit.engines import open_engine
 from drkit.runtime import Runtime
@@ -52,7 +53,7 @@ class Schedule:
 @dataclass(frozen=True)
 class Spec:
     """One deployment: which flow (``module:function``), its name, fixed parameters, schedule (None: on demand
-    only) and tags."""
+    only), tags and the alerts that start it (``deployments.alert_events``)."""
 
     target: str
     name: str
@@ -60,6 +61,7 @@ class Spec:
     description: str
     tags: list[str] = field(default_factory=list)
     schedule: Schedule | None = None
+    triggers: tuple[AlertTrigger, ...] = ()
 
     @property
     def entrypoint(self) -> str:
@@ -78,7 +80,8 @@ class Spec:
 
         deployment = self.flow().to_deployment(
             name=self.name, parameters=self.parameters, tags=self.tags, description=self.description,
-            schedule=Cron(self.schedule.cron, timezone=self.schedule.timezone) if self.schedule else None)
+            schedule=Cron(self.schedule.cron, timezone=self.schedule.timezone) if self.schedule else None,
+            triggers=[t.to_prefect() for t in self.triggers])
         assert isinstance(deployment, RunnerDeployment)  # called from sync code: never a coroutine
         return deployment
 
@@ -91,7 +94,8 @@ def _scheduled(policy: Policy, config: str) -> list[Spec]:
             cron = getattr(cfg.schedules, kind)
             if cron is not None:
                 specs.append(Spec(flow, f"{db}-{kind}", params, f"{kind} backup of {db} on '{cron}' ({cfg.timezone})",
-                                  ["drkit", f"db:{db}", kind], Schedule(cron, cfg.timezone)))
+                                  ["drkit", f"db:{db}", kind], Schedule(cron, cfg.timezone),
+                                  backup_triggers(db, kind)))
         if cfg.replica is not None:
             specs.append(Spec(REPLICA_LAG, f"{db}-replica-lag", params,
                               f"DR replica lag of {db}; alerts past replica.max_lag_seconds",
@@ -152,16 +156,7 @@ def build_deployments(policy: Policy, config_path: str) -> list[RunnerDeployment
 
 
 def serve_all(config_path: str) -> None:
-    """Serve every deployment, with the policy's HTTP listener (metrics, Alertmanager receiver) beside them."""
     from prefect import serve
 
-    from deployments.metrics_sources import start_listener
-
     policy = load_policy(config_path)
-    deployments = build_deployments(policy, config_path)
-    listener = start_listener(policy)
-    try:
-        serve(*deployments, limit=DEFAULT_LIMIT)
-    finally:
-        if listener is not None:
-            listener.stop()
+    serve(*build_deployments(policy, config_path), limit=DEFAULT_LIMIT)

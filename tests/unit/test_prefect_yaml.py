@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
+from pydantic import TypeAdapter
 from typer.testing import CliRunner
 
 from cli import app
@@ -53,19 +55,38 @@ def test_prefect_yaml_declares_what_serve_builds() -> None:
     finally:
         os.chdir(cwd)
 
+    triggers = TypeAdapter(list[DeploymentTriggerTypes])  # how `prefect deploy` reads `triggers:`
+
     def served(d: Any) -> dict[str, Any]:
         return {"entrypoint": d.entrypoint, "parameters": d.parameters, "tags": d.tags,
                 "description": d.description,
-                "schedules": [(s.schedule.cron, s.schedule.timezone, s.active) for s in d.schedules]}
+                "schedules": [(s.schedule.cron, s.schedule.timezone, s.active) for s in d.schedules],
+                "triggers": [t.model_dump(mode="json") for t in d.triggers]}
 
     def yaml_side(d: dict[str, Any]) -> dict[str, Any]:
         return {"entrypoint": d["entrypoint"], "parameters": d["parameters"], "tags": d["tags"],
                 "description": d["description"],
-                "schedules": [(s["cron"], s["timezone"], s["active"]) for s in d["schedules"]]}
+                "schedules": [(s["cron"], s["timezone"], s["active"]) for s in d["schedules"]],
+                "triggers": [t.model_dump(mode="json") for t in triggers.validate_python(d.get("triggers", []))]}
 
     assert {d["name"]: yaml_side(d) for d in declared["deployments"]} == {d.name: served(d) for d in built}
     assert {d["name"] for d in declared["deployments"] if not d["schedules"]} == {
         "orders-restore", "orders-verify-backup", "orders-recover", "catalog-check-now"}
+
+
+def test_backup_too_old_alerts_start_the_backup_of_their_database() -> None:
+    declared = {d["name"]: d.get("triggers", []) for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())[
+        "deployments"]}
+    started = {name: [(t["expect"], t["match"], t["posture"], t["threshold"]) for t in ts]
+               for name, ts in declared.items() if ts}
+    assert started == {
+        "orders-full": [(["drkit.alert.firing"], {"prefect.resource.id": "drkit.database.orders",
+                                                  "drkit.alertname": "DrkitFullBackupTooOld"}, "Reactive", 1)],
+        "orders-log": [(["drkit.alert.firing"], {"prefect.resource.id": "drkit.database.orders",
+                                                 "drkit.alertname": "DrkitLogBackupTooOld"}, "Reactive", 1)]}
+    # repeats of a firing alert inside the window start nothing more
+    assert declared["orders-log"][0]["within"] == 1800
+    assert declared["orders-full"][0]["within"] == 6 * 3600
 
 
 def test_writing_prefect_yaml_needs_no_prefect_server(tmp_path: Path) -> None:
