@@ -156,7 +156,16 @@ def build_deployments(policy: Policy, config_path: str) -> list[RunnerDeployment
 
 
 def serve_all(config_path: str) -> None:
+    """Serve every deployment, with the policy's HTTP listener (metrics, Alertmanager receiver) beside them."""
     from prefect import serve
 
+    from deployments.metrics_sources import start_listener
+
     policy = load_policy(config_path)
-    serve(*build_deployments(policy, config_path), limit=DEFAULT_LIMIT)
+    deployments = build_deployments(policy, config_path)
+    listener = start_listener(policy)
+    try:
+        serve(*deployments, limit=DEFAULT_LIMIT)
+    finally:
+        if listener is not None:
+            listener.stop()
