@@ -133,8 +133,10 @@ class DrkitCollector(Collector):
         out = _Families()
         dbs = list(self.rt.policy.databases)
         with_replica = [db for db in dbs if self.rt.policy.databases[db].replica is not None]
-        with ThreadPoolExecutor(max_workers=max(1, len(with_replica))) as pool:
+        pool = ThreadPoolExecutor(max_workers=len(with_replica) + 1, thread_name_prefix="drkit-probe")
+        try:
             probes = {db: pool.submit(probe_replica, self.rt, db, self._probe_timeout) for db in with_replica}
+            approvals = pool.submit(self.approvals) if self.approvals is not None else None
             snapshot: Snapshot | None
             try:
                 snapshot = self._reader.submit(Snapshot.read, self.rt).result()
@@ -150,7 +152,10 @@ class DrkitCollector(Collector):
                     out = staged
             self._policy_metrics(out)
             self._replica_metrics(out, probes)
-        self._approval_metrics(out, now)
+            if approvals is not None:
+                self._approval_metrics(out, approvals, now)
+        finally:
+            pool.shutdown(wait=False)  # an approvals source past its time is left to finish on its own
         out.set("drkit_exporter_collect_success", "1 = this scrape read the catalog, 0 = it could not",
                 1 if snapshot is not None else 0)
         return list(out)
@@ -272,12 +277,10 @@ class DrkitCollector(Collector):
             if probe.lag_seconds is not None:
                 out.set("drkit_replica_lag_seconds", "replay lag of the DR replica", probe.lag_seconds, database=db)
 
-    def _approval_metrics(self, out: _Families, now: datetime) -> None:
-        if self.approvals is None:
-            return
+    def _approval_metrics(self, out: _Families, approvals: Future[Sequence[datetime]], now: datetime) -> None:
         try:
-            since = list(self.approvals())
-        except Exception:  # Prefect not answering: the approvals are unknown, the rest still scraped
+            since = list(approvals.result(timeout=self._probe_timeout))
+        except Exception:  # Prefect not answering (in time): the approvals are unknown, the rest still scraped
             return
         out.set("drkit_approvals_waiting", "runs paused for an approval now", len(since))
         oldest = max(((now - t).total_seconds() for t in since), default=0.0)
