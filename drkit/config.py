@@ -313,10 +313,11 @@ class MetricsConfig(_Model):
         return v
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``'127.0.0.1:9187'``, ``'[::1]:9187'`` or ``':9187'`` (all addresses) -> (host, port)."""
+def parse_listen(value: str, *, any_port: bool = False) -> tuple[str, int]:
+    """``'127.0.0.1:9187'``, ``'[::1]:9187'`` or ``':9187'`` (all addresses) -> (host, port); ``any_port``
+    also takes port 0 (a free one)."""
     host, sep, port = value.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not (0 if any_port else 1) <= int(port) < 65536:
         raise ValueError(f"expected host:port like '127.0.0.1:9187', got {value!r}")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if any(c.isspace() or c in "[]/" for c in host):

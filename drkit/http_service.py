@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from drkit.config import parse_listen
@@ -81,7 +81,7 @@ class _Handler(BaseHTTPRequestHandler):
                 log.exception("collecting metrics failed")
                 self._send(500, "error: collecting the metrics failed; see the drkit log")
                 return
-            self._send_bytes(200, body, CONTENT_TYPE_LATEST)
+            self._send_bytes(200, body, CONTENT_TYPE_PLAIN_0_0_4)  # what every Prometheus reads
         elif path == "/healthz":
             self._send(200, "ok")
         elif path in self.server.routes:
@@ -139,7 +139,7 @@ class HttpService:
     def __init__(self, listen: str, registry: CollectorRegistry,
                  routes: Mapping[str, PostHandler] | None = None) -> None:
         try:
-            self.host, port = parse_listen(listen)
+            self.host, port = parse_listen(listen, any_port=True)
         except ValueError as exc:
             raise ConfigError(f"metrics.listen: {exc}") from None
         for path in routes or {}:
