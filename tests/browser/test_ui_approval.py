@@ -35,27 +35,15 @@ from flows.approvals import pause_of, paused_runs
 from flows.dr import dr_failover
 from tests.flows.test_dr_failover import World, world  # noqa: F401  (the fixture: primary + standby + HAProxy)
 from tests.support.approvers import answer, authenticator, wrong_code
+from tests.support.browser import ROOT, missing_tools, node_environ
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path(os.environ.get("DRKIT_CHROMIUM", "/usr/bin/chromium"))
-PLAYWRIGHT = Path(os.environ.get("DRKIT_PLAYWRIGHT_DIR", ROOT / ".tools" / "playwright"))
 APPROVE_JS = Path(__file__).with_name("approve.mjs")
 APPROVER = "alice@example.com"
 REASON = "region down, INC-42 (approved in the UI)"
 
 
-def _missing_tools() -> str | None:
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} is missing (run `make install`: scripts/install-browser.sh installs Debian's chromium)"
-    if not (PLAYWRIGHT / "node_modules" / "playwright-core" / "package.json").exists():
-        return f"playwright-core is missing from {PLAYWRIGHT} (run `make install`: scripts/install-browser.sh)"
-    if shutil.which("node") is None:
-        return "node is missing (run `make install`)"
-    return None
-
-
 pytestmark = [pytest.mark.slow, pytest.mark.integration,
-              pytest.mark.skipif(_missing_tools() is not None, reason=_missing_tools() or "")]
+              pytest.mark.skipif(missing_tools() is not None, reason=missing_tools() or "")]
 
 
 @pytest.fixture
@@ -172,8 +160,7 @@ def test_failover_approved_through_the_prefect_ui(world: World, prefect_server: 
                 ui = subprocess.run(
                     ["node", str(APPROVE_JS), prefect_server, run_id, APPROVER, REASON, str(shots_dir)],
                     cwd=ROOT, capture_output=True, text=True, timeout=90,
-                    env={**os.environ, "DRKIT_CHROMIUM": str(CHROMIUM), "DRKIT_PLAYWRIGHT_DIR": str(PLAYWRIGHT),
-                         "DRKIT_APPROVAL_CODE": code})
+                    env={**node_environ(), "DRKIT_APPROVAL_CODE": code})
                 assert ui.returncode == 0, (f"the browser could not answer (screenshot/HTML in {shots_dir}):\n"
                                             f"{ui.stdout}\n{ui.stderr}")
                 return ui
