@@ -8,6 +8,7 @@ catalog through ``drkit``. Each module registers one group of commands on :data:
 
 import cli.backups
 import cli.restore
+import cli.drill
 import cli.catalog
 import cli.dr
 import cli.replica

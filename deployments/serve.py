@@ -42,6 +42,7 @@ RETENTION = "flows.retention:retention_sweep"
 CATALOG_CHECK = "flows.catalog_check:catalog_check"
 RESTORE = "flows.restore:restore_point_in_time"
 RECOVER = "flows.corruption:recover_from_corruption"
+DRILL = "flows.drill:dr_drill"
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,12 @@ def _scheduled(policy: Policy, config: str) -> list[Spec]:
             specs.append(Spec(VERIFY_CHAIN, f"{db}-verify-chain", params,
                               f"restore the newest chain of {db} end to end and check it (daily)",
                               ["drkit", f"db:{db}", "verify"], Schedule(cfg.schedules.verify, cfg.timezone)))
+        if cfg.schedules.drill is not None:
+            specs.append(Spec(DRILL, f"{db}-dr-drill", params,
+                              f"DR drill of {db}: restore the newest chain into scratch, measure RTO and RPO "
+                              f"against rto_target/rpo_target, notify a miss (on '{cfg.schedules.drill}', "
+                              f"{cfg.timezone})",
+                              ["drkit", f"db:{db}", "drill"], Schedule(cfg.schedules.drill, cfg.timezone)))
     if policy.retention_schedule is not None:
         specs.append(Spec(RETENTION, "retention-sweep", {"config": config},
                           "copy, move and expire backups across tiers, never breaking a restore chain",

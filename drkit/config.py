@@ -116,6 +116,7 @@ class Schedules(_Model):
     diff: Cron | None = "0 */6 * * *"
     log: Cron | None = "*/15 * * * *"
     verify: Cron | None = "30 3 * * *"
+    drill: Cron | None = "0 3 * * 0"  # the weekly DR drill (Sunday 03:00 in the database's timezone)
 
 
 BackupKindName = Literal["full", "diff", "log"]
@@ -228,6 +229,8 @@ class DatabaseConfig(_Model):
     wal_spool: Path | None = None
     schedules: Schedules = Field(default_factory=Schedules)
     timezone: str = "UTC"
+    rpo_target: Duration = timedelta(minutes=30)  # the most data a loss may cost (DR drills compare with it)
+    rto_target: Duration = timedelta(hours=1)  # the longest a recovery to a writable, validated copy may take
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     replica: ReplicaConfig | None = None
     traffic: TrafficConfig = Field(default_factory=TrafficConfig)

@@ -17,7 +17,7 @@ from prefect.exceptions import MissingContextError
 
 from drkit.config import load_policy
 
-EVENTS = ("backup_failed", "verify_failed", "p1")
+EVENTS = ("backup_failed", "verify_failed", "p1", "drill_missed", "drill_failed")
 
 
 def _logger() -> Any:

@@ -233,6 +233,16 @@ class Engine(Protocol):
         """Stop what a restore left running (a database restored on a server stays where it is)."""
         ...
 
+    def scratch_location(self, purpose: str) -> str:
+        """A new place for a throwaway restore (``purpose`` names it, e.g. ``drill``): PostgreSQL a fresh
+        directory under the policy's ``scratch_dir``, SQL Server a new database name on its server."""
+        ...
+
+    def discard_restored(self, location: str, result: RestoreResult | None = None) -> None:
+        """Remove a throwaway restore at ``location`` whatever state it was left in (``result``: what the
+        restore returned, None when it failed): stop it, delete its data. Nothing there is fine."""
+        ...
+
     def verify(self, backup_id: str | None, *, actor: str = "drkit-verify") -> VerifyReport:
         """Verification restore of one backup (default: the newest full), recorded verified or corrupt."""
         ...

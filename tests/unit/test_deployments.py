@@ -25,8 +25,9 @@ def test_each_database_gets_its_three_schedules() -> None:
                 "schedules": {"full": "0 3 * * 0", "diff": None, "log": "*/5 * * * *"}},
     })
     scheduled = {n: d for n, d in deps.items() if d.schedules}
-    assert set(scheduled) == {"orders-full", "orders-diff", "orders-log", "orders-verify-chain",
-                              "crm-full", "crm-log", "crm-verify-chain", "retention-sweep", "catalog-check"}
+    assert set(scheduled) == {"orders-full", "orders-diff", "orders-log", "orders-verify-chain", "orders-dr-drill",
+                              "crm-full", "crm-log", "crm-verify-chain", "crm-dr-drill", "retention-sweep",
+                              "catalog-check"}
     assert deps["retention-sweep"].parameters == {"config": CONFIG}
     assert deps["catalog-check"].parameters == {"config": CONFIG, "deep": False, "repair": True}
     crons = {n: (d.schedules[0].schedule.cron, d.schedules[0].schedule.timezone) for n, d in scheduled.items()}
@@ -36,6 +37,7 @@ def test_each_database_gets_its_three_schedules() -> None:
     assert crons["crm-full"] == ("0 3 * * 0", "UTC")
     assert crons["orders-verify-chain"] == ("30 3 * * *", "Europe/Berlin")
     assert crons["catalog-check"] == ("0 6 * * *", "UTC")
+    assert crons["orders-dr-drill"] == ("0 3 * * 0", "Europe/Berlin")
     assert deps["crm-log"].parameters == {"db": "crm", "config": CONFIG}
 
 

@@ -7,7 +7,7 @@ amcheck, the visibility checks and the policy's SQL checks.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,6 +92,12 @@ class PostgresDatabase:
         if result.port is not None:
             LocalCluster(Path(result.location), result.port, self._rt.bin_dir(self._db),
                          self._rt.os_user(self._db)).stop()
+
+    def scratch_location(self, purpose: str) -> str:
+        return str(verify.scratch_root(self._rt, self._db) / f"{purpose}-{datetime.now(UTC):%Y%m%dT%H%M%S%f}")
+
+    def discard_restored(self, location: str, result: RestoreResult | None = None) -> None:
+        verify.discard_scratch(self._rt, self._db, Path(location), result.port if result else None)
 
     def verify(self, backup_id: str | None, *, actor: str = "drkit-verify") -> VerifyReport:
         return verify.verify_backup(self._rt, self._db, backup_id, actor=actor)

@@ -157,6 +157,14 @@ def scratch_root(rt: Runtime, db: str) -> Path:
     return root
 
 
+def discard_scratch(rt: Runtime, db: str, into: Path, port: int | None) -> None:
+    """Stop a scratch cluster (pg_ctl, by the PID in its data directory) and delete it, its WAL and its log."""
+    LocalCluster(into, port or 0, rt.bin_dir(db), rt.os_user(db)).stop("immediate")
+    shutil.rmtree(into, ignore_errors=True)
+    shutil.rmtree(into.parent / f".{into.name}.drkit-wal", ignore_errors=True)
+    (into.parent / f"{into.name}.log").unlink(missing_ok=True)
+
+
 def verify_plan(rt: Runtime, db: str, plan: RestorePlan, subject: str) -> VerifyReport:
     """Checksums, scratch restore, checks, teardown.
 
@@ -190,12 +198,7 @@ def verify_plan(rt: Runtime, db: str, plan: RestorePlan, subject: str) -> Verify
         report.checks.append(CheckResult("restore", False, str(exc), time.monotonic() - t0))
         report.error = f"restore failed: {exc}"
     finally:
-        if cluster is None:
-            cluster = LocalCluster(into, 0, rt.bin_dir(db), rt.os_user(db))
-        cluster.stop("immediate")
-        shutil.rmtree(into, ignore_errors=True)
-        shutil.rmtree(into.parent / f".{into.name}.drkit-wal", ignore_errors=True)
-        (into.parent / f"{into.name}.log").unlink(missing_ok=True)
+        discard_scratch(rt, db, into, cluster.port if cluster else None)
     report.total_seconds = time.monotonic() - t0
     return report
 

@@ -8,11 +8,12 @@ never overwrites: it creates a new database on the server.
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from drkit.catalog.records import BackupRecord
 from drkit.engines.base import BackupKind, ChainModel, CheckItem, EngineFeatures, Progress, SetupResult, StepCallback
+from drkit.engines.sqlserver import tsql
 from drkit.engines.sqlserver.backup import take_backup
 from drkit.engines.sqlserver.chain_model import SQLSERVER_CHAIN
 from drkit.engines.sqlserver.engine import SqlServerEngine, sqlserver_engine
@@ -110,6 +111,16 @@ class SqlServerDatabase:
 
     def release_restored(self, result: RestoreResult) -> None:
         """A restored database stays on the server (the operator drops it when done)."""
+
+    def scratch_location(self, purpose: str) -> str:
+        stamp = f"_drkit_{purpose}_{datetime.now(UTC):%Y%m%dT%H%M%S}"
+        return self.server().settings.database[: tsql.MAX_NAME_LENGTH - len(stamp)] + stamp
+
+    def discard_restored(self, location: str, result: RestoreResult | None = None) -> None:
+        server = self.server()
+        with server.session() as session:
+            if server.database_exists(session, location) is not None:
+                server.drop_database(session, location)
 
     def verify(self, backup_id: str | None, *, actor: str = "drkit-verify") -> VerifyReport:
         return verify_backup_mssql(self._rt, self._db, backup_id, engine=self.server(), actor=actor)
