@@ -169,13 +169,13 @@ def test_the_dashboard_is_grafana_json_with_its_variables() -> None:
 def test_every_dashboard_expression_parses(tmp_path: Path) -> None:
     """promtool has no expression checker; each expression as a recording rule goes through its parser."""
     exprs = dashboard_exprs()
-    doc = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"drkit:dashboard:expr{i}", "expr": expr} for i, (_, expr) in enumerate(exprs)]}]}
+    recording = [{"record": f"drkit:dashboard:expr{i}", "expr": expr} for i, (_, expr) in enumerate(exprs)]
+    doc = {"groups": [{"name": "dashboard", "rules": recording}]}
     (tmp_path / "dashboard.yml").write_text(yaml.safe_dump(doc))
     out = run_promtool("check", "rules", "dashboard.yml", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"SUCCESS: {len(exprs)} rules found" in out.stdout
     # and the check does catch a broken one
-    doc["groups"][0]["rules"].append({"record": "drkit:dashboard:broken", "expr": "sum by (tier (drkit_stored_bytes)"})
+    recording.append({"record": "drkit:dashboard:broken", "expr": "sum by (tier (drkit_stored_bytes)"})
     (tmp_path / "dashboard.yml").write_text(yaml.safe_dump(doc))
     assert run_promtool("check", "rules", "dashboard.yml", cwd=tmp_path).returncode == 1
