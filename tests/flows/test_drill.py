@@ -93,6 +93,15 @@ def test_a_drill_restores_the_newest_chain_measures_it_and_a_miss_notifies(
     assert missed.detail["rto_seconds"] > 0.001
     assert list(Path(location).parent.iterdir()) == []
 
+    # a restored copy that fails validation fails the drill, and is still stopped and removed
+    wrong = policy_variant(sandbox, scratch, {"verify": {"after": [],
+                                                         "checks": ["SELECT count(*) = 7 FROM drill_rows"]}})
+    state = dr_drill(db="app", config=str(wrong), return_state=True)
+    assert state.is_failed() and "failed validation" in (state.message or "")
+    failed = rt.catalog.audit_events(database="app", action="drill.failed")[-1]
+    assert "failed validation" in failed.detail["error"] and "returned false" in failed.detail["error"]
+    assert list(Path(location).parent.iterdir()) == [] and _running_with(str(Path(location).parent)) == []
+
 
 def test_a_drill_with_nothing_to_restore_fails_records_why_and_notifies(sandbox: Sandbox, scratch: Path) -> None:
     with http_receiver() as receiver:
