@@ -112,6 +112,19 @@ def test_every_alert_has_a_severity_and_a_runbook() -> None:
     assert severities["DrkitRpoAboveTarget"] == severities["DrkitVerificationFailed"] == "P1"
 
 
+def test_the_readme_tells_what_each_alert_means_and_what_to_do() -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Alerts"):]
+    rows = {m.group(1): (m.group(2), m.group(3).replace("`", "")) for m in re.finditer(
+        r"^\| `(\w+)` \| (P\d) \| [^|]+ \| ([^|]+) \|$", section, flags=re.MULTILINE)}
+    assert set(rows) == ALERTS
+    for r in rules():
+        severity, todo = rows[r["alert"]]
+        assert severity == r["labels"]["severity"], r["alert"]
+        first_step = re.split(r"[;(]", r["annotations"]["runbook"])[0].strip()
+        assert first_step.replace("{{ $labels.database }}", "DB") in todo, (r["alert"], first_step)
+
+
 def test_every_alert_has_a_case_that_fires_and_one_that_does_not() -> None:
     cases = [c for f in (RULE_TESTS, LONG_RULE_TESTS) for t in yaml.safe_load(f.read_text())["tests"]
              for c in t.get("alert_rule_test", [])]
