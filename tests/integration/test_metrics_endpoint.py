@@ -5,7 +5,8 @@ lag once it is stopped, the scrape itself still answered."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from drkit.config import load_policy
-from drkit.engines.postgres.pgctl import LocalCluster, free_port
+from drkit.engines.postgres.pgctl import free_port
 from drkit.engines.postgres.replica import create_standby
 from drkit.http_service import HttpService
 from drkit.metrics import metrics_registry
@@ -43,22 +44,17 @@ def poll(url: str, until: str, check: Callable[[dict[str, float]], bool], *, tim
         time.sleep(0.2)  # between scrapes
 
 
-@pytest.fixture
-def servers() -> Iterator[list[LocalCluster]]:
-    started: list[LocalCluster] = []
-    try:
-        yield started
-    finally:
-        for c in started:
-            c.stop("immediate")
+def test_replica_lag_over_http_then_a_stopped_replica_is_down(scratch: Path) -> None:
+    with ExitStack() as stopped_at_the_end:
+        _run(scratch, stopped_at_the_end)
 
 
-def test_replica_lag_over_http_then_a_stopped_replica_is_down(scratch: Path, servers: list[LocalCluster]) -> None:
+def _run(scratch: Path, stack: ExitStack) -> None:
     sb = create_sandbox(scratch / "world", fsync=False)
-    servers.append(sb.primary)
+    stack.callback(sb.primary.stop, "immediate")
     standby = create_standby(sb.dsn, data_dir=scratch / "world" / "pg" / "standby", port=free_port(),
                              slot="drkit_dr", bin_dir=sb.primary.bin_dir, os_user=sb.primary.os_user, timeout=60)
-    servers.append(standby)
+    stack.callback(standby.stop, "immediate")
     policy = policy_variant(sb, scratch, {"replica": {"dsn": standby.dsn(), "slot": "drkit_dr",
                                                       "max_lag_seconds": 5}})
     registry, collector = metrics_registry(Runtime(load_policy(policy)))
