@@ -158,7 +158,8 @@ class HttpService:
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
 
     def start(self) -> HttpService:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="drkit-http", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="drkit-http", daemon=True)  # stop() waits for one poll at most
         self._thread.start()
         return self
 
