@@ -107,3 +107,14 @@ def test_the_drill_is_deployed_weekly_in_the_database_timezone_and_not_when_off(
     assert spec.schedule is not None and (spec.schedule.cron, spec.schedule.timezone) == ("0 3 * * 0", "Europe/Berlin")
     off = parse_policy(_policy({"schedules": {"drill": None}}), base_dir=Path("."))
     assert all(s.target != DRILL for s in deployment_specs(off, "drkit.yaml"))
+
+
+def test_drkit_drill_refuses_an_unknown_database_as_bad_input() -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "drkit.yaml"
+    out = CliRunner().invoke(app, ["--config", str(examples), "drill", "nope"])
+    assert out.exit_code == 2 and out.stdout == ""
+    assert out.stderr.startswith("error: unknown database 'nope'") and "orders" in out.stderr
