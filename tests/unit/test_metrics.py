@@ -316,3 +316,17 @@ def test_every_metric_of_the_contract_is_produced(tmp: Path, catalog: Catalog) -
     assert len(listed) == 26
     # the replica's lag is the one a replica that answers gives (integration test)
     assert listed - produced == {"drkit_replica_lag_seconds"}
+
+
+# -- the policy's metrics block -----------------------------------------------------------------------------------
+
+
+def test_the_listener_defaults_to_localhost_9187_and_a_bad_address_names_the_key(tmp: Path) -> None:
+    from drkit.errors import ConfigError
+
+    assert parse_policy({}, base_dir=tmp).metrics.listen == "127.0.0.1:9187"
+    assert parse_policy({"metrics": {"listen": None}}, base_dir=tmp).metrics.listen is None
+    assert parse_policy({}, base_dir=tmp).metrics.alert_token_env == "DRKIT_ALERT_TOKEN"
+    for bad in ("9187", "localhost:", "127.0.0.1:0", "127.0.0.1:70000"):
+        with pytest.raises(ConfigError, match=r"metrics\.listen: expected host:port"):
+            parse_policy({"metrics": {"listen": bad}}, base_dir=tmp)
