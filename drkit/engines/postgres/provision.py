@@ -147,14 +147,15 @@ def primary_facts(primary_dsn: str, slot: str, *, timeout: float = 10.0) -> Prim
     """Read what :meth:`PrimaryFacts.problems` and :meth:`PrimaryFacts.warnings` judge. Changes nothing."""
     names = ("wal_level", "max_wal_senders", "max_replication_slots", "wal_log_hints", "data_checksums",
              "full_page_writes", "config_file", "data_directory")
-    with replica._session(primary_dsn, timeout=timeout, statement_timeout=timeout) as conn:
+    with replica.session(primary_dsn, timeout=timeout, statement_timeout=timeout) as conn:
         settings = {str(k): str(v) for k, v in conn.execute(
             "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", [list(names)]).fetchall()}
-        row = replica._row(conn, "SELECT pg_is_in_recovery(), (SELECT system_identifier FROM pg_control_system()), "
-                                 "current_user, (SELECT rolsuper OR rolreplication FROM pg_roles "
-                                 "WHERE rolname = current_user), "
-                                 "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender'), "
-                                 "(SELECT count(*) FROM pg_replication_slots)")
+        row = replica.query_row(conn, "SELECT pg_is_in_recovery(), "
+                                      "(SELECT system_identifier FROM pg_control_system()), current_user, "
+                                      "(SELECT rolsuper OR rolreplication FROM pg_roles "
+                                      "WHERE rolname = current_user), "
+                                      "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender'), "
+                                      "(SELECT count(*) FROM pg_replication_slots)")
         in_rec, sysid, role, can_replicate, senders, slots = row
         slot_row = conn.execute("SELECT slot_type, active FROM pg_replication_slots WHERE slot_name = %s",
                                 [slot]).fetchone()
@@ -201,7 +202,7 @@ def _refuse(key: str, path: Path, what: str) -> ConfigError:
 def _system_identifier(cluster: LocalCluster, key: str) -> str:
     """The cluster's system identifier, read from its pg_control by ``pg_controldata`` (as the OS user)."""
     try:
-        sysid = replica._control_data(cluster).get("Database system identifier")
+        sysid = replica.control_data(cluster).get("Database system identifier")
     except EngineError as exc:
         raise _refuse(key, cluster.data_dir, f"holds a cluster whose pg_control drkit cannot read ({exc})") from None
     if not sysid:
@@ -318,7 +319,7 @@ def provision_standby(
 
     running = state == "standby" and cluster.is_running()
     if running and not facts.in_recovery \
-            and replica._streams_from(cluster, primary_dsn, replica.current_timeline(primary_dsn)):
+            and replica.streams_from(cluster, primary_dsn, replica.current_timeline(primary_dsn)):
         return Provisioned("already streaming", cluster, warnings, time.monotonic() - t0)
 
     building = state != "standby"
@@ -336,11 +337,8 @@ def provision_standby(
     try:
         if not building:
             log.info("%s holds a replica of %s: starting it", path, facts.target)
-            replica.apply_node_settings(path, port=port, slot=slot, os_user=os_user, primary_conninfo=conninfo)
-            replica.ensure_slot(primary_dsn, slot)
-            if running:  # following another server, or not at all: re-read primary_conninfo
-                cluster.pg_ctl("reload", check=False)
-            replica.start_standby(cluster, timeout=remaining())
+            replica.start_existing_standby(cluster, slot=slot, primary_conninfo=conninfo, timeout=remaining(),
+                                           primary_dsn=primary_dsn)
             return Provisioned("started", cluster, warnings, time.monotonic() - t0)
         if state == "absent":
             _make_data_dir(path, os_user)

@@ -167,8 +167,10 @@ def _connect(dsn: str, *, timeout: float = 10.0, statement_timeout: float | None
 
 
 @contextmanager
-def _session(dsn: str, *, timeout: float = 10.0, statement_timeout: float | None = None
-             ) -> Iterator[psycopg.Connection[Any]]:
+def session(dsn: str, *, timeout: float = 10.0, statement_timeout: float | None = None
+            ) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection as drkit (one connect timeout, an optional statement timeout), closed after;
+    a server that cannot be reached is a DatabaseUnreachableError naming it (never its password)."""
     conn = _connect(dsn, timeout=timeout, statement_timeout=statement_timeout)
     try:
         yield conn
@@ -191,7 +193,8 @@ def command_line_conninfo(dsn: str) -> tuple[str, dict[str, str]]:
     return make_conninfo("", **params), ({"PGPASSWORD": str(password)} if password else {})
 
 
-def _row(conn: psycopg.Connection[Any], query: str, params: Any = None) -> tuple[Any, ...]:
+def query_row(conn: psycopg.Connection[Any], query: str, params: Any = None) -> tuple[Any, ...]:
+    """The one row ``query`` returns (ReplicaError when it returns none)."""
     row = conn.execute(query, params).fetchone()
     if row is None:
         raise ReplicaError(f"no row from: {query}")
@@ -199,18 +202,18 @@ def _row(conn: psycopg.Connection[Any], query: str, params: Any = None) -> tuple
 
 
 def _in_recovery(conn: psycopg.Connection[Any]) -> bool:
-    return bool(_row(conn, "SELECT pg_is_in_recovery()")[0])
+    return bool(query_row(conn, "SELECT pg_is_in_recovery()")[0])
 
 
 def _timelines(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     """(current timeline, timeline in pg_control's latest checkpoint) of a primary."""
-    name, ckpt_tli = _row(conn, "SELECT pg_walfile_name(pg_current_wal_lsn()), "
+    name, ckpt_tli = query_row(conn, "SELECT pg_walfile_name(pg_current_wal_lsn()), "
                                 "(SELECT timeline_id FROM pg_control_checkpoint())")
     return int(str(name)[:8], 16), int(ckpt_tli)
 
 
 def _current_lsn(conn: psycopg.Connection[Any]) -> int:
-    return parse_lsn(str(_row(conn, "SELECT pg_current_wal_lsn()::text")[0]))
+    return parse_lsn(str(query_row(conn, "SELECT pg_current_wal_lsn()::text")[0]))
 
 
 def _lsn(value: Any) -> int | None:
@@ -219,10 +222,10 @@ def _lsn(value: Any) -> int | None:
 
 def current_timeline(dsn: str, *, timeout: float = 10.0) -> int:
     """The timeline a server is on: a primary's insert timeline, a standby's last received one."""
-    with _session(dsn, timeout=timeout, statement_timeout=timeout) as conn:
+    with session(dsn, timeout=timeout, statement_timeout=timeout) as conn:
         if not _in_recovery(conn):
             return _timelines(conn)[0]
-        tli = _row(conn, "SELECT coalesce((SELECT received_tli FROM pg_stat_wal_receiver), "
+        tli = query_row(conn, "SELECT coalesce((SELECT received_tli FROM pg_stat_wal_receiver), "
                          "(SELECT timeline_id FROM pg_control_checkpoint()))")[0]
         return int(tli)
 
@@ -232,7 +235,7 @@ def ensure_checkpoint_after_promotion(dsn: str, *, timeout: float = 120.0) -> bo
 
     This is what makes pg_rewind see the promotion; it is cheap and harmless to call on any primary.
     """
-    with _session(dsn, timeout=min(timeout, 10), statement_timeout=timeout) as conn:
+    with session(dsn, timeout=min(timeout, 10), statement_timeout=timeout) as conn:
         if _in_recovery(conn):
             raise ReplicaError(f"{dsn_target(dsn)} is a standby (in recovery): it cannot be a rewind source")
         tli, ckpt_tli = _timelines(conn)
@@ -248,7 +251,7 @@ def ensure_checkpoint_after_promotion(dsn: str, *, timeout: float = 120.0) -> bo
 
 def ensure_slot(dsn: str, slot: str, *, timeout: float = 10.0) -> bool:
     """Create physical replication slot ``slot`` on ``dsn`` (reserving WAL now) unless it exists. True if created."""
-    with _session(dsn, timeout=timeout, statement_timeout=timeout) as conn:
+    with session(dsn, timeout=timeout, statement_timeout=timeout) as conn:
         row = conn.execute("SELECT slot_type FROM pg_replication_slots WHERE slot_name = %s", [slot]).fetchone()
         if row is not None:
             if row[0] != "physical":
@@ -267,7 +270,7 @@ def drop_stale_slots(dsn: str, keep: Collection[str], *, timeout: float = 10.0) 
     Active slots are never dropped; logical slots (CDC tools) are left alone.
     """
     dropped: list[str] = []
-    with _session(dsn, timeout=timeout, statement_timeout=timeout) as conn:
+    with session(dsn, timeout=timeout, statement_timeout=timeout) as conn:
         names = [r[0] for r in conn.execute(
             "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical' AND NOT active "
             "ORDER BY slot_name").fetchall()]
@@ -288,7 +291,7 @@ def drop_stale_slots(dsn: str, keep: Collection[str], *, timeout: float = 10.0) 
 
 def replication_lag(primary_dsn: str, name: str, *, timeout: float = 10.0) -> Lag:
     """Lag of the standby whose slot or application_name is ``name``, as the primary sees it."""
-    with _session(primary_dsn, timeout=timeout, statement_timeout=timeout) as conn:
+    with session(primary_dsn, timeout=timeout, statement_timeout=timeout) as conn:
         cur_expr = ("CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() "
                     "ELSE pg_current_wal_lsn() END")
         row = conn.execute(
@@ -312,14 +315,14 @@ def replication_lag(primary_dsn: str, name: str, *, timeout: float = 10.0) -> La
             restart, cur, behind = slot
             return Lag("primary", name, "disconnected", None if behind is None else int(behind), None,
                        replay_lsn=_lsn(restart), primary_lsn=_lsn(cur), measured_at=now)
-        cur = _row(conn, f"SELECT ({cur_expr})::text")[0]
+        cur = query_row(conn, f"SELECT ({cur_expr})::text")[0]
         return Lag("primary", name, "absent", None, None, primary_lsn=_lsn(cur), measured_at=now)
 
 
 def standby_lag(standby_dsn: str, *, timeout: float = 10.0) -> Lag:
     """Lag as the standby itself sees it: usable when the primary is dead."""
-    with _session(standby_dsn, timeout=timeout, statement_timeout=timeout) as conn:
-        row = _row(conn,
+    with session(standby_dsn, timeout=timeout, statement_timeout=timeout) as conn:
+        row = query_row(conn,
                    "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, "
                    "pg_last_xact_replay_timestamp(), "
                    "extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, "
@@ -344,9 +347,9 @@ def wait_caught_up(primary_dsn: str, name: str, *, target_lsn: int | None = None
     """
     deadline = time.monotonic() + timeout
     if target_lsn is None:
-        with _session(primary_dsn, timeout=min(timeout, 10), statement_timeout=10) as conn:
+        with session(primary_dsn, timeout=min(timeout, 10), statement_timeout=10) as conn:
             target_lsn = (_current_lsn(conn) if not _in_recovery(conn)
-                          else parse_lsn(str(_row(conn, "SELECT pg_last_wal_receive_lsn()::text")[0])))
+                          else parse_lsn(str(query_row(conn, "SELECT pg_last_wal_receive_lsn()::text")[0])))
     last: Lag | None = None
     while True:
         last = replication_lag(primary_dsn, name, timeout=min(10, max(1.0, deadline - time.monotonic())))
@@ -369,9 +372,9 @@ def wait_replayed(standby_dsn: str, lsn: int, *, timeout: float = 60.0, inclusiv
     """
     deadline = time.monotonic() + timeout
     seen: int | None = None
-    with _session(standby_dsn, timeout=min(timeout, 10), statement_timeout=10) as conn:
+    with session(standby_dsn, timeout=min(timeout, 10), statement_timeout=10) as conn:
         while True:
-            in_rec, replay = _row(conn, "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text")
+            in_rec, replay = query_row(conn, "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text")
             if not in_rec:
                 raise ReplicaError(f"{dsn_target(standby_dsn)} is not in recovery: it was promoted already")
             seen = _lsn(replay)
@@ -513,7 +516,8 @@ def _node_conf(current: bytes | None, *, port: int, slot: str, socket_dir: Path 
     return "\n".join(out) + "\n"
 
 
-def _control_data(cluster: LocalCluster) -> dict[str, str]:
+def control_data(cluster: LocalCluster) -> dict[str, str]:
+    """``pg_controldata`` of the cluster (run as its OS user), as its "key: value" lines."""
     proc = run_as(cluster.os_user, [str(cluster.bin_dir / "pg_controldata"), "-D", str(cluster.data_dir)],
                   timeout=30)
     out: dict[str, str] = {}
@@ -556,7 +560,7 @@ def fence(primary: LocalCluster | str, *, timeout: float = 30.0) -> Fence:
         conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
         conn.execute("SELECT pg_reload_conf()")
         time.sleep(0.2)  # let the postmaster and backends take the reload before cutting sessions
-        killed = _row(conn, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        killed = query_row(conn, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                             "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")[0]
         return Fence("fenced read-only", f"{target} set read-only, {killed} client session(s) terminated")
     except psycopg.Error as exc:
@@ -574,12 +578,12 @@ def promote(standby_dsn: str, *, timeout: int = 60) -> Promotion:
     t0 = time.monotonic()
     already = False
     seconds = 0.0
-    with _session(standby_dsn, timeout=10, statement_timeout=timeout + 120) as conn:
+    with session(standby_dsn, timeout=10, statement_timeout=timeout + 120) as conn:
         if not _in_recovery(conn):
             already = True
         else:
             try:
-                ok = _row(conn, "SELECT pg_promote(true, %s)", [int(timeout)])[0]
+                ok = query_row(conn, "SELECT pg_promote(true, %s)", [int(timeout)])[0]
             except pgerrors.ObjectNotInPrerequisiteState:
                 ok, already = True, True  # promoted by someone else between the two statements
             seconds = time.monotonic() - t0
@@ -603,11 +607,11 @@ def confirm_writable(dsn: str, *, dbname: str = "postgres", timeout: float = 10.
         target_dsn = make_conninfo(dsn, dbname=dbname)
     except psycopg.Error:
         raise ReplicaError(f"invalid DSN for {dsn_target(dsn)}") from None
-    with _session(target_dsn, timeout=timeout, statement_timeout=timeout) as conn:
+    with session(target_dsn, timeout=timeout, statement_timeout=timeout) as conn:
         try:
             conn.execute(f"CREATE TABLE IF NOT EXISTS {HEARTBEAT_TABLE} ("
                          "id int PRIMARY KEY, at timestamptz NOT NULL, xid xid8 NOT NULL, timeline int)")
-            at = _row(conn,
+            at = query_row(conn,
                       f"INSERT INTO {HEARTBEAT_TABLE} AS h (id, at, xid, timeline) "
                       "VALUES (1, clock_timestamp(), pg_current_xact_id(), "
                       "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int) "
@@ -689,7 +693,7 @@ def wait_streaming(cluster: LocalCluster, *, timeout: float = 60.0, expected_tim
                 if conn is None or conn.closed:
                     conn = _connect(cluster.dsn(), timeout=min(5, max(1, deadline - time.monotonic())),
                                     statement_timeout=5)
-                in_rec, status, tli = _row(conn, "SELECT pg_is_in_recovery(), "
+                in_rec, status, tli = query_row(conn, "SELECT pg_is_in_recovery(), "
                                                  "(SELECT status FROM pg_stat_wal_receiver), "
                                                  "(SELECT received_tli FROM pg_stat_wal_receiver)")
                 if not in_rec:
@@ -748,6 +752,21 @@ def _is_standby_dir(data_dir: Path) -> bool:
     return (data_dir / "PG_VERSION").exists() and (data_dir / "standby.signal").exists()
 
 
+def start_existing_standby(cluster: LocalCluster, *, slot: str, primary_conninfo: str | None,
+                           timeout: float, primary_dsn: str | None = None) -> None:
+    """Start the standby already in ``cluster.data_dir`` and wait until it streams: its port, slot and
+    ``primary_conninfo`` written into postgresql.auto.conf first. With ``primary_dsn``, also (re)create
+    the slot on the primary (slots are not copied, and one may have been dropped) and have a node that
+    is already running re-read its settings (it may follow another server, or none)."""
+    apply_node_settings(cluster.data_dir, port=cluster.port, slot=slot, os_user=cluster.os_user,
+                        primary_conninfo=primary_conninfo)
+    if primary_dsn is not None:
+        ensure_slot(primary_dsn, slot)
+        if cluster.is_running():
+            cluster.pg_ctl("reload", check=False)
+    start_standby(cluster, timeout=timeout)
+
+
 def create_standby(
     primary_dsn: str,
     *,
@@ -773,8 +792,7 @@ def create_standby(
     cluster = LocalCluster(data_dir, port, Path(bin_dir), os_user, log_file=log_file)
     if _is_standby_dir(data_dir):
         log.info("%s already holds a standby: starting it", data_dir)
-        apply_node_settings(data_dir, port=port, slot=slot, os_user=os_user, primary_conninfo=primary_conninfo)
-        start_standby(cluster, timeout=timeout)
+        start_existing_standby(cluster, slot=slot, primary_conninfo=primary_conninfo, timeout=timeout)
         return cluster
     if (data_dir / "PG_VERSION").exists():
         if (data_dir / "backup_label").exists() and not cluster.is_running():
@@ -785,7 +803,7 @@ def create_standby(
                                "overwrite it (move it away, or use rebuild_as_standby)")
     elif data_dir.exists() and any(data_dir.iterdir()):
         raise ReplicaError(f"{data_dir} is not empty and holds no PostgreSQL cluster; refusing to use it")
-    with _session(primary_dsn, timeout=min(10, timeout), statement_timeout=10) as conn:
+    with session(primary_dsn, timeout=min(10, timeout), statement_timeout=10) as conn:
         row = conn.execute("SELECT active, active_pid, slot_type FROM pg_replication_slots WHERE slot_name = %s",
                            [slot]).fetchone()
     if row is not None and row[2] != "physical":
@@ -816,10 +834,10 @@ def _dsn_endpoint(dsn: str) -> tuple[str, int]:
     return str(params.get("host") or params.get("hostaddr") or "localhost"), int(params.get("port") or 5432)
 
 
-def _streams_from(cluster: LocalCluster, source_dsn: str, timeline: int) -> bool:
+def streams_from(cluster: LocalCluster, source_dsn: str, timeline: int) -> bool:
     """The node runs as a standby, streaming from the source's host:port on the source's timeline."""
     try:
-        with _session(cluster.dsn(), timeout=5, statement_timeout=5) as conn:
+        with session(cluster.dsn(), timeout=5, statement_timeout=5) as conn:
             row = conn.execute("SELECT status, received_tli, sender_host, sender_port FROM pg_stat_wal_receiver"
                                ).fetchone()
     except (DatabaseUnreachableError, psycopg.Error):
@@ -933,10 +951,10 @@ def rewind_as_standby(
                                  f"did not finish within {timeout:g}s")
         return left
 
-    with _session(source_dsn, timeout=min(10, timeout), statement_timeout=10) as conn:
+    with session(source_dsn, timeout=min(10, timeout), statement_timeout=10) as conn:
         if _in_recovery(conn):
             raise ReplicaError(f"source {dsn_target(source_dsn)} is in recovery: promote it first")
-    if node.is_running() and _streams_from(node, source_dsn, current_timeline(source_dsn)):
+    if node.is_running() and streams_from(node, source_dsn, current_timeline(source_dsn)):
         apply_node_settings(node.data_dir, port=node.port, slot=slot, os_user=node.os_user)
         _finish(node, drop_target_slots)
         return "already streaming"
@@ -948,7 +966,7 @@ def rewind_as_standby(
 
     outcome: RewindOutcome
     try:
-        state = _control_data(node).get("Database cluster state", "") if (node.data_dir / "global").exists() else ""
+        state = control_data(node).get("Database cluster state", "") if (node.data_dir / "global").exists() else ""
         if state == "in archive recovery" and (node.data_dir / "standby.signal").exists():
             # pg_rewind finished in an earlier run (it leaves this state), or a standby stopped without a
             # clean shutdown: start it following the source; a diverged one is caught by wait_streaming.
@@ -989,7 +1007,7 @@ def stop_for_switchover(cluster: LocalCluster, *, timeout: float = 60.0) -> int:
     not shut down cleanly (then it is not a planned switchover: use the failover path).
     """
     if cluster.is_running():
-        with _session(cluster.dsn(), timeout=10, statement_timeout=10) as conn:
+        with session(cluster.dsn(), timeout=10, statement_timeout=10) as conn:
             if _in_recovery(conn):
                 raise ReplicaError(f"{cluster.data_dir} is a standby, not the primary to switch over from")
         cluster.pg_ctl("-m", "fast", "-w", "-t", str(max(5, int(timeout))), "stop", check=False,
@@ -997,7 +1015,7 @@ def stop_for_switchover(cluster: LocalCluster, *, timeout: float = 60.0) -> int:
         if cluster.is_running():
             raise ReplicaTimeout(f"{cluster.data_dir} did not stop within {timeout:g}s: "
                                  + " | ".join(cluster.log_tail(4)))
-    ctl = _control_data(cluster)
+    ctl = control_data(cluster)
     state = ctl.get("Database cluster state", "")
     if state != "shut down":
         raise ReplicaError(f"{cluster.data_dir} is in state {state!r}, not cleanly shut down as a primary: "
