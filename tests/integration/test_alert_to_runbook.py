@@ -63,6 +63,19 @@ def _started_runs(api: str, deployment: str) -> list[dict[str, Any]]:
     return [r for r in runs.json() if not r["auto_scheduled"]]
 
 
+def _final_state(api: str, run_id: str) -> dict[str, Any] | None:
+    state: dict[str, Any] = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"]
+    return state if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+
+def _notification(db: str, *alertnames: str) -> bytes:
+    """A webhook notification as Alertmanager sends it, for firing alerts of ``db``."""
+    return json.dumps({"version": "4", "status": "firing", "receiver": "drkit", "alerts": [
+        {"status": "firing", "labels": {"alertname": name, "database": db, "severity": "P2"}, "annotations": {},
+         "startsAt": datetime.now(UTC).isoformat(), "fingerprint": f"{i:016x}"}
+        for i, name in enumerate(alertnames)]}).encode()
+
+
 def _automations(api: str) -> list[dict[str, Any]]:
     out = httpx.post(f"{api}/automations/filter", json={}, timeout=10)
     return list(out.json()) if out.status_code == 200 else []
@@ -117,10 +130,8 @@ def test_a_firing_log_backup_alert_runs_the_log_backup(sandbox: Sandbox, scratch
         assert names
 
         # a caller without the token is refused, and its alert starts nothing
-        wrong = httpx.post(receiver, headers={"Authorization": "Bearer not-the-token"}, timeout=10, content=json.dumps({
-            "version": "4", "status": "firing", "alerts": [{
-                "status": "firing", "labels": {"alertname": "DrkitFullBackupTooOld", "database": db},
-                "annotations": {}, "startsAt": datetime.now(UTC).isoformat(), "fingerprint": "f"}]}))
+        wrong = httpx.post(receiver, headers={"Authorization": "Bearer not-the-token"}, timeout=10,
+                           content=_notification(db, "DrkitFullBackupTooOld"))
         assert (wrong.status_code, wrong.text) == (401, "missing or wrong bearer token\n")
 
         am_dir = scratch / "am"
@@ -146,11 +157,7 @@ def test_a_firing_log_backup_alert_runs_the_log_backup(sandbox: Sandbox, scratch
                      lambda: _started_runs(server.api_url, f"log-backup/{db}-log"), logs=logs)
         assert run["parameters"] == {"db": db, "config": str(policy)}
 
-        def finished() -> dict[str, Any] | None:
-            state = httpx.get(f"{server.api_url}/flow_runs/{run['id']}", timeout=10).json()["state"]
-            return state if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
-
-        state = poll(f"the run {run['name']} to finish", finished, logs=logs)
+        state = poll(f"the run {run['name']} to finish", lambda: _final_state(server.api_url, run["id"]), logs=logs)
         assert state["type"] == "COMPLETED", (state, serve_log.read_text(errors="replace")[-4000:])
         new_logs = [b for b in catalog.list_backups(db, kinds=["log"]) if b.id not in logs_before]
         assert [b.status for b in new_logs] == ["completed"]
@@ -164,6 +171,20 @@ def test_a_firing_log_backup_alert_runs_the_log_backup(sandbox: Sandbox, scratch
         assert event["payload"]["labels"] == {"alertname": "DrkitLogBackupTooOld", "database": db, "severity": "P2"}
         # the refused call started no full backup (its event would have been handled before the log's)
         assert _started_runs(server.api_url, f"full-backup/{db}-full") == []
+
+        # a repeat of the notification (Alertmanager's repeat_interval) inside the trigger's 30 minutes starts
+        # no second log backup; the full-backup alert sent after it in the same notification starts <db>-full,
+        # and once that run exists the repeat before it has been judged
+        again = httpx.post(receiver, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10,
+                           content=_notification(db, "DrkitLogBackupTooOld", "DrkitFullBackupTooOld"))
+        assert (again.status_code, again.text) == (200, "2 event(s) emitted\n")
+        [full_run] = poll(f"a run of {db}-full started by the alert",
+                          lambda: _started_runs(server.api_url, f"full-backup/{db}-full"), logs=logs)
+        state = poll(f"the run {full_run['name']} to finish", lambda: _final_state(server.api_url, full_run["id"]),
+                     logs=logs)
+        assert state["type"] == "COMPLETED", (state, serve_log.read_text(errors="replace")[-4000:])
+        assert len(catalog.list_backups(db, kinds=["full"])) == 2
+        assert [r["id"] for r in _started_runs(server.api_url, f"log-backup/{db}-log")] == [run["id"]]
         assert TOKEN not in serve_log.read_text(errors="replace") + am_log.read_text(errors="replace")
     finally:
         catalog.close()
