@@ -14,6 +14,7 @@ The metric names are listed in README "Monitoring"; approvals waiting come from 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +42,13 @@ KINDS = ("full", "diff", "log")
 VERIFY, CHECK, DRILL_OK, DRILL_FAILED = "backup.verify", "catalog.check", "drill.completed", "drill.failed"
 REPLICA_DOWN_STATES = frozenset({"disconnected", "absent"})
 """Lag states in which the replica itself did not answer (the primary reports it gone)."""
+
+
+log = logging.getLogger("drkit.metrics")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
 
 
 def _ts(t: datetime) -> float:
@@ -140,13 +148,15 @@ class DrkitCollector(Collector):
             snapshot: Snapshot | None
             try:
                 snapshot = self._reader.submit(Snapshot.read, self.rt).result()
-            except Exception:  # an unreadable catalog is a metric, not a failed scrape
+            except Exception as exc:  # an unreadable catalog is a metric, not a failed scrape
+                log.warning("metrics: cannot read the catalog: %s", _first_line(exc))
                 snapshot = None
             if snapshot is not None:
                 try:
                     staged = _Families()
                     self._catalog_metrics(staged, snapshot, now)
-                except Exception:  # records the planner cannot read: as unreadable
+                except Exception as exc:  # records the planner cannot read: as unreadable
+                    log.warning("metrics: cannot derive the catalog's metrics: %s", _first_line(exc))
                     snapshot = None
                 else:
                     out = staged
