@@ -15,6 +15,7 @@ from cli.common import (
     guard,
     print_json,
     state,
+    use_prefect,
 )
 from drkit.errors import ConfigError, DrkitError
 
@@ -76,6 +77,7 @@ def approve(
         except ValueError:
             raise ConfigError(f"run id {run_id!r} is not a flow run id (a UUID); `drkit approvals` lists the "
                               "runs waiting for an answer") from None
+        use_prefect()
         from flows.approvals import answer, outcome, pause_of
 
         pause_of(run_id)  # an unknown or finished run fails before the code is asked for
@@ -120,6 +122,7 @@ def approvers_enroll(
     """Create NAME's secret (a Prefect Secret block) and show it once, for their authenticator app."""
     def run() -> str:
         _listed(name)
+        use_prefect()
         from tasks.approvers import audit_enrollment, block_name, enroll, enrollment
 
         renewed = enrollment(name).since is not None
@@ -142,6 +145,7 @@ def approvers_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
     """The approvers on the policy and whether each is enrolled (no secrets)."""
     def run() -> list[dict[str, Any]]:
         from drkit.config import load_policy
+        use_prefect()
         from tasks.approvers import enrollment
 
         rows = []
@@ -164,6 +168,7 @@ def approvers_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
 def approvers_remove(name: str) -> None:
     """Delete NAME's secret: their codes stop working (they can be enrolled again)."""
     def run() -> None:
+        use_prefect()
         from tasks.approvers import audit_enrollment, block_name, remove
 
         if not remove(name):

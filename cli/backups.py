@@ -19,6 +19,7 @@ from cli.common import (
     print_json,
     runtime,
     span,
+    use_prefect,
 )
 from drkit.engines import open_engine
 
@@ -74,6 +75,7 @@ def backup(kind: Annotated[str, typer.Argument(help="full, diff or log")], db: s
         rt = runtime()
         rt.policy.database(db)
         _ = rt.key
+        use_prefect()
         from flows.backup import BACKUP_FLOWS
         result: str | None = BACKUP_FLOWS[kind](db=db, config=config_path())
         return result

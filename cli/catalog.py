@@ -18,6 +18,7 @@ from cli.common import (
     parse_time,
     print_json,
     runtime,
+    use_prefect,
 )
 from drkit.engines import chain_for
 
@@ -61,6 +62,7 @@ def retention_plan(now: Annotated[str | None, typer.Option("--now", help="rehear
 def retention_apply(now: Annotated[str | None, typer.Option("--now", help="rehearse at this time")] = None) -> None:
     """Run the retention sweep flow (copies, moves, deletes)."""
     def run() -> list[dict[str, str]]:
+        use_prefect()
         from flows.retention import retention_sweep
         rows: list[dict[str, str]] = retention_sweep(config=config_path(),
                                                           now=parse_time(now, "--now") if now else None)

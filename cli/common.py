@@ -86,10 +86,14 @@ def main(ctx: typer.Context, config: ConfigOpt = None, verbose: VerboseOpt = Fal
     # server that must not inherit the quiet setting (its log file is kept).
     if not verbose and ctx.invoked_subcommand not in ("serve", "demo"):
         ctx.call_on_close(_quiet_prefect_console())
-    # A command that imports Prefect (to run a flow) and finds no PREFECT_API_URL uses the local server
-    # beside the policy file, started on first use and left running (see cli.prefect_server).
-    from cli.prefect_server import use_local_server_for_prefect
-    ctx.call_on_close(use_local_server_for_prefect(policy_dir, lambda line: err.print(line)))
+
+
+def use_prefect() -> None:
+    """Call in a flow command once its input is checked, before it imports its flows: with no
+    PREFECT_API_URL configured, flows then use the local server beside the policy file, started on first
+    use (one line on stderr says so) and left running (see cli.prefect_server.connect_prefect)."""
+    from cli.prefect_server import connect_prefect
+    connect_prefect(policy_dir, lambda line: err.print(line))
 
 
 # -- output and errors ---------------------------------------------------------------------------------

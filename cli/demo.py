@@ -25,6 +25,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
+from cli.common import use_prefect
 from cli.prefect_server import ensure_local_server
 from drkit.engines.postgres.pgctl import LocalCluster
 from drkit.sandbox import KEY_ENV, create_sandbox
@@ -65,6 +66,7 @@ def run_demo(workdir: Path) -> None:
     console.print("starting (or reusing) a local Prefect server …")  # the first start takes ~10 s
     api = ensure_prefect_server(workdir)
     os.environ["PREFECT_API_URL"] = api  # also for the runbooks' threads (settings contexts are per thread)
+    use_prefect()
     from prefect.settings import PREFECT_API_URL, temporary_settings
     with temporary_settings(updates={PREFECT_API_URL: api}):
         _story(world, api)

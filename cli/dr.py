@@ -10,6 +10,7 @@ from cli.common import (
     console,
     guard,
     runtime,
+    use_prefect,
 )
 from drkit.engines import open_engine
 
@@ -21,6 +22,7 @@ def failover(db: str) -> None:
     """Unplanned failover runbook: probes, P1, approval pause, promote the replica, repoint clients."""
     def run() -> dict[str, Any]:
         runtime().policy.database(db)
+        use_prefect()
         from flows.dr import dr_failover
         result: dict[str, Any] = dr_failover(db=db, config=config_path())
         return result
@@ -39,6 +41,7 @@ def failback(db: str) -> None:
     """Planned failback runbook: choice pause, resync, switch back, traffic 10% → 50% → 100%."""
     def run() -> dict[str, Any]:
         runtime().policy.database(db)
+        use_prefect()
         from flows.dr import dr_failback
         result: dict[str, Any] = dr_failback(db=db, config=config_path())
         return result

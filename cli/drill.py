@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from cli.common import app, config_path, console, err, guard, runtime
+from cli.common import app, config_path, console, err, guard, runtime, use_prefect
 from drkit.drill import fmt_seconds
 from drkit.errors import RestoreError
 
@@ -18,6 +18,7 @@ def drill(db: str) -> None:
     targets; the scratch copy is removed. Exit 1 on a missed target or a failed drill."""
     def run() -> dict[str, Any]:
         runtime().policy.database(db)  # an unknown name is refused (exit 2) before a flow run
+        use_prefect()
         from flows.drill import dr_drill
         state = dr_drill(db=db, config=config_path(), return_state=True)
         if state.is_failed():

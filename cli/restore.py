@@ -20,6 +20,7 @@ from cli.common import (
     print_json,
     runtime,
     span,
+    use_prefect,
 )
 from drkit.engines import open_engine
 from drkit.errors import ConfigError, VerificationError
@@ -82,6 +83,7 @@ def restore(
     def run() -> dict[str, Any]:
         target = parse_time(to) if to else None
         open_engine(runtime(), db).plan_restore(target, position=lsn)  # fail fast, before a flow run
+        use_prefect()
         from flows.restore import restore_point_in_time
         result: dict[str, Any] = restore_point_in_time(
             db=db, into=into, target=target, target_lsn=lsn, port=port,
@@ -104,6 +106,7 @@ def verify(
     def run() -> dict[str, Any]:
         rt = runtime()
         rt.policy.database(db)
+        use_prefect()
         from flows.verify import verify_backup_flow, verify_latest_chain
         state = (verify_latest_chain(db=db, config=config_path(), return_state=True) if chain else
                  verify_backup_flow(db=db, backup_id=backup_id, config=config_path(), return_state=True))
@@ -136,6 +139,7 @@ def recover(
                               f"{db!r}'s engine cannot provide; restore to a new database with `drkit restore "
                               f"{db} --into NAME --to TIME` and repoint clients yourself")
         engine.plan_restore(target)
+        use_prefect()
         from flows.corruption import recover_from_corruption
         result: dict[str, Any] = recover_from_corruption(
             db=db, before=target, into=str(into.resolve()) if into else None, port=port, config=config_path())

@@ -11,6 +11,7 @@ from cli.common import (
     app,
     config_path,
     guard,
+    use_prefect,
 )
 
 if TYPE_CHECKING:
@@ -22,8 +23,11 @@ if TYPE_CHECKING:
 @app.command()
 def serve() -> None:
     """Every deployment: backups on their schedules, runbooks on demand (needs PREFECT_API_URL)."""
-    from deployments.serve import serve_all
-    guard(lambda: serve_all(config_path()))
+    def run() -> None:
+        use_prefect()
+        from deployments.serve import serve_all
+        serve_all(config_path())
+    guard(run)
 
 
 @app.command()
