@@ -168,7 +168,7 @@ def server_info() -> Batch:
         "       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,\n"
         "       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,\n"
         "       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,\n"
-        "       DATEDIFF(minute, SYSUTCDATETIME(), SYSDATETIME()) AS utc_offset_minutes;"))
+        "       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;"))
 
 
 def prerequisites(database: str, *, credential: str | None, certificate: str | None) -> Batch:
