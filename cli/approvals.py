@@ -12,6 +12,7 @@ import typer
 from cli.common import (
     app,
     console,
+    group,
     guard,
     print_json,
     state,
@@ -101,7 +102,7 @@ def approve(
 
 # -- approvers: who can prove they are who they type --------------------------------------------------
 
-approvers_app = typer.Typer(no_args_is_help=True, help="Approvers' authenticator-app enrollment (TOTP).")
+approvers_app = group("Approvers' authenticator-app enrollment (TOTP).")
 app.add_typer(approvers_app, name="approvers")
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from cli.common import (
     app,
@@ -33,6 +31,7 @@ if TYPE_CHECKING:
 def check(db: str) -> None:
     """Prerequisites for backing up DB, each with its fix. Exit 1 if any is missing."""
     def run() -> bool:
+        from rich.table import Table
         rt = runtime()
         items = open_engine(rt, db).check()
         table = Table(title=f"prerequisites of {db}")
@@ -50,6 +49,7 @@ def check(db: str) -> None:
 def setup(db: str) -> None:
     """Apply what can be applied (ALTER SYSTEM, WAL spool, archive_command) and say if a restart is needed."""
     def run() -> None:
+        from rich.text import Text
         res = open_engine(runtime(), db).setup()
         for a in res.applied:
             console.print(f"applied: {a}")
@@ -95,6 +95,7 @@ def backup(kind: Annotated[str, typer.Argument(help="full, diff or log")], db: s
 def backups(db: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The catalog for DB, newest first."""
     def run() -> None:
+        from rich.table import Table
         rt = runtime()
         rt.policy.database(db)
         rows = rt.catalog.list_backups(db)

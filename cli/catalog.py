@@ -7,13 +7,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from cli.common import (
     app,
     config_path,
     console,
+    group,
     guard,
     parse_time,
     print_json,
@@ -25,9 +24,9 @@ from drkit.engines import chain_for
 if TYPE_CHECKING:
     from drkit.catalog_check import CheckReport
 
-retention_app = typer.Typer(no_args_is_help=True, help="Tiered retention: plan and apply.")
-hold_app = typer.Typer(no_args_is_help=True, help="Legal holds: a held backup is never deleted.")
-catalog_app = typer.Typer(no_args_is_help=True, help="The catalog itself.")
+retention_app = group("Tiered retention: plan and apply.")
+hold_app = group("Legal holds: a held backup is never deleted.")
+catalog_app = group("The catalog itself.")
 app.add_typer(retention_app, name="retention")
 app.add_typer(hold_app, name="hold")
 app.add_typer(catalog_app, name="catalog")
@@ -50,6 +49,7 @@ def retention_plan(now: Annotated[str | None, typer.Option("--now", help="rehear
         print_json([{"action": a.kind, "backup": a.backup_id, "database": a.database, "from": a.tier_from,
                       "to": a.tier_to, "reason": a.reason} for a in actions])
         return
+    from rich.table import Table
     table = Table(title=f"retention plan at {now or 'now'}")
     for col in ("action", "backup", "from", "to", "reason"):
         table.add_column(col)
@@ -122,6 +122,8 @@ def catalog_check(
 
 
 def _print_check(report: CheckReport, as_json: bool) -> None:
+    from rich.table import Table
+    from rich.text import Text
     if as_json:
         print_json(report.as_json())
         return

@@ -26,18 +26,42 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.text import Text
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from drkit.errors import ConfigError, DrkitError, EncryptionKeyError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from drkit.runtime import Runtime
 
 
-class _Commands(TyperGroup):
+class _Group(TyperGroup):
+    """A group of commands whose ``--help`` lists each command with the whole first paragraph of its help.
+
+    Help is click's plain text, not rich's panels (which cost ``drkit --help`` about 0.1 s of imports and
+    rendering); click alone would cut each description at its first sentence or 45 characters."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            text = cmd.short_help or (cmd.help or "").split("\n\n")[0]
+            rows.append((name, " ".join(text.split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def group(help: str) -> typer.Typer:
+    """A group of subcommands (``drkit retention ...``), with the same plain help as the top level."""
+    return typer.Typer(cls=_Group, no_args_is_help=True, rich_markup_mode=None, help=help)
+
+
+class _Commands(_Group):
     """The top-level group: the last-resort guard around every command (and its subcommands).
 
     Any exception a command lets through becomes one ``error:`` line and an exit status, as in `guard`.
@@ -61,15 +85,42 @@ class _App(typer.Typer):
         try:
             return super().__call__(*args, **kwargs)
         except SystemExit as exc:
-            from cli.prefect_server import exit_now
-            exit_now(exc.code)
+            if "prefect" in sys.modules:  # a command that ran flows
+                from cli.prefect_server import exit_now
+                exit_now(exc.code)
             raise
 
 
-app = _App(cls=_Commands, no_args_is_help=True, add_completion=False,
+class _LazyConsole:
+    """A rich Console made on first use: commands that print no table or error never import rich."""
+
+    __slots__ = ("_console", "_options")  # no __dict__: every other attribute is the Console's
+
+    def __init__(self, **options: Any) -> None:
+        object.__setattr__(self, "_options", options)
+        object.__setattr__(self, "_console", None)
+
+    def _get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+            object.__setattr__(self, "_console", Console(**self._options))
+        console: Console = self._console
+        return console
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # the proxy's own protocol (it has no __dict__), not the Console's
+            raise AttributeError(name)
+        return getattr(self._get(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._get(), name, value)
+
+
+app = _App(cls=_Commands, no_args_is_help=True, add_completion=False, rich_markup_mode=None,
            help="Database backup and disaster recovery.")
-console = Console(markup=False, emoji=False)
-err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
+console: Console = _LazyConsole(markup=False, emoji=False)  # type: ignore[assignment]
+err: Console = _LazyConsole(stderr=True, soft_wrap=True, markup=False, emoji=False,  # type: ignore[assignment]
+                            highlight=False)
 T = TypeVar("T")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="policy file (default $DRKIT_CONFIG, ./drkit.yaml)")]
@@ -141,6 +192,7 @@ def _one_line(text: str) -> str:
 
 def error(message: str) -> None:
     """One ``error: ...`` line on stderr; the message is plain text, never markup."""
+    from rich.text import Text
     err.print(Text.assemble(("error:", "red"), " ", _one_line(message)))
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from cli.common import app, config_path, console, err, guard, runtime, use_prefect
-from drkit.drill import fmt_seconds
 from drkit.errors import RestoreError
 
 
@@ -26,6 +24,9 @@ def drill(db: str) -> None:
         result: dict[str, Any] = state.result()
         return result
     out = guard(run)
+    from rich.table import Table
+
+    from drkit.drill import fmt_seconds
     table = Table(title=f"DR drill of {db}: targets {'met' if out['met'] else 'MISSED'}")
     for col in ("figure", "measured", "target", ""):
         table.add_column(col)

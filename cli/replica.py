@@ -12,14 +12,13 @@ import getpass
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.text import Text
 
-from cli.common import app, console, err, guard, print_json, runtime
+from cli.common import app, console, err, group, guard, print_json, runtime
 
 if TYPE_CHECKING:
     from drkit.engines.base import ReplicaCreated, ReplicaLag
 
-replica_app = typer.Typer(no_args_is_help=True, help="The DR replica: build it from the primary.")
+replica_app = group("The DR replica: build it from the primary.")
 app.add_typer(replica_app, name="replica")
 
 
@@ -44,6 +43,7 @@ def create(
         return made
 
     made = guard(run)
+    from rich.text import Text
     for w in made.warnings:
         err.print(Text.assemble(("warning:", "yellow"), " ", w))
     if as_json:

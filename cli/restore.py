@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from cli.common import (
     app,
@@ -39,6 +38,7 @@ def restore_plan(db: str, to: Annotated[str | None, typer.Option("--to", help="I
     from drkit.restore import estimated_seconds
 
     def run() -> None:
+        from rich.table import Table
         rt = runtime()
         plan = open_engine(rt, db).plan_restore(parse_time(to) if to else None, position=lsn)
         seconds, basis = estimated_seconds(rt, db, plan)
@@ -115,6 +115,7 @@ def verify(
         result: dict[str, Any] = state.result()
         return result
     summary = guard(run)
+    from rich.table import Table
     table = Table(title=f"verification of {summary['subject']}: PASS")
     for col in ("check", "result", "seconds", "detail"):
         table.add_column(col)

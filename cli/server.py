@@ -6,10 +6,9 @@ from typing import Annotated
 
 import typer
 
-from cli.common import app, console, err, guard, policy_dir, print_json
+from cli.common import app, console, err, group, guard, policy_dir, print_json
 
-server_app = typer.Typer(no_args_is_help=True, help="The local Prefect server flow commands start when "
-                                                  "PREFECT_API_URL is not set.")
+server_app = group("The local Prefect server flow commands start when PREFECT_API_URL is not set.")
 app.add_typer(server_app, name="server")
 
 

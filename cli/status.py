@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from cli.common import (
     app,
@@ -30,6 +29,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     from drkit.status import check_status, database_status
 
     def run() -> None:
+        from rich.table import Table
         rt = runtime()
         now = datetime.now(UTC)
         from drkit.tiers.naming import tier_location

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from drkit.catalog.records import BackupRecord
 from drkit.engines.base import BackupKind, ChainModel, CheckItem, EngineFeatures, Progress, SetupResult, StepCallback
-from drkit.engines.postgres import backup, restore, verify
 from drkit.engines.postgres.chain_model import POSTGRES_CHAIN
 from drkit.engines.postgres.engine import PostgresEngine, server
 from drkit.engines.postgres.pgctl import LocalCluster
@@ -21,10 +20,13 @@ from drkit.errors import ConfigError, RestoreError
 from drkit.plans import RestorePlan, RestoreResult
 from drkit.restore import make_plan
 from drkit.runtime import Runtime
-from drkit.verify import CheckResult, VerifyReport
 
 if TYPE_CHECKING:
     from drkit.health import ProbeResult
+    from drkit.verify import CheckResult, VerifyReport
+
+# The backup, restore and verify modules (psycopg, the pipeline) are imported by the methods that use them:
+# `drkit restore-plan` and `drkit status` need none of them.
 
 
 class PostgresDatabase:
@@ -70,6 +72,8 @@ class PostgresDatabase:
         self.server().require_ready()
 
     def take_backup(self, kind: BackupKind, *, progress: Progress | None = None) -> BackupRecord | None:
+        from drkit.engines.postgres import backup
+
         if kind == "log":
             return backup.take_log_backup(self._rt, self._db)
         return backup.take_base_backup(self._rt, self._db, kind, progress=progress)
@@ -80,12 +84,16 @@ class PostgresDatabase:
 
     def restore(self, plan: RestorePlan, into: str, *, port: int | None = None, keep_running: bool = False,
                 on_step: StepCallback | None = None) -> RestoreResult:
-        return restore.restore(self._rt, self._db, into=Path(into).absolute(), plan=plan, port=port,
+        from drkit.engines.postgres import restore as pg_restore
+
+        return pg_restore.restore(self._rt, self._db, into=Path(into).absolute(), plan=plan, port=port,
                                keep_running=keep_running, on_step=on_step)
 
     def validate_restored(self, result: RestoreResult) -> list[CheckResult]:
         if result.port is None or not result.running:
             raise RestoreError(f"the restored cluster in {result.location} is not running; nothing to validate")
+        from drkit.engines.postgres import verify
+
         return verify.run_checks(self._rt, self._db, result.port, result.location)
 
     def release_restored(self, result: RestoreResult) -> None:
@@ -94,15 +102,23 @@ class PostgresDatabase:
                          self._rt.os_user(self._db)).stop()
 
     def scratch_location(self, purpose: str) -> str:
+        from drkit.engines.postgres import verify
+
         return str(verify.scratch_root(self._rt, self._db) / f"{purpose}-{datetime.now(UTC):%Y%m%dT%H%M%S%f}")
 
     def discard_restored(self, location: str, result: RestoreResult | None = None) -> None:
+        from drkit.engines.postgres import verify
+
         verify.discard_scratch(self._rt, self._db, Path(location), result.port if result else None)
 
     def verify(self, backup_id: str | None, *, actor: str = "drkit-verify") -> VerifyReport:
+        from drkit.engines.postgres import verify
+
         return verify.verify_backup(self._rt, self._db, backup_id, actor=actor)
 
     def verify_chain(self, *, actor: str = "drkit-verify") -> VerifyReport:
+        from drkit.engines.postgres import verify
+
         return verify.verify_chain(self._rt, self._db, actor=actor)
 
     def import_history(self) -> str:
