@@ -8,8 +8,10 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,15 +23,17 @@ from drkit.catalog import Catalog
 from drkit.config import load_policy
 from drkit.engines.postgres.pgctl import free_port
 from drkit.sandbox import KEY_ENV, Sandbox
+from tests.support.browser import missing_tools, node_environ
 from tests.support.pgdata import connect
 from tests.support.policies import policy_variant
-from tests.support.prefect_process import PrefectProcess, running_prefect_server
+from tests.support.prefect_process import PrefectProcess
 from tests.support.procs import stop_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[2]
 DRKIT = Path(sys.executable).with_name("drkit")
+UI_JS = ROOT / "tests" / "browser" / "alert_run.mjs"
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 TOKEN = "am-7c1d0e5b9f2a4c68"  # noqa: S105 - a test token
 YEARLY = "0 0 1 1 *"  # nothing scheduled runs during the test: every run seen was started by an alert
@@ -48,9 +52,11 @@ def poll(what: str, probe: Callable[[], T | None], timeout: float = 240, logs: t
 
 
 @pytest.fixture
-def server() -> Iterator[PrefectProcess]:
-    with running_prefect_server() as srv:
-        yield srv
+def server(request: pytest.FixtureRequest) -> PrefectProcess:
+    srv = PrefectProcess(ui=True)  # with its UI: the test looks at the run there too
+    request.addfinalizer(srv.close)
+    srv.start()
+    return srv
 
 
 def _started_runs(api: str, deployment: str) -> list[dict[str, Any]]:
@@ -61,6 +67,20 @@ def _started_runs(api: str, deployment: str) -> list[dict[str, Any]]:
                       json={"flow_runs": {"deployment_id": {"any_": [dep.json()["id"]]}}})
     runs.raise_for_status()
     return [r for r in runs.json() if not r["auto_scheduled"]]
+
+
+def _seen_in_the_ui(server: PrefectProcess, run_id: str, automation: str) -> None:
+    """The run's page in the Prefect UI shows it Completed under its name; the Automations page lists its
+    trigger. Screenshots are kept (and named) only when it fails."""
+    if missing_tools() is not None:
+        warnings.warn(f"the Prefect UI part is skipped: {missing_tools()}", stacklevel=2)
+        return
+    name = httpx.get(f"{server.api_url}/flow_runs/{run_id}", timeout=10).json()["name"]  # log-DB once it ran
+    shots = Path(tempfile.mkdtemp(prefix="drkit-alert-shots-", dir="/tmp"))
+    ui = subprocess.run(["node", str(UI_JS), server.url, run_id, name, automation, str(shots)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300, env=node_environ())
+    assert ui.returncode == 0, f"the Prefect UI did not show it (screenshots in {shots}):\n{ui.stdout}\n{ui.stderr}"
+    shutil.rmtree(shots, ignore_errors=True)
 
 
 def _final_state(api: str, run_id: str) -> dict[str, Any] | None:
@@ -161,6 +181,7 @@ def test_a_firing_log_backup_alert_runs_the_log_backup(sandbox: Sandbox, scratch
         assert state["type"] == "COMPLETED", (state, serve_log.read_text(errors="replace")[-4000:])
         new_logs = [b for b in catalog.list_backups(db, kinds=["log"]) if b.id not in logs_before]
         assert [b.status for b in new_logs] == ["completed"]
+        _seen_in_the_ui(server, run["id"], f"{db}: DrkitLogBackupTooOld")
 
         # the event is Prefect's to show (Event feed), about the database, with the alert's labels
         events = httpx.post(f"{server.api_url}/events/filter", timeout=10, json={
