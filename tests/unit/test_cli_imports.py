@@ -19,14 +19,15 @@ import yaml
 from drkit.catalog import Catalog
 
 HEAVY = ("prefect", "alembic", "sqlalchemy", "azure", "httpx")
-RUN = f"""
-import json, sys
+RUN = """
+import json, os, sys
 from cli import app
 try:
     app(sys.argv[1:])
 except SystemExit as exc:
     code = exc.code
-print(json.dumps({{"code": code, "loaded": sorted(m for m in {HEAVY!r} if m in sys.modules)}}), file=sys.stderr)
+watched = os.environ["WATCHED"].split(",")
+print(json.dumps({"code": code, "loaded": sorted(m for m in watched if m in sys.modules)}), file=sys.stderr)
 """
 
 
@@ -45,9 +46,10 @@ def policy(tmp_path: Path) -> Path:
     return path
 
 
-def loaded_by(policy: Path, *args: str) -> tuple[int, list[str]]:
+def loaded_by(policy: Path, *args: str, watched: tuple[str, ...] = HEAVY) -> tuple[int, list[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_HOME"] = str(policy.parent / "prefect-home")  # no profile with an API URL
+    env["WATCHED"] = ",".join(watched)
     proc = subprocess.run([sys.executable, "-c", RUN, "--config", str(policy), *args], capture_output=True,
                           text=True, env=env, timeout=120, check=False)
     report = json.loads(proc.stderr.strip().splitlines()[-1])
@@ -69,3 +71,20 @@ def test_read_only_commands_import_nothing_heavy(policy: Path, args: list[str]) 
     assert code in (0, 1, None)
     assert loaded == []
     assert not (policy.parent / "var" / "prefect-local" / "server.pid").exists()  # and started no server
+
+
+def test_help_imports_no_rich_no_pydantic_no_policy(policy: Path) -> None:
+    """`drkit --help` is click's plain help: no rich rendering, no argument conversion, no policy models."""
+    code, loaded = loaded_by(policy, "--help", watched=("rich", "pydantic", "yaml", "drkit.config"))
+    assert code in (0, None)
+    assert loaded == []
+
+
+@pytest.mark.parametrize("args", [["status"], ["backups", "app"], ["restore-plan", "app"]])
+def test_catalog_readers_import_no_database_driver(policy: Path, args: list[str]) -> None:
+    """What a read-only command does not run (a backup, a restore, a verification) is not imported either:
+    the PostgreSQL engine's backup/restore/verify modules and their psycopg."""
+    code, loaded = loaded_by(policy, *args, watched=("psycopg", "drkit.engines.postgres.restore",
+                                                      "drkit.engines.postgres.verify"))
+    assert code in (0, 1, None)
+    assert loaded == []
