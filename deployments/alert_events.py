@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from drkit.alerts import FIRING_EVENT, database_resource, receive, token_env_name
+from drkit.alerts import FIRING_EVENT, database_resource, receive
 from drkit.config import Policy
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def backup_triggers(db: str, kind: str) -> tuple[AlertTrigger, ...]:
 def alert_routes(policy: Policy) -> dict[str, Handler]:
     """``{"/alertmanager": handler}`` for the HTTP listener of ``drkit serve``."""
     databases = frozenset(policy.databases)
-    token_env = token_env_name(policy)
+    token_env = policy.metrics.alert_token_env
 
     def alertmanager(body: bytes, authorization: str | None) -> tuple[int, str]:
         from prefect.events import emit_event

@@ -75,13 +75,6 @@ class Receipt:
     events: tuple[AlertEvent, ...] = field(default=())
 
 
-def token_env_name(policy: Any) -> str:
-    """The environment variable holding the receiver's token: the policy's ``metrics.alert_token_env``."""
-    metrics = getattr(policy, "metrics", None)
-    name = getattr(metrics, "alert_token_env", None)
-    return name if isinstance(name, str) and name else DEFAULT_TOKEN_ENV
-
-
 def _authorized(header: str | None, token: str) -> bool:
     scheme, _, given = (header or "").strip().partition(" ")
     # compare bytes of both in constant time, whatever the scheme (no early answer to time)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from drkit.alerts import DEFAULT_TOKEN_ENV, receive, token_env_name
+from drkit.alerts import DEFAULT_TOKEN_ENV, receive
 from drkit.config import Policy
 
 TOKEN = "tok-3f9a1c7e-not-for-logs"  # noqa: S105 - a test token
@@ -114,6 +114,15 @@ def test_the_token_is_in_no_answer() -> None:
     assert not [a for a in answers if TOKEN[:-2] in a.message]
 
 
-def test_the_token_variable_comes_from_the_policy() -> None:
-    assert token_env_name(Policy.model_validate({"metrics": {"alert_token_env": "AM_TOKEN"}})) == "AM_TOKEN"
-    assert token_env_name(Policy.model_validate({})) == DEFAULT_TOKEN_ENV
+def test_the_receiver_reads_the_variable_the_policy_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments.alert_events import alert_routes
+
+    monkeypatch.setenv(DEFAULT_TOKEN_ENV, TOKEN)
+    monkeypatch.delenv("AM_TOKEN", raising=False)
+    [(path, handler)] = alert_routes(Policy.model_validate({"metrics": {"alert_token_env": "AM_TOKEN"}})).items()
+    body = payload(alert("DrkitLogBackupTooOld", database="orders"))
+    assert path == "/alertmanager"
+    status, message = handler(body, f"Bearer {TOKEN}")
+    assert status == 503 and message.startswith("set AM_TOKEN ")
+    monkeypatch.setenv("AM_TOKEN", "another")
+    assert handler(body, f"Bearer {TOKEN}") == (401, "missing or wrong bearer token")
