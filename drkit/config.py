@@ -270,6 +270,13 @@ class DatabaseConfig(_Model):
         return self
 
     @model_validator(mode="after")
+    def _no_diff_on_a_secondary(self) -> DatabaseConfig:
+        if self.sqlserver is not None and self.sqlserver.backup_replica == "preferred" and self.schedules.diff:
+            raise ValueError("schedules.diff: must be null with sqlserver.backup_replica: preferred: the preferred "
+                             "backup replica may be a secondary, where SQL Server takes no differential backup")
+        return self
+
+    @model_validator(mode="after")
     def _needs(self) -> DatabaseConfig:
         if (self.dsn is None) == (self.dsn_env is None):
             raise ValueError("set exactly one of 'dsn_env' (name of an environment variable) or 'dsn'")

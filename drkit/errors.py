@@ -67,6 +67,12 @@ class WalConflictError(EngineError):
     """A WAL segment arrived twice with different content."""
 
 
+class BackupSkipped(DrkitError, NotRetryable):
+    """This server must not take the backup now, by the policy's choice (an availability-group replica that is
+    not the group's preferred backup replica): not a failure. The engine records it (audit event
+    ``backup.skipped``) before raising; the backup task logs the reason and returns no backup."""
+
+
 class BackupInProgressError(DrkitError):
     """Another backup of the same database is running."""
 

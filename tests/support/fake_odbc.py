@@ -285,6 +285,8 @@ class SimulatedServer:
              "FileGroupName": None, "Size": 2**30, "FileId": 2},
         ]
         self.fork = str(uuid.UUID(int=0xF0F0)).upper()
+        self.facts: dict[str, Any] = {}
+        """Overrides of the prerequisites row (edition, page_verify, ag_role, is_preferred_backup_replica...)."""
         self.install()
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -305,10 +307,11 @@ class SimulatedServer:
             "default_data_path": "/var/opt/mssql/data/", "default_log_path": "/var/opt/mssql/log/",
             "utc_offset_minutes": self.utc_offset_minutes}])]))
         d.on(r"AS can_backup_database", lambda s, p: Reply([Rows.of([{
-            "product_version": "16.0.4135.4", "edition": "Enterprise Edition (64-bit)", "state": "ONLINE",
-            "recovery_model": "FULL", "page_verify": "CHECKSUM", "is_sysadmin": 0, "can_backup_database": 1,
+            "product_version": "16.0.4135.4", "edition": "Enterprise Edition (64-bit)", "engine_edition": 3,
+            "state": "ONLINE", "recovery_model": "FULL", "page_verify": "CHECKSUM", "ag_role": None,
+            "is_preferred_backup_replica": 1, "is_sysadmin": 0, "can_backup_database": 1,
             "can_backup_log": 1, "can_create_database": 1, "can_read_history": 1, "can_alter_credential": 1,
-            "credential_exists": 1, "certificate_usable": 1}])]))
+            "credential_exists": 1, "certificate_usable": 1, **self.facts}])]))
         d.on(r"AS data_bytes", lambda s, p: Reply([Rows.of([{"data_bytes": self.data_bytes,
                                                               "log_bytes": self.log_bytes}])]))
         d.on(r"SELECT differential_base_lsn", lambda s, p: Reply([Rows.of([{

@@ -18,7 +18,7 @@ from drkit.engines.sqlserver.backup import take_backup
 from drkit.engines.sqlserver.history import import_history
 from drkit.engines.sqlserver.restore import restore_to_point
 from drkit.engines.sqlserver.verify import verify_backup_mssql
-from drkit.errors import ConfigError, DatabaseUnreachableError, PrerequisiteError, RestorePlanError
+from drkit.errors import BackupSkipped, ConfigError, DatabaseUnreachableError, PrerequisiteError, RestorePlanError
 from tests.support.fake_odbc import DSN, DSN_PASSWORD, SAS_TOKEN, FakeDriver, World, make_world, odbc_error
 
 NOW = datetime(2026, 5, 18, 12, 0, tzinfo=UTC)
@@ -212,13 +212,14 @@ def test_every_batch_runs_in_autocommit_with_a_timeout(tmp_path: Path) -> None:
 def test_check_lists_what_is_missing_and_how_to_fix_it(tmp_path: Path) -> None:
     w = make_world(tmp_path, target="url", settings={"certificate": "BackupCert"})
     w.driver.on(r"AS can_backup_database", first=True, rows=[{
-        "edition": "Express Edition", "state": "ONLINE", "recovery_model": "SIMPLE", "page_verify": "TORN_PAGE",
+        "edition": "Express Edition", "engine_edition": 4, "state": "ONLINE", "recovery_model": "SIMPLE",
+        "page_verify": "TORN_PAGE",
         "is_sysadmin": 0, "can_backup_database": 1, "can_backup_log": 0, "can_create_database": 0,
         "can_read_history": 1, "can_alter_credential": 0, "credential_exists": 0, "certificate_usable": 0}])
     items = {i.name: i for i in w.engine.check()}
     bad = {n for n, i in items.items() if not i.ok}
     assert bad == {"recovery model", "page verify", "BACKUP LOG permission", "CREATE ANY DATABASE (restores)",
-                   "backup compression", "SAS credential", "encryption certificate"}
+                   "backup compression", "backup encryption", "SAS credential", "encryption certificate"}
     assert "SET RECOVERY FULL" in items["recovery model"].fix and "dbcreator" in items[
         "CREATE ANY DATABASE (restores)"].fix
     with pytest.raises(PrerequisiteError, match="drkit check orders"):
@@ -413,3 +414,112 @@ def test_fake_driver_enforces_parameter_counts_and_drain() -> None:
     cur.execute("SELECT 1")
     cur.close()
     assert d.violations
+
+
+# -- editions: compression and encryption (SERVERPROPERTY('EngineEdition') and ('Edition')) ------------------
+
+
+@pytest.mark.parametrize(("engine_edition", "edition", "capable"), [
+    (3, "Enterprise Edition: Core-based Licensing (64-bit)", True),
+    (3, "Developer Edition (64-bit)", True),
+    (2, "Standard Edition (64-bit)", True),
+    (2, "Web Edition (64-bit)", False),  # Web reports the Standard engine: only its name tells it apart
+    (4, "Express Edition with Advanced Services (64-bit)", False),
+])
+def test_compression_and_encryption_need_enterprise_standard_or_developer(
+        tmp_path: Path, engine_edition: int, edition: str, capable: bool) -> None:
+    w = make_world(tmp_path, settings={"certificate": "BackupCert"})
+    w.server.facts.update(engine_edition=engine_edition, edition=edition)
+    items = {i.name: i for i in w.engine.check()}
+    for name, fix in (("backup compression", "set sqlserver.compression: false"),
+                      ("backup encryption", "remove sqlserver.certificate")):
+        assert items[name].ok is capable, items[name]
+        assert fix in items[name].fix and "Enterprise, Standard or Developer" in items[name].fix
+    if capable:
+        assert take_backup(w.rt, "orders", "full", engine=w.engine) is not None
+        return
+    with pytest.raises(PrerequisiteError, match="cannot compress backups") as err:
+        take_backup(w.rt, "orders", "full", engine=w.engine)
+    assert "cannot encrypt backups" in str(err.value)
+    assert not any("\nBACKUP " in e.sql for e in w.driver.executed)
+
+
+def test_express_backs_up_without_compression_or_a_certificate(tmp_path: Path) -> None:
+    w = make_world(tmp_path, settings={"compression": False})
+    w.server.facts.update(engine_edition=4, edition="Express Edition (64-bit)")
+    assert all(i.ok for i in w.engine.check())
+    take_backup(w.rt, "orders", "full", engine=w.engine)
+    (backup,) = [e.sql for e in w.driver.executed if "\nBACKUP DATABASE" in e.sql]
+    assert "COMPRESSION" not in backup and "ENCRYPTION" not in backup
+
+
+# -- page verify: backed up with a warning, not skipped --------------------------------------------------
+
+
+def test_a_database_without_page_verify_checksum_is_backed_up_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    w = make_world(tmp_path)
+    w.server.facts.update(page_verify="TORN_PAGE_DETECTION")
+    check = {i.name: i for i in w.engine.check()}["page verify"]
+    assert not check.ok and "backups still run, with a warning" in check.fix  # `drkit check` still shows it
+    rec = take_backup(w.rt, "orders", "full", engine=w.engine)
+    assert rec.status == "completed"
+    (warning,) = rec.meta["warnings"]
+    assert "PAGE_VERIFY TORN_PAGE_DETECTION, not CHECKSUM" in warning and "SET PAGE_VERIFY CHECKSUM" in warning
+    assert "PAGE_VERIFY TORN_PAGE_DETECTION" in caplog.text
+    w.server.facts.update(page_verify="CHECKSUM")
+    assert "warnings" not in take_backup(w.rt, "orders", "log", engine=w.engine).meta
+
+
+# -- availability groups: what a secondary takes, and the preferred backup replica -----------------------
+
+
+def _on_secondary(tmp_path: Path, **settings: object) -> World:
+    w = make_world(tmp_path, settings={"availability_group": "ag1", **settings})
+    w.server.facts.update(ag_role="SECONDARY")
+    return w
+
+
+def test_a_secondary_takes_copy_only_fulls_and_regular_logs(tmp_path: Path) -> None:
+    w = _on_secondary(tmp_path, copy_only=True)
+    full = take_backup(w.rt, "orders", "full", engine=w.engine)
+    log = take_backup(w.rt, "orders", "log", engine=w.engine)
+    sent = [e.sql for e in w.driver.executed if "\nBACKUP " in e.sql]
+    assert "WITH COPY_ONLY," in sent[0] and "BACKUP LOG" in sent[1] and "COPY_ONLY" not in sent[1]
+    assert full.meta["is_copy_only"] and not log.meta["is_copy_only"]
+
+
+def test_a_secondary_refuses_a_differential_and_a_full_that_is_not_copy_only(tmp_path: Path) -> None:
+    w = _on_secondary(tmp_path)
+    assert not {i.name: i for i in w.engine.check()}["full backups on a secondary"].ok
+    with pytest.raises(PrerequisiteError, match=r"full backups on a secondary .*copy_only: true"):
+        take_backup(w.rt, "orders", "full", engine=w.engine)
+    with pytest.raises(PrerequisiteError, match=r"no differential backup on a secondary.*schedules\.diff: null"):
+        take_backup(w.rt, "orders", "diff", engine=w.engine)
+    assert not any("\nBACKUP " in e.sql for e in w.driver.executed)
+    w.engine.require_ready()  # the flow's prerequisite step, for any kind, lets the log backup run
+    assert take_backup(w.rt, "orders", "log", engine=w.engine).status == "completed"
+    assert w.rt.catalog.list_backups("orders", kinds=["full", "diff"]) == []
+
+
+def test_a_replica_that_is_not_the_preferred_backup_replica_skips_and_records_why(tmp_path: Path) -> None:
+    w = _on_secondary(tmp_path, copy_only=True)  # and a policy with schedules.diff: null (see the settings tests)
+    w.engine.settings = w.engine.settings.model_copy(update={"backup_replica": "preferred"})
+    w.server.facts.update(is_preferred_backup_replica=0)
+    for kind in ("full", "log"):
+        with pytest.raises(BackupSkipped, match="not the preferred backup replica of availability group 'ag1'"):
+            take_backup(w.rt, "orders", kind, engine=w.engine)
+    assert not any("\nBACKUP " in e.sql for e in w.driver.executed)
+    assert w.rt.catalog.list_backups("orders") == []  # no failed backup either
+    events = w.rt.catalog.audit_events(database="orders", action="backup.skipped")
+    assert [e.subject for e in events] == ["full", "log"]
+    assert "sys.fn_hadr_backup_is_preferred_replica is 0" in events[0].detail["reason"]
+    w.server.facts.update(is_preferred_backup_replica=1)
+    assert take_backup(w.rt, "orders", "full", engine=w.engine).meta["is_copy_only"]
+
+
+def test_connected_ignores_the_backup_preference(tmp_path: Path) -> None:
+    w = make_world(tmp_path, settings={"availability_group": "ag1"})
+    w.server.facts.update(ag_role="PRIMARY", is_preferred_backup_replica=0)
+    assert take_backup(w.rt, "orders", "full", engine=w.engine).status == "completed"

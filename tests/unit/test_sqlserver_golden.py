@@ -130,6 +130,17 @@ def test_credential_is_idempotent_and_secret_is_a_parameter(tmp_path: Path) -> N
                  "without '?'", w.driver, 1)
 
 
+def test_full_and_log_on_an_availability_group_secondary(tmp_path: Path) -> None:
+    w = make_world(tmp_path, settings={"availability_group": "ag1", "copy_only": True})
+    w.server.facts.update(ag_role="SECONDARY")
+    take_backup(w.rt, "orders", "full", engine=w.engine)
+    take_backup(w.rt, "orders", "log", engine=w.engine)
+    text = check_golden("full_and_log_on_secondary", "on an availability-group secondary: the role read with the "
+                        "prerequisites, a COPY_ONLY full, then a regular log backup (never a copy-only log)", w)
+    full, log = (b for b in text.split("GO") if "\nBACKUP " in b)
+    assert "COPY_ONLY" in full and "BACKUP LOG" in log and "COPY_ONLY" not in log
+
+
 # -- verification and restore ------------------------------------------------------------------------
 
 

@@ -92,3 +92,36 @@ def test_a_sqlserver_database_without_its_block_is_refused_when_opened(tmp_path:
                           base_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"databases\.orders\.sqlserver: not set"):
         sqlserver_engine(Runtime(policy, environ={"ORDERS_DSN": DSN}), "orders")
+
+
+# -- what SQL Server runs on an availability-group secondary (copy-only full, regular log, no diff) ----------
+
+
+AG_BLOCK = "sqlserver: {disk_path: /b, availability_group: ag1, backup_replica: preferred, copy_only: true}\n"
+
+
+@pytest.mark.parametrize(("block", "key", "says"), [
+    ("sqlserver: {disk_path: /b, backup_replica: preferred, copy_only: true}\n", "backup_replica",
+     "set availability_group"),
+    ("sqlserver: {disk_path: /b, availability_group: ag1, backup_replica: preferred}\n", "copy_only",
+     "only COPY_ONLY full backups"),
+    ("sqlserver: {disk_path: /b, backup_replica: secondary}\n", "backup_replica", "'connected' or 'preferred'"),
+    ("sqlserver: {disk_path: /b, copy_only_log: true}\n", "copy_only_log", "unknown key"),
+])
+def test_backups_that_sqlserver_cannot_take_on_a_secondary_are_refused_at_load(
+        tmp_path: Path, block: str, key: str, says: str) -> None:
+    msg = load_error(tmp_path, block)
+    assert f"databases.orders.sqlserver.{key}: " in msg and says in msg, msg
+
+
+def test_a_differential_schedule_with_the_preferred_replica_is_refused_at_load(tmp_path: Path) -> None:
+    msg = load_error(tmp_path, AG_BLOCK)  # schedules.diff defaults to every 6 hours
+    assert "databases.orders: schedules.diff: must be null" in msg and "no differential" in msg, msg
+    policy = load_policy(policy_file(tmp_path, AG_BLOCK + "schedules: {diff: null}\n"))
+    settings = policy.database("orders").sqlserver
+    assert settings is not None and (settings.backup_replica, settings.copy_only) == ("preferred", True)
+
+
+def test_the_connected_replica_is_the_default_and_copy_only_is_off(tmp_path: Path) -> None:
+    settings = load_policy(policy_file(tmp_path, "sqlserver: {disk_path: /b}\n")).database("orders").sqlserver
+    assert settings is not None and (settings.backup_replica, settings.copy_only) == ("connected", False)

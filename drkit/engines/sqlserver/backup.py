@@ -17,7 +17,9 @@ password) ever reaches the catalog, a log or an exception.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from drkit.backup import DATA_OBJECT, begin, finish_backup, guarded, object_key, write_encrypted
 from drkit.catalog.records import RESTORABLE_STATUSES, BackupRecord
@@ -27,8 +29,10 @@ from drkit.engines.sqlserver.errors import LogChainError, scrub
 from drkit.engines.sqlserver.msdb import FORMAT_PIPELINE, FORMAT_URL, BackupSet
 from drkit.engines.sqlserver.settings import SqlServerSettings, split_container_url
 from drkit.engines.sqlserver.tsql import BackupKind
-from drkit.errors import CatalogError, DrkitError
+from drkit.errors import BackupSkipped, CatalogError, DrkitError
 from drkit.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 BlobCleanup = Callable[[Sequence[str]], None]
 """Deletes (breaking leases first) the blobs a failed URL backup left; wired to an Azure store by the caller."""
@@ -57,18 +61,30 @@ def take_backup(
     progress: Progress | None = None,
     cleanup: BlobCleanup | None = None,
 ) -> BackupRecord:
-    """A full, differential or log backup of ``db``, recorded in the catalog with its msdb row."""
+    """A full, differential or log backup of ``db``, recorded in the catalog with its msdb row.
+
+    Raises ``BackupSkipped`` (after recording it) where ``backup_replica: preferred`` says another replica
+    takes it; a backup that runs despite a warning (no ``PAGE_VERIFY CHECKSUM``) keeps it in ``meta.warnings``.
+    """
     if kind not in ("full", "diff", "log"):
         raise ValueError(f"not a backup kind: {kind}")
     engine = engine or sqlserver_engine(rt, db)
     if engine.settings.target == "disk":
         _ = rt.key  # a missing key fails here, before anything is written
-    engine.require_ready(kind)
+    ready = engine.require_ready(kind)
+    if ready.skip:
+        rt.catalog.audit(actor="drkit-backup", action="backup.skipped", database=db, subject=kind,
+                         detail={"reason": ready.skip, "server": engine.endpoint})
+        log.warning("%s backup of %s skipped: %s", kind, db, ready.skip)
+        raise BackupSkipped(f"{kind} backup of {db} skipped: {ready.skip}")
+    for warning in ready.warnings:
+        log.warning("%s backup of %s: %s", kind, db, warning)
+    notes = {"warnings": list(ready.warnings)} if ready.warnings else {}
     base_id = _differential_base_id(rt, db, engine) if kind == "diff" else None
     if engine.settings.target == "url":
-        done = _backup_to_url(rt, db, kind, engine, base_id, progress, cleanup)
+        done = _backup_to_url(rt, db, kind, engine, base_id, progress, cleanup, notes)
     else:
-        done = _backup_through_pipeline(rt, db, kind, engine, base_id, progress)
+        done = _backup_through_pipeline(rt, db, kind, engine, base_id, progress, notes)
     if kind == "log":
         check_log_join(rt, db, done)
     return done
@@ -93,10 +109,10 @@ def _differential_base_id(rt: Runtime, db: str, engine: SqlServerEngine) -> str:
 
 def _backup_to_url(
     rt: Runtime, db: str, kind: BackupKind, engine: SqlServerEngine, base_id: str | None,
-    progress: Progress | None, cleanup: BlobCleanup | None,
+    progress: Progress | None, cleanup: BlobCleanup | None, notes: Mapping[str, Any],
 ) -> BackupRecord:
     s = engine.settings
-    rec = begin(rt, db, kind, base_id=base_id, meta={"engine": "sqlserver", "target": "url"})
+    rec = begin(rt, db, kind, base_id=base_id, meta={"engine": "sqlserver", "target": "url", **notes})
     devices: list[str] = []
     try:
         with engine.session() as session:
@@ -144,10 +160,10 @@ def _leftover_note(devices: Sequence[str], cleanup: BlobCleanup | None) -> str:
 
 def _backup_through_pipeline(
     rt: Runtime, db: str, kind: BackupKind, engine: SqlServerEngine, base_id: str | None,
-    progress: Progress | None,
+    progress: Progress | None, notes: Mapping[str, Any],
 ) -> BackupRecord:
     tier = rt.policy.backup_tier
-    rec = begin(rt, db, kind, base_id=base_id, meta={"engine": "sqlserver", "target": "disk"})
+    rec = begin(rt, db, kind, base_id=base_id, meta={"engine": "sqlserver", "target": "disk", **notes})
 
     def body() -> BackupRecord:
         info, data = write_encrypted(rt, tier, object_key(rec, DATA_OBJECT),

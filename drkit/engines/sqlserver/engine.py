@@ -15,10 +15,11 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from drkit.config import resolve_dsn
 from drkit.engines.base import BackupOutcome, BaseInfo, ByteSink, CheckItem, Progress, SetupResult
@@ -141,11 +142,16 @@ class SqlServerEngine:
             return None
         return split_container_url(self.settings.url)[0]
 
-    def check(self) -> list[CheckItem]:
+    def facts(self) -> dict[str, Any]:
+        """The prerequisites row (:func:`tsql.prerequisites`): edition, state, permissions, AG role."""
         s = self.settings
         with self.session() as session:
-            facts = session.run(tsql.prerequisites(s.database, credential=self.credential_name,
-                                                   certificate=s.certificate)).one()
+            return session.run(tsql.prerequisites(s.database, credential=self.credential_name,
+                                                  certificate=s.certificate)).one()
+
+    def check(self, facts: Mapping[str, Any] | None = None) -> list[CheckItem]:
+        s = self.settings
+        facts = self.facts() if facts is None else facts
         db = s.database
         items = [CheckItem("database", facts.get("state") == "ONLINE", str(facts.get("state") or "missing"),
                            "ONLINE", f"database {db!r} must exist and be online on {self.endpoint}")]
@@ -154,8 +160,9 @@ class SqlServerEngine:
                                f"ALTER DATABASE {tsql.quote_name(db)} SET RECOVERY FULL; then a full backup "
                                "(log backups need it)"))
         verify = str(facts.get("page_verify") or "?")
-        items.append(CheckItem("page verify", verify == "CHECKSUM", verify, "CHECKSUM",
-                               f"ALTER DATABASE {tsql.quote_name(db)} SET PAGE_VERIFY CHECKSUM"))
+        items.append(CheckItem(PAGE_VERIFY, verify == "CHECKSUM", verify, "CHECKSUM",
+                               f"ALTER DATABASE {tsql.quote_name(db)} SET PAGE_VERIFY CHECKSUM (backups still "
+                               "run, with a warning: pages written before it carry no checksum to verify)"))
         sysadmin = parse_bool(facts.get("is_sysadmin"))
         for key, what, fix in (
             ("can_backup_database", "BACKUP DATABASE permission", "add the login to db_backupoperator"),
@@ -166,10 +173,12 @@ class SqlServerEngine:
         ):
             ok = sysadmin or parse_bool(facts.get(key))
             items.append(CheckItem(what, ok, "yes" if ok else "no", "yes", fix))
-        edition = str(facts.get("edition") or "")
-        compress_ok = not s.compression or "express" not in edition.lower()
-        items.append(CheckItem("backup compression", compress_ok, edition or "?", "not Express edition",
-                               "set sqlserver.compression: false (Express cannot compress backups)"))
+        edition = edition_name(facts)
+        capable = edition_backs_up_compressed_and_encrypted(facts)
+        if s.compression:
+            items.append(CheckItem("backup compression", capable, edition, "Enterprise, Standard or Developer",
+                                   f"{edition} cannot compress backups: set sqlserver.compression: false in the "
+                                   "policy, or use Enterprise, Standard or Developer edition"))
         if self.credential_name:
             exists = int(facts.get("credential_exists") or 0) > 0
             can = sysadmin or parse_bool(facts.get("can_alter_credential"))
@@ -178,11 +187,25 @@ class SqlServerEngine:
                                    f"export ${s.sas_token_env or 'SAS token variable'} and run `drkit setup "
                                    f"{self.name}` (the login needs ALTER ANY CREDENTIAL)"))
         if s.certificate:
+            items.append(CheckItem("backup encryption", capable, edition, "Enterprise, Standard or Developer",
+                                   f"{edition} cannot encrypt backups: remove sqlserver.certificate from the policy "
+                                   "(with target: disk drkit's pipeline still encrypts every backup), or use "
+                                   "Enterprise, Standard or Developer edition"))
             ok = int(facts.get("certificate_usable") or 0) > 0
             items.append(CheckItem("encryption certificate", ok, "usable" if ok else "missing or without key",
                                    "a master certificate with its private key",
                                    f"CREATE CERTIFICATE {tsql.quote_name(s.certificate)} in master, and back it "
                                    "up with its private key: without it no encrypted backup can be restored"))
+        if s.availability_group:
+            role = facts.get("ag_role")
+            items.append(CheckItem("availability-group role", role is not None, str(role or "unknown"),
+                                   "PRIMARY or SECONDARY",
+                                   f"{db!r} must be a database of availability group {s.availability_group!r} on "
+                                   f"{self.endpoint}, and the login needs VIEW SERVER STATE"))
+            if role == "SECONDARY" and not s.copy_only:
+                items.append(CheckItem(SECONDARY_FULL, False, "not COPY_ONLY", "COPY_ONLY",
+                                       "set sqlserver.copy_only: true (a secondary takes only copy-only fulls), "
+                                       "or point the DSN at the primary (the listener)"))
         return items
 
     def setup(self) -> SetupResult:
@@ -194,12 +217,38 @@ class SqlServerEngine:
         remaining = [i for i in self.check() if not i.ok]
         return SetupResult(applied=applied, restart_needed=False, remaining=remaining)
 
-    def require_ready(self, kind: str = "full") -> None:
-        bad = [i for i in self.check() if not i.ok and (kind == "log" or i.name != "recovery model")]
+    def require_ready(self, kind: BackupKind | None = None) -> Readiness:
+        """Refuse (``PrerequisiteError``) what is missing for a backup of ``kind`` (None: any kind) here.
+
+        What does not block it comes back: warnings to record with the backup (no ``PAGE_VERIFY
+        CHECKSUM``), or why this replica skips it (``backup_replica: preferred`` on a replica that is not
+        the group's preferred backup replica).
+        """
+        facts = self.facts()
+        bad = [i for i in self.check(facts) if not i.ok and i.name != PAGE_VERIFY
+               and (kind == "log" or i.name != "recovery model") and (kind == "full" or i.name != SECONDARY_FULL)]
         if bad:
             lines = "; ".join(f"{i.name} is {i.current!r}, needs {i.expected!r} (fix: {i.fix})" for i in bad)
             raise PrerequisiteError(f"SQL Server database {self.settings.database!r} ({self.name}) is not ready "
-                                    f"for {kind} backups: {lines}. `drkit check {self.name}` lists them")
+                                    f"for {kind or 'any'} backups: {lines}. `drkit check {self.name}` lists them")
+        db, role = self.settings.database, facts.get("ag_role")
+        if kind == "diff" and role == "SECONDARY":
+            raise PrerequisiteError(
+                f"{self.endpoint} is an availability-group secondary for {db!r}, and SQL Server takes no "
+                "differential backup on a secondary: take differentials on the primary (point the DSN at the "
+                "listener), or set schedules.diff: null")
+        warnings = []
+        verify = str(facts.get("page_verify") or "?")
+        if verify != "CHECKSUM":
+            warnings.append(f"{db!r} has PAGE_VERIFY {verify}, not CHECKSUM: pages written before it is set "
+                            "carry no checksum, so BACKUP … WITH CHECKSUM cannot verify them (fix: ALTER "
+                            f"DATABASE {tsql.quote_name(db)} SET PAGE_VERIFY CHECKSUM)")
+        skip = None
+        if self.settings.backup_replica == "preferred" and not parse_bool(facts.get("is_preferred_backup_replica")):
+            skip = (f"{self.endpoint} ({str(role or 'replica').lower()}) is not the preferred backup replica of "
+                    f"availability group {self.settings.availability_group!r} for {db!r} "
+                    "(sys.fn_hadr_backup_is_preferred_replica is 0): the preferred replica takes it")
+        return Readiness(warnings=tuple(warnings), skip=skip)
 
     def ensure_credential(self, session: Session) -> None:
         name = self.credential_name
@@ -255,7 +304,7 @@ class SqlServerEngine:
             if m and progress:
                 progress(int(m.group(1)) * expected_bytes // 100, expected_bytes)
 
-        copy_only = s.copy_only and kind != "diff"
+        copy_only = s.copy_only and kind == "full"  # never a copy-only log: it truncates nothing, chains nothing
         session.run(tsql.backup(s.database, kind, device_type=device_type, devices=devices, name=name,
                                 description=f"drkit {kind} backup {name}", certificate=s.certificate,
                                 copy_only=copy_only, compression=s.compression), on_message)
@@ -373,6 +422,38 @@ class SqlServerEngine:
             raise AvailabilityGroupError(f"this server ({self.endpoint}) is not a replica of availability "
                                          f"group {ag!r}, or the login lacks VIEW SERVER STATE")
         return [ReplicaDatabaseState.from_row(r) for r in rows]
+
+
+PAGE_VERIFY = "page verify"
+"""The check a backup does not wait for: it runs with a warning (as Ola Hallengren's and dbatools' do)."""
+SECONDARY_FULL = "full backups on a secondary"
+"""Refuses full backups only: a secondary takes regular log backups whatever ``copy_only`` says."""
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What :meth:`SqlServerEngine.require_ready` found that does not stop a backup."""
+
+    warnings: tuple[str, ...] = ()
+    skip: str | None = None
+    """Why this server must not take the backup (not a failure), or None."""
+
+
+EDITIONS_WITH_COMPRESSION = {2: "Standard", 3: "Enterprise/Developer"}
+"""SERVERPROPERTY('EngineEdition') values whose editions compress and encrypt backups (Web also reports 2)."""
+
+
+def edition_name(facts: Mapping[str, Any]) -> str:
+    return str(facts.get("edition") or f"EngineEdition {facts.get('engine_edition')}").replace(" (64-bit)", "")
+
+
+def edition_backs_up_compressed_and_encrypted(facts: Mapping[str, Any]) -> bool:
+    """Enterprise, Standard and Developer compress and encrypt backups; Express (EngineEdition 4) and Web
+    (EngineEdition 2, told apart by its Edition name) do neither."""
+    engine_edition = facts.get("engine_edition")
+    if engine_edition is None or int(engine_edition) not in EDITIONS_WITH_COMPRESSION:
+        return False
+    return "web" not in str(facts.get("edition") or "").lower()
 
 
 def _auto_name(db: str, kind: str) -> str:

@@ -45,14 +45,22 @@ class SqlServerSettings(BaseModel):
     """The same directory as drkit sees it (a share or the same host); default: ``disk_path``."""
     certificate: str | None = None
     """Server certificate for ``ENCRYPTION (ALGORITHM = AES_256, SERVER CERTIFICATE = …)``."""
-    copy_only: bool = False
-    """Take full and log backups ``COPY_ONLY`` (backups on an AG secondary, or beside another tool)."""
+    availability_group: str | None = None
+    backup_replica: Literal["connected", "preferred"] = "connected"
+    """``connected``: back up on the server the DSN reaches. ``preferred``: only when that server is the
+    availability group's preferred backup replica (``sys.fn_hadr_backup_is_preferred_replica``); elsewhere a
+    backup is skipped (recorded, not failed), so drkit can be scheduled beside every replica, as Ola
+    Hallengren's jobs are. The preferred replica may be a secondary, so it needs ``copy_only: true``."""
+    copy_only: bool = Field(default=False, validate_default=True)
+    """Take full backups ``COPY_ONLY``: they leave the differential base alone (beside another tool's fulls)
+    and are the only full backup SQL Server takes on an AG secondary. Differentials are never copy-only, and
+    log backups never are either: a copy-only log does not truncate the log, continues no chain, and is not
+    supported on a secondary."""
     compression: bool = True
     max_stripe_gib: int = 100
     """Largest blob of a striped URL backup, in GiB (1..190: a block blob holds ~195 GiB)."""
     restore_data_path: str | None = None
     restore_log_path: str | None = None
-    availability_group: str | None = None
     query_timeout_s: int = Field(default=60, ge=0)
     long_timeout_s: int = Field(default=0, ge=0)
     """0: no limit (a BACKUP of a large database runs for hours)."""
@@ -67,6 +75,22 @@ class SqlServerSettings(BaseModel):
             return tsql.validate_name(value, "the name")
         except tsql.NameRefusedError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("backup_replica")
+    @classmethod
+    def _preferred_needs_a_group(cls, value: str, info: ValidationInfo) -> str:
+        if value == "preferred" and not info.data.get("availability_group"):
+            raise ValueError("'preferred' follows an availability group's backup preference: set "
+                             "availability_group, or use backup_replica: connected")
+        return value
+
+    @field_validator("copy_only")
+    @classmethod
+    def _secondary_fulls_are_copy_only(cls, value: bool, info: ValidationInfo) -> bool:
+        if not value and info.data.get("backup_replica") == "preferred":
+            raise ValueError("must be true with backup_replica: preferred: the preferred backup replica may be "
+                             "a secondary, where SQL Server takes only COPY_ONLY full backups")
+        return value
 
     @field_validator("url")
     @classmethod

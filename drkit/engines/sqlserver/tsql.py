@@ -172,7 +172,12 @@ def server_info() -> Batch:
 
 
 def prerequisites(database: str, *, credential: str | None, certificate: str | None) -> Batch:
-    """One row of facts ``check`` turns into CheckItems (names go as parameters: this batch only reads)."""
+    """One row of facts ``check`` turns into CheckItems (names go as parameters: this batch only reads).
+
+    ``engine_edition`` and ``edition`` decide compression and encryption; ``ag_role`` (NULL outside an
+    availability group, or without VIEW SERVER STATE) and ``is_preferred_backup_replica`` (1 outside a group)
+    decide what a backup may do on this replica.
+    """
     v = _Vars()
     db = v.add("db", "sysname", validate_name(database, "database name"))
     cred = v.add("cred", "nvarchar(4000)", credential)
@@ -180,9 +185,15 @@ def prerequisites(database: str, *, credential: str | None, certificate: str | N
     return v.batch(f"prerequisites of {database}", (
         f"SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,\n"
         f"       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,\n"
+        f"       CAST(SERVERPROPERTY('EngineEdition') AS int) AS engine_edition,\n"
         f"       (SELECT state_desc FROM sys.databases WHERE name = {db}) AS state,\n"
         f"       (SELECT recovery_model_desc FROM sys.databases WHERE name = {db}) AS recovery_model,\n"
         f"       (SELECT page_verify_option_desc FROM sys.databases WHERE name = {db}) AS page_verify,\n"
+        f"       (SELECT ars.role_desc FROM sys.databases AS d\n"
+        f"          JOIN sys.dm_hadr_availability_replica_states AS ars\n"
+        f"            ON ars.replica_id = d.replica_id AND ars.is_local = 1\n"
+        f"         WHERE d.name = {db}) AS ag_role,\n"
+        f"       sys.fn_hadr_backup_is_preferred_replica({db}) AS is_preferred_backup_replica,\n"
         f"       IS_SRVROLEMEMBER('sysadmin') AS is_sysadmin,\n"
         f"       HAS_PERMS_BY_NAME({db}, 'DATABASE', 'BACKUP DATABASE') AS can_backup_database,\n"
         f"       HAS_PERMS_BY_NAME({db}, 'DATABASE', 'BACKUP LOG') AS can_backup_log,\n"
@@ -276,7 +287,9 @@ def backup(
     options = []
     if kind == "diff":
         options.append("DIFFERENTIAL")
-    if copy_only and kind != "diff":
+    if copy_only:
+        if kind != "full":  # a builder bug: only a full is ever taken copy-only (see SqlServerSettings.copy_only)
+            raise AssertionError(f"COPY_ONLY is for full backups, not {kind}")
         options.append("COPY_ONLY")
     options += ["CHECKSUM", *(["COMPRESSION"] if compression else []), "FORMAT",
                 f"MAXTRANSFERSIZE = {MAXTRANSFERSIZE}", f"BLOCKSIZE = {BLOCKSIZE}", f"STATS = {STATS_PERCENT}",

@@ -10,9 +10,15 @@ DECLARE @db sysname = ?,
         @cert sysname = ?;
 SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
        CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
+       CAST(SERVERPROPERTY('EngineEdition') AS int) AS engine_edition,
        (SELECT state_desc FROM sys.databases WHERE name = @db) AS state,
        (SELECT recovery_model_desc FROM sys.databases WHERE name = @db) AS recovery_model,
        (SELECT page_verify_option_desc FROM sys.databases WHERE name = @db) AS page_verify,
+       (SELECT ars.role_desc FROM sys.databases AS d
+          JOIN sys.dm_hadr_availability_replica_states AS ars
+            ON ars.replica_id = d.replica_id AND ars.is_local = 1
+         WHERE d.name = @db) AS ag_role,
+       sys.fn_hadr_backup_is_preferred_replica(@db) AS is_preferred_backup_replica,
        IS_SRVROLEMEMBER('sysadmin') AS is_sysadmin,
        HAS_PERMS_BY_NAME(@db, 'DATABASE', 'BACKUP DATABASE') AS can_backup_database,
        HAS_PERMS_BY_NAME(@db, 'DATABASE', 'BACKUP LOG') AS can_backup_log,
@@ -107,9 +113,15 @@ DECLARE @db sysname = ?,
         @cert sysname = ?;
 SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
        CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
+       CAST(SERVERPROPERTY('EngineEdition') AS int) AS engine_edition,
        (SELECT state_desc FROM sys.databases WHERE name = @db) AS state,
        (SELECT recovery_model_desc FROM sys.databases WHERE name = @db) AS recovery_model,
        (SELECT page_verify_option_desc FROM sys.databases WHERE name = @db) AS page_verify,
+       (SELECT ars.role_desc FROM sys.databases AS d
+          JOIN sys.dm_hadr_availability_replica_states AS ars
+            ON ars.replica_id = d.replica_id AND ars.is_local = 1
+         WHERE d.name = @db) AS ag_role,
+       sys.fn_hadr_backup_is_preferred_replica(@db) AS is_preferred_backup_replica,
        IS_SRVROLEMEMBER('sysadmin') AS is_sysadmin,
        HAS_PERMS_BY_NAME(@db, 'DATABASE', 'BACKUP DATABASE') AS can_backup_database,
        HAS_PERMS_BY_NAME(@db, 'DATABASE', 'BACKUP LOG') AS can_backup_log,
