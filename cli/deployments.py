@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import app, config_path, console, guard
+from cli.common import app, config_path, guard
 
 
 @app.command()
@@ -31,4 +31,4 @@ def deployments(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        console.print(f"wrote {output}")
+        typer.echo(f"wrote {output}")  # plain: a long path is not wrapped at 80 columns
