@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -71,6 +72,8 @@ def backup(kind: Annotated[str, typer.Argument(help="full, diff or log")], db: s
         error(f"backup kind must be full, diff or log, not {kind!r}")
         raise typer.Exit(2)
 
+    started = datetime.now(UTC)
+
     def run() -> str | None:
         rt = runtime()
         rt.policy.database(db)
@@ -81,7 +84,10 @@ def backup(kind: Annotated[str, typer.Argument(help="full, diff or log")], db: s
         return result
     bid = guard(run)
     if bid is None:
-        err.print("no new WAL since the last log backup; nothing shipped")
+        skips = guard(lambda: [e for e in runtime().catalog.audit_events(database=db, action="backup.skipped")
+                               if e.at >= started and e.subject == kind])
+        err.print(f"{kind} backup of {db} skipped: {skips[-1].detail.get('reason')}" if skips
+                  else "no new WAL since the last log backup; nothing shipped", markup=False)
         return
     console.print(bid)
     status = guard(lambda: runtime().catalog.get(bid).status)

@@ -30,11 +30,13 @@ def _notify_failure(flow: Flow[..., Any], flow_run: FlowRun, state: State) -> No
             f"database: {db}\nflow run: {flow_run.name} ({flow_run.id})\nwhy: {state.message}", config)
 
 
-def _base(db: str, kind: str, config: str | None) -> str:
+def _base(db: str, kind: str, config: str | None) -> str | None:
     check_prerequisites(db, config)
     with database_lock(db):
         clear_interrupted(db, config)  # holding the lock: any backup of db still 'running' was killed
         rec = base_backup(db, kind, config)
+    if rec is None:
+        return None  # skipped on this server (a replica that is not the preferred one): logged and audited
     publish_backup_report(rec)
     if kind in load_policy(config).database(db).verify.after:
         # Its own flow run (and notification); the backup stays recorded whatever it finds.
@@ -43,14 +45,14 @@ def _base(db: str, kind: str, config: str | None) -> str:
 
 
 @flow(name="full-backup", flow_run_name="full-{db}", on_failure=[_notify_failure])
-def full_backup(db: str, config: str | None = None) -> str:
-    """Full base backup of ``db``; returns the backup id."""
+def full_backup(db: str, config: str | None = None) -> str | None:
+    """Full base backup of ``db``; returns the backup id (None: this server skips it)."""
     return _base(db, "full", config)
 
 
 @flow(name="differential-backup", flow_run_name="diff-{db}", on_failure=[_notify_failure])
-def differential_backup(db: str, config: str | None = None) -> str:
-    """Block-level differential against the newest full; returns the backup id."""
+def differential_backup(db: str, config: str | None = None) -> str | None:
+    """Block-level differential against the newest full; returns the backup id (None: this server skips it)."""
     return _base(db, "diff", config)
 
 

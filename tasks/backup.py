@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from drkit import backup as core
 from drkit.catalog.records import BackupRecord
 from drkit.engines import open_engine
+from drkit.errors import BackupSkipped
 from tasks.common import artifact_key, finish_progress, progress_reporter, retry_transient, runtime
 
 
@@ -35,15 +36,20 @@ def clear_interrupted(db: str, config: str | None) -> list[str]:
 
 @task(name="base-backup", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=[30],
       retry_condition_fn=retry_transient)
-def base_backup(db: str, kind: str, config: str | None) -> BackupRecord:
+def base_backup(db: str, kind: str, config: str | None) -> BackupRecord | None:
+    """The backup's record; None when the engine skips it on this server (the reason is in the run's log)."""
     rt = runtime(config)
     report = progress_reporter(artifact_key(db, kind, "backup-progress"), f"{kind} backup of {db}")
     try:
         rec = open_engine(rt, db).take_backup("full" if kind == "full" else "diff", progress=report)
         assert rec is not None  # only a log backup may find nothing to do
+    except BackupSkipped as exc:
+        get_run_logger().warning("%s", exc)
+        return None
     finally:
         rt.close()
     finish_progress(report)
+    _log_warnings(rec)
     return rec
 
 
@@ -52,9 +58,21 @@ def base_backup(db: str, kind: str, config: str | None) -> BackupRecord:
 def log_backup(db: str, config: str | None) -> BackupRecord | None:
     rt = runtime(config)
     try:
-        return open_engine(rt, db).take_backup("log")
+        rec = open_engine(rt, db).take_backup("log")
+    except BackupSkipped as exc:
+        get_run_logger().warning("%s", exc)
+        return None
     finally:
         rt.close()
+    if rec is not None:
+        _log_warnings(rec)
+    return rec
+
+
+def _log_warnings(rec: BackupRecord) -> None:
+    """What the engine recorded in ``meta.warnings`` (a backup taken despite them), into the run's log."""
+    for warning in rec.meta.get("warnings") or ():
+        get_run_logger().warning("%s backup %s: %s", rec.kind, rec.id, warning)
 
 
 @task(name="publish-backup-report", cache_policy=NO_CACHE)
@@ -66,7 +84,7 @@ def publish_backup_report(rec: BackupRecord) -> None:
         "seconds": round(((rec.finished_at or rec.started_at) - rec.started_at).total_seconds(), 2),
         "covers_until": rec.end_time.isoformat() if rec.end_time else None,
     }
-    for k in ("pages_changed", "pages_scanned", "segments"):
+    for k in ("pages_changed", "pages_scanned", "segments", "warnings"):
         if k in rec.meta:
             row[k] = rec.meta[k]
     create_table_artifact(table=[row], key=artifact_key(rec.database, rec.kind, "backup"),

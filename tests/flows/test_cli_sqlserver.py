@@ -21,6 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import app
+from cli.common import console as cli_console
 from drkit.engines.sqlserver import engine as engine_module
 from tests.support.fake_odbc import DSN, FakeDriver, SimulatedServer
 
@@ -127,3 +128,46 @@ def test_what_sqlserver_cannot_do_is_refused_in_one_line_before_anything_runs(sq
     code, _, err = sql.run("recover", "orders", "--before", datetime.now(UTC).isoformat())
     assert code == 2 and "drkit restore orders --into NAME" in err and len(err.strip().splitlines()) == 1
     assert not any("RESTORE" in e.sql for e in sql.driver.executed[before:])
+
+
+def _policy_block(sql: Sql, **changes: Any) -> None:
+    policy = yaml.safe_load(sql.policy.read_text())
+    orders = policy["databases"]["orders"]
+    orders["sqlserver"].update(changes.pop("sqlserver", {}))
+    orders.update(changes)
+    sql.policy.write_text(yaml.safe_dump(policy))
+
+
+def test_a_replica_that_is_not_the_preferred_one_skips_its_backups_and_says_why(sql: Sql) -> None:
+    _policy_block(sql, sqlserver={"availability_group": "ag1", "backup_replica": "preferred", "copy_only": True},
+                  schedules={"diff": None})
+    sql.server.facts.update(ag_role="SECONDARY", is_preferred_backup_replica=0)
+    for kind in ("full", "log"):
+        code, out, err = sql.run("backup", kind, "orders")
+        assert code == 0, err  # skipped is not failed
+        assert f"{kind} backup of orders skipped: " in err and "not the preferred backup replica" in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert sql.json("backups", "orders") == []
+    assert not any("\nBACKUP " in e.sql for e in sql.driver.executed)
+
+    sql.server.facts.update(is_preferred_backup_replica=1)  # the group's preference moved to this replica
+    code, out, err = sql.run("backup", "full", "orders")
+    assert code == 0, err
+    (full,) = sql.json("backups", "orders")
+    assert full["status"] == "completed" and full["id"] == out.strip().splitlines()[-1]
+    assert [e.sql for e in sql.driver.executed if "\nBACKUP DATABASE" in e.sql][-1].count("COPY_ONLY") == 1
+    code, _, err = sql.run("backup", "diff", "orders")  # a secondary takes no differential
+    assert code == 1 and "no differential backup on a secondary" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_edition_without_backup_compression_is_refused_by_check_with_the_fix(
+        sql: Sql, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_console, "width", 400)  # one line per row of the check table
+    sql.server.facts.update(engine_edition=4, edition="Express Edition (64-bit)")
+    code, out, err = sql.run("check", "orders")
+    assert code == 1
+    (row,) = [line for line in out.splitlines() if "backup compression" in line]
+    assert "✘" in row and "Express Edition" in row and "set sqlserver.compression: false in the policy" in row
+    _policy_block(sql, sqlserver={"compression": False})
+    code, out, err = sql.run("check", "orders")
+    assert code == 0, out + err
