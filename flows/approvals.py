@@ -68,6 +68,16 @@ class FailbackChoice(RunInput):
     reason: str = Field(description="Why: this goes to the audit log.")
 
 
+class PendingStepsApproval(RunInput):
+    """Run the step(s) the failover left waiting, shown above with what each would discard."""
+
+    approve: bool = Field(default=False, description="Tick to run the steps now; leave unticked to leave them "
+                                                     "waiting (a re-run of the failover asks again).")
+    approver: str = Field(description="Your name or e-mail, as on the policy's approvals.approvers list.")
+    code: str = Field(default="", description=CODE_HELP)
+    reason: str = Field(description="Why (what you kept or checked first): this goes to the audit log.")
+
+
 @dataclass(frozen=True)
 class Decision:
     approve: bool

@@ -16,9 +16,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from drkit.config import load_policy
 from drkit.dr import PrimaryProbe, TrafficStep
-from drkit.engines.base import Promotion, ReplicaLag, Switchover
+from drkit.engines.base import PendingStep, Promotion, ReplicaLag, Switchover
 from drkit.errors import ApprovalError
-from flows.approvals import FailbackChoice, FailoverApproval, wait_for_approval
+from flows.approvals import FailbackChoice, FailoverApproval, PendingStepsApproval, wait_for_approval
 from flows.backup import full_backup
 from tasks.common import artifact_key, record
 from tasks.dr import (
@@ -26,6 +26,7 @@ from tasks.dr import (
     confirm_writes,
     dr_methods,
     fence_primary,
+    pending_steps,
     point_clients,
     probe_primary,
     probe_side,
@@ -35,6 +36,7 @@ from tasks.dr import (
     replica_state,
     resync_as_standby,
     route_back_to_dr,
+    run_pending_step,
     switch_database_back,
     traffic_step,
     wait_zero_lag,
@@ -76,6 +78,52 @@ def _timeline(events: list[tuple[str, str]], what: str) -> None:
     events.append((datetime.now(UTC).isoformat(timespec="milliseconds"), what))
 
 
+def _steps_text(steps: list[PendingStep]) -> str:
+    return "\n\n".join(f"**{s.action}**" + "".join(f"\n* {line}" for line in s.evidence) for s in steps)
+
+
+def run_approved_pending_steps(db: str, config: str | None, timeout: timedelta,
+                               events: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The steps the promotion left waiting (SQL Server: resuming the other replicas, which rolls back what the
+    new primary never received), each shown with its evidence, run only once approved in a pause of their own.
+
+    Rejected or unanswered they stay waiting (the failover itself is done and stays done): a re-run of the
+    runbook asks again. None on an engine that leaves nothing waiting (PostgreSQL).
+    """
+    steps = pending_steps(db, config)
+    if not steps:
+        return []
+    policy = load_policy(config)
+    description = (
+        f"## {db}: run the step(s) the failover left waiting?\n\n{_steps_text(steps)}\n\n"
+        "**Approving** (tick *approve*) runs them now. **Rejecting** leaves them waiting: re-run "
+        f"`drkit failover {db}` to be asked again. Times out after {timeout} and then runs nothing.")
+    waiting = [{**s.as_dict(), "done": None} for s in steps]
+    try:
+        decision = wait_for_approval(
+            description, approvers=policy.approvals.approvers, timeout=timeout, form_class=PendingStepsApproval,
+            audit=lambda action, detail: record(db, f"failover.pending.{action}", str(detail.get("by")), detail,
+                                                config),
+            config=config, required=policy.approvals.required)
+    except ApprovalError as exc:
+        record(db, "failover.pending.timeout", "drkit", {"outcome": f"{exc}; nothing was run", "steps": waiting},
+               config)
+        _timeline(events, f"pending steps left waiting: {exc}")
+        return waiting
+    if not decision.approve:
+        record(db, "failover.pending.rejected", decision.approver, {"reason": decision.reason, "steps": waiting},
+               config)
+        _timeline(events, f"pending steps left waiting: {decision.approver} rejected them ({decision.reason})")
+        return waiting
+    done = []
+    for step in steps:
+        outcome = run_pending_step(db, step.key, config)
+        _timeline(events, f"{step.key} approved by {decision.approver}: {outcome}")
+        done.append({**step.as_dict(), "done": outcome, "by": decision.approver})
+    record(db, "failover.pending.done", decision.approver, {"reason": decision.reason, "steps": done}, config)
+    return done
+
+
 @flow(name="dr-failover", flow_run_name="failover-{db}")
 def dr_failover(
     db: str,
@@ -99,6 +147,8 @@ def dr_failover(
     log = get_run_logger()
     policy = load_policy(config)
     events: list[tuple[str, str]] = []
+    timeout = (timedelta(seconds=approval_timeout_seconds) if approval_timeout_seconds is not None
+               else policy.approvals.failover_timeout)
     state = replica_state(db, config)
     resumed = state.already_primary
     promotion: Promotion | None = None
@@ -133,9 +183,7 @@ def dr_failover(
             f"promotes the replica ({methods.promote}), and points clients at it. Writes not yet replicated are "
             f"lost. **Rejecting** (leave it unticked) changes nothing. Approvers: "
             f"{', '.join(policy.approvals.approvers) or '(none)'}; times out after "
-            f"{policy.approvals.failover_timeout} and then promotes nothing.")
-        timeout = (timedelta(seconds=approval_timeout_seconds) if approval_timeout_seconds is not None
-                   else policy.approvals.failover_timeout)
+            f"{timeout} and then promotes nothing.")
         try:
             decision = wait_for_approval(
                 description, approvers=policy.approvals.approvers, timeout=timeout, form_class=FailoverApproval,
@@ -181,7 +229,8 @@ def dr_failover(
         markdown=f"# Failover of {db}\n\n" + "\n".join(f"* **{k}**: {v}" for k, v in detail.items() if k != "timeline")
         + "\n\n## Timeline\n\n| at | what |\n|---|---|\n" + "\n".join(f"| {a} | {w} |" for a, w in events),
         key=artifact_key(db, "failover-report"), description=f"failover of {db}")
-    return {"failed_over": True, **detail, "probe": probe.as_dict()}
+    after = run_approved_pending_steps(db, config, timeout, events)
+    return {"failed_over": True, **detail, "probe": probe.as_dict(), "after_failover": after}
 
 
 @flow(name="dr-failback", flow_run_name="failback-{db}")
@@ -214,6 +263,7 @@ def dr_failback(
     methods = dr_methods(db, config)
     timeout = (timedelta(seconds=approval_timeout_seconds) if approval_timeout_seconds is not None
                else policy.approvals.failover_timeout)
+    waiting = pending_steps(db, config) if where == "dr" else []
     description = (
         f"## {db}: fail back to the primary region, or stay on DR?\n\n"
         f"The database is now written on **{where}**. *fail back* resynchronises the old primary as a "
@@ -222,7 +272,8 @@ def dr_failback(
         f"application traffic back {' → '.join(f'{p}%' for p in cfg.failback.steps)}, each step held "
         f"{cfg.failback.hold} while the error rate stays ≤ {cfg.failback.max_error_rate:.1%} and p95 latency "
         f"≤ {cfg.failback.max_latency_ms:.0f} ms (a breach routes traffic back to DR and stops). "
-        f"*stay on DR* records the decision and makes the old primary a replica of DR.")
+        f"*stay on DR* records the decision and makes the old primary a replica of DR."
+        + (f"\n\nEither choice runs what the failover left waiting:\n\n{_steps_text(waiting)}" if waiting else ""))
     try:
         decision = wait_for_approval(
             description, approvers=policy.approvals.approvers, timeout=timeout, form_class=FailbackChoice,

@@ -21,6 +21,7 @@ from drkit.engines.base import (
     CaughtUp,
     DrMethods,
     Fencing,
+    PendingStep,
     Promotion,
     ReplicaLag,
     ReplicaState,
@@ -91,6 +92,28 @@ def promote_replica(db: str, config: str | None) -> Promotion:
     finally:
         rt.close()
     return ops.promote_replica()
+
+
+@task(name="pending-steps", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+def pending_steps(db: str, config: str | None) -> list[PendingStep]:
+    """The steps the promotion left for a human to approve, with their evidence (none on PostgreSQL)."""
+    rt = runtime(config)
+    try:
+        ops = dr_operations(rt, db)
+    finally:
+        rt.close()
+    return ops.pending_steps()
+
+
+@task(name="run-pending-step", cache_policy=NO_CACHE)
+def run_pending_step(db: str, key: str, config: str | None) -> str:
+    """Run one approved pending step (not retried blindly: it re-reads where it stands, so a re-run continues)."""
+    rt = runtime(config)
+    try:
+        ops = dr_operations(rt, db)
+    finally:
+        rt.close()
+    return ops.run_pending_step(key)
 
 
 @task(name="confirm-writes", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 2, 5])

@@ -418,6 +418,25 @@ class ReplicaCreated:
 
 
 @dataclass(frozen=True)
+class PendingStep:
+    """A step a promotion left waiting for a human's approval, with the evidence to decide on.
+
+    SQL Server: after a forced failover the other replicas' databases stay suspended, and resuming one rolls
+    back the log records the new primary never received; ``evidence`` says per database what would be
+    rolled back, ``action`` what approving runs (a snapshot first, then the resume). ``key`` names the step
+    for :meth:`DrOperations.run_pending_step`.
+    """
+
+    key: str
+    side: Side
+    action: str
+    evidence: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "side": self.side, "action": self.action, "evidence": list(self.evidence)}
+
+
+@dataclass(frozen=True)
 class DrMethods:
     """How an engine does each DR step, in words for the approval forms and reports."""
 
@@ -483,6 +502,16 @@ class DrOperations(Protocol):
 
     def wait_caught_up(self, node: Side, *, timeout: float) -> CaughtUp:
         """Wait until replica ``node`` has applied all the other side had (what a switch without loss needs)."""
+        ...
+
+    def pending_steps(self) -> list[PendingStep]:
+        """The steps a promotion left for a human to approve before they run (re-read each time: a step that
+        was done, or cannot be reached, is not listed). An engine that leaves none returns an empty list."""
+        ...
+
+    def run_pending_step(self, key: str) -> str:
+        """Run the approved pending step ``key``; what it did, in one line. A step no longer pending is a
+        no-op that says so (a re-run after a crash)."""
         ...
 
     def switch_back(self) -> Switchover:

@@ -111,7 +111,7 @@ def test_sqlserver_failover_and_failback_through_the_approval_pauses(world: Worl
     lag = replica_lag_check(db="orders", config=world.config)
     assert (lag["state"], lag["too_far"]) == ("SYNCHRONIZED", False)
 
-    world.group.kill("SQL1")  # the primary region dies
+    world.group.kill("SQL1", unsent_lsn=300000)  # the primary region dies with log SQL2 never received
     rejected, form = _answered(lambda: dr_failover(db="orders", config=world.config, probe_interval_seconds=0),
                                "failover-orders", approve=False)
     assert rejected == {"failed_over": False, "why": "rejected", "by": APPROVER}
@@ -129,11 +129,23 @@ def test_sqlserver_failover_and_failback_through_the_approval_pauses(world: Worl
     assert world.changes("SQL2") == ["ALTER AVAILABILITY GROUP [ag1] FORCE_FAILOVER_ALLOW_DATA_LOSS;"]
     assert world.group.primary() == "SQL2" and world.endpoint() == "sql2.example.internal:1433"
 
-    again = dr_failover(db="orders", config=world.config, probe_interval_seconds=0)  # a re-run: no second one
-    assert again["failed_over"] and again["resumed"] and again["promotion"] == {"already_primary": True}
-    assert len(world.changes("SQL2")) == 1
+    assert world.changes("SQL1") == []  # down: nothing waits for approval yet
 
     world.group.revive("SQL1")  # the primary region is back; SQL1 rejoins as a suspended secondary
+    # a re-run promotes nothing again, and asks, in a pause of its own, to resume SQL1: that rolls back the log
+    # SQL2 never received, which a database snapshot keeps
+    again, form = _answered(lambda: dr_failover(db="orders", config=world.config, probe_interval_seconds=0),
+                            "failover-orders", approve=True)
+    assert again["failed_over"] and again["resumed"] and again["promotion"] == {"already_primary": True}
+    assert len(world.changes("SQL2")) == 1
+    assert "resume data movement on SQL1" in form
+    assert ("Orders on SQL1: resuming rolls back its log past LSN 41000000056700001 up to LSN 41000000057000001"
+            in form) and "snapshot [Orders_before_resume_41000000057000001] is taken there first" in form
+    assert [step["done"].startswith("SQL1: Orders on SQL1: resuming rolls back") for step in again["after_failover"]
+            ] == [True]
+    assert world.group.replica("SQL1").snapshots == ["Orders_before_resume_41000000057000001"]
+    assert world.changes("SQL1") == ["ALTER DATABASE [Orders] SET HADR RESUME;"]
+
     back, form = _answered(lambda: dr_failback(db="orders", config=world.config), "failback-orders", approve=True)
     assert "SET HADR RESUME" in form and "SYNCHRONIZED" in form
     assert back["failed_back"] and back["by"] == APPROVER

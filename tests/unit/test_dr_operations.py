@@ -101,7 +101,9 @@ def test_primary_down_forced_failover_once_after_the_evidence(tmp_path: Path) ->
     assert not state.already_primary
     assert state.lag.state == "NOT SYNCHRONIZING" and state.lag.bytes == 2 * 12 * 1024
     assert state.lag.last_applied_at is not None and state.lag.seconds is not None and state.lag.seconds >= 0.5
-    assert [line.split(":")[0] for line in state.lag.details] == ["Billing on SQL2", "Orders on SQL2"]
+    assert [line.split(":")[0] for line in state.lag.details] == [
+        "Billing on SQL2", "Orders on SQL2", "SQL2 is DISCONNECTED from the primary replica",
+        "ag1 is CLUSTER_TYPE = WSFC"]
     assert "12 KB not redone" in state.lag.details[0]
 
     probe = ops.probe("primary", timeout=2)
@@ -163,7 +165,8 @@ def test_failback_resumes_the_old_primary_waits_for_synchronized_and_fails_over_
     group, ops = _failed_over(tmp_path)
     assert writable_sides(ops.probe("primary", timeout=2), ops.probe("dr", timeout=2)) == "dr"
     resynced = ops.resync("primary")
-    assert (resynced.outcome, resynced.detail) == ("resumed", "data movement resumed on SQL1 for Orders")
+    assert resynced.outcome == "resumed" and resynced.detail.startswith("data movement resumed on SQL1: Orders on SQL1")
+    assert resynced.detail.endswith("resuming rolls nothing back")  # no log past DR's fork point: no snapshot
     assert "Orders SYNCHRONIZED" in ops.wait_caught_up("primary", timeout=5).position
     switch = ops.switch_back()
     assert not switch.promotion.forced and not switch.promotion.already_primary and switch.stopped_at is None

@@ -20,7 +20,8 @@ from drkit.engines.sqlserver import ag
 from drkit.engines.sqlserver.backup import take_backup
 from drkit.engines.sqlserver.dr import SqlServerDr
 from drkit.engines.sqlserver.engine import SqlServerEngine
-from drkit.engines.sqlserver.msdb import FORMAT_URL
+from drkit.engines.sqlserver.errors import AvailabilityGroupError
+from drkit.engines.sqlserver.msdb import FORMAT_URL, ReplicaDatabaseState
 from drkit.engines.sqlserver.restore import restore_to_point
 from drkit.engines.sqlserver.settings import SqlServerSettings, split_container_url
 from drkit.engines.sqlserver.verify import verify_backup_mssql
@@ -207,12 +208,21 @@ def test_hostile_names_are_quoted_and_parameterised(tmp_path: Path) -> None:
 
 
 def _ag_row(replica: str, role: str, db: str, *, lsn: int, sync: str = "SYNCHRONIZED", ready: bool = True,
-            mode: str = "SYNCHRONOUS_COMMIT", suspended: bool = False,
-            commit: datetime | None = None) -> dict[str, object]:
+            mode: str = "SYNCHRONOUS_COMMIT", suspended: bool = False, connected: str | None = None,
+            commit: datetime | None = None, recovery_lsn: int | None = None, state: str | None = None,
+            cluster: str = "WSFC") -> dict[str, object]:
     return {"replica_server_name": replica, "role_desc": role, "availability_mode_desc": mode,
+            "cluster_type_desc": cluster, "connected_state_desc": connected or (
+                "CONNECTED" if role == "PRIMARY" else "DISCONNECTED"),
             "database_name": db, "synchronization_state_desc": sync, "is_failover_ready": ready,
-            "end_of_log_lsn": lsn, "last_hardened_lsn": lsn, "last_commit_time": commit or datetime(2026, 5, 18, 9),
-            "is_suspended": suspended}
+            "end_of_log_lsn": lsn, "last_hardened_lsn": lsn, "recovery_lsn": recovery_lsn,
+            "last_commit_time": commit or datetime(2026, 5, 18, 9), "is_suspended": suspended,
+            "database_state": state or ("ONLINE" if role == "PRIMARY" else "RESTORING")}
+
+
+def _promoted(rows: list[dict[str, object]], state: str = "ONLINE") -> list[dict[str, object]]:
+    return [{**r, "role_desc": "PRIMARY", "database_state": state, "recovery_lsn": r["end_of_log_lsn"]}
+            for r in rows]
 
 
 def replica(name: str, states: list[list[dict[str, object]]]) -> tuple[SqlServerEngine, FakeDriver]:
@@ -231,40 +241,101 @@ def replica(name: str, states: list[list[dict[str, object]]]) -> tuple[SqlServer
                            sleep=lambda s: None), driver
 
 
-def test_planned_failover(tmp_path: Path) -> None:
+def test_planned_failover_waits_for_recovery(tmp_path: Path) -> None:
     secondary = [_ag_row("SQL2", "SECONDARY", "Orders", lsn=41000000056700001),
                  _ag_row("SQL2", "SECONDARY", "Billing", lsn=39000000012300001)]
-    promoted = [{**r, "role_desc": "PRIMARY"} for r in secondary]
-    engine, driver = replica("sql2", [secondary, secondary, promoted])
+    recovering = _promoted(secondary, "RECOVERING")  # the command returned; recovery still runs
+    engine, driver = replica("sql2", [secondary, recovering, _promoted(secondary)])
     report = ag.planned_failover(engine, wait_s=5)
     assert (report.new_primary, report.forced, report.already_primary) == ("SQL2", False, False)
     check_golden("ag_planned_failover", "planned failover, run on the target secondary: readiness "
-                 "(synchronous commit, SYNCHRONIZED, failover-ready), FAILOVER, wait for PRIMARY", driver)
+                 "(synchronous commit, SYNCHRONIZED, failover-ready), FAILOVER, wait for PRIMARY with every "
+                 "database ONLINE (recovery runs after the command returns)", driver)
+    stuck, _ = replica("sql2", [secondary, recovering])
+    with pytest.raises(AvailabilityGroupError, match="recovery has not finished .Orders RECOVERING"):
+        ag.planned_failover(stuck, wait_s=0)
 
 
-def test_forced_failover_picks_highest_end_of_log_and_resumes(tmp_path: Path) -> None:
+def _two_secondaries(sql2_extra: int = 0) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     t = datetime(2026, 5, 18, 9, 0, 0)
     sql2 = [_ag_row("SQL2", "SECONDARY", "Orders", lsn=41000000056700001, sync="NOT SYNCHRONIZING",
                     mode="ASYNCHRONOUS_COMMIT", commit=t - timedelta(seconds=4)),
-            _ag_row("SQL2", "SECONDARY", "Billing", lsn=39000000012300001, sync="NOT SYNCHRONIZING",
-                    mode="ASYNCHRONOUS_COMMIT", commit=t - timedelta(seconds=9))]
+            _ag_row("SQL2", "SECONDARY", "Billing", lsn=39000000012300001 + sql2_extra, sync="NOT SYNCHRONIZING",
+                    mode="ASYNCHRONOUS_COMMIT", commit=t - timedelta(seconds=9 - (12 if sql2_extra else 0)))]
     sql3 = [_ag_row("SQL3", "SECONDARY", "Orders", lsn=41000000056900001, sync="NOT SYNCHRONIZING",
                     mode="ASYNCHRONOUS_COMMIT", commit=t),
             _ag_row("SQL3", "SECONDARY", "Billing", lsn=39000000012400001, sync="NOT SYNCHRONIZING",
                     mode="ASYNCHRONOUS_COMMIT", commit=t - timedelta(seconds=2))]
+    return sql2, sql3
+
+
+def test_forced_failover_picks_highest_end_of_log_and_leaves_the_others_suspended(tmp_path: Path) -> None:
+    sql2, sql3 = _two_secondaries()
     e2, d2 = replica("sql2", [sql2, [{**r, "is_suspended": True} for r in sql2]])
-    e3, d3 = replica("sql3", [sql3, [{**r, "role_desc": "PRIMARY"} for r in sql3]])
+    e3, d3 = replica("sql3", [sql3, _promoted(sql3)])
     report = ag.forced_failover([e2, e3], wait_s=5)
     assert report.new_primary == "SQL3" and report.forced and not report.already_primary
-    assert report.resumed == ("SQL2:Billing", "SQL2:Orders") or set(report.resumed) == {"SQL2:Billing",
-                                                                                          "SQL2:Orders"}
+    assert set(report.suspended) == {"SQL2:Billing", "SQL2:Orders"}  # resuming is a separate, approved step
     assert report.data_loss_seconds == 0.0  # SQL3 had the newest commit of every database SQL2 had
     check_golden("ag_forced_failover_target", "forced failover on the replica with the highest end_of_log_lsn "
-                 "(SQL3): FORCE_FAILOVER_ALLOW_DATA_LOSS, wait for PRIMARY", d3)
-    check_golden("ag_forced_failover_other", "forced failover, the other secondary (SQL2): state read, then SET "
-                 "HADR RESUME for each of its suspended databases", d2)
+                 "(SQL3): FORCE_FAILOVER_ALLOW_DATA_LOSS, wait for PRIMARY with every database ONLINE", d3)
+    check_golden("ag_forced_failover_other", "forced failover, the other secondary (SQL2): its state read before "
+                 "and after; nothing is resumed (that rolls back what SQL3 never had: a step of its own)", d2)
+    assert not any("RESUME" in e.sql for e in d2.executed)
     again = ag.forced_failover([e2, e3], wait_s=5)
     assert again.already_primary and not any("FORCE" in e.sql for e in d3.executed[len(d3.executed) - 1:])
+
+
+def test_resume_after_a_forced_failover_snapshots_what_it_would_roll_back(tmp_path: Path) -> None:
+    """Billing's most log is on SQL2 (Orders' on SQL3): the report says so per database, and resuming SQL2
+    snapshots Billing (whose log past SQL3's fork point is rolled back), not Orders (nothing past it)."""
+    sql2, sql3 = _two_secondaries(sql2_extra=500000)
+    chosen, reasons = ag.choose_forced_target({"SQL3": [ReplicaDatabaseState.from_row(r) for r in sql3],
+                                               "SQL2": [ReplicaDatabaseState.from_row(r) for r in sql2]})
+    assert chosen == "SQL3"  # one database each: the tie keeps the order of preference
+    assert ("Billing: SQL2 has log up to LSN 39000000012800001 that SQL3 lacks (end of log 39000000012400001); "
+            "resuming Billing on SQL2 rolls it back, so a snapshot is taken there first") in reasons
+    new_primary = [ReplicaDatabaseState.from_row(r) for r in _promoted(sql3)]
+    suspended = [{**r, "is_suspended": True} for r in sql2]
+    e2, d2 = replica("sql2", [suspended, [{**r, "is_suspended": False, "synchronization_state_desc": "SYNCHRONIZING"}
+                                          for r in sql2]])
+    plan = ag.rollback_plan([ReplicaDatabaseState.from_row(r) for r in suspended], new_primary)
+    assert [(rb.database, rb.loses_log) for rb in plan] == [("Orders", False), ("Billing", True)]
+    assert "resuming rolls back its log past LSN 39000000012400001 up to LSN 39000000012800001" in plan[1].describe()
+    _, done, _ = ag.resume_with_snapshots(e2, "ag]prod", primary_states=new_primary)
+    assert len(done) == 2
+    check_golden("ag_resume_with_snapshots", "the approved resume on SQL2 after a forced failover to SQL3: a "
+                 "database snapshot of Billing (its log past SQL3's fork point would be rolled back), then SET HADR "
+                 "RESUME of each suspended database", d2)
+
+
+def test_forced_failover_refusals_send_nothing(tmp_path: Path) -> None:
+    sql2, sql3 = _two_secondaries()
+    connected = [{**r, "connected_state_desc": "CONNECTED"} for r in sql2]
+    e2, d2 = replica("sql2", [connected])
+    with pytest.raises(ag.FailoverRefusedError, match="do not force failover while the primary replica is still"):
+        ag.forced_failover([e2], wait_s=5)
+    reverting = [{**sql3[0], "synchronization_state_desc": "REVERTING"}, sql3[1]]
+    initializing = [{**sql2[0], "synchronization_state_desc": "INITIALIZING"}, sql2[1]]
+    e3, d3 = replica("sql3", [reverting])
+    e2, d2 = replica("sql2", [initializing])
+    with pytest.raises(ag.FailoverRefusedError, match="Orders on SQL2 is INITIALIZING: it cannot start as a primary"):
+        ag.forced_failover([e2, e3], wait_s=5)
+    e3, d3 = replica("sql3", [reverting])  # a REVERTING one is passed over for one that can start
+    e2, d2 = replica("sql2", [sql2, _promoted(sql2)])
+    report = ag.forced_failover([e3, e2], wait_s=5)
+    assert report.new_primary == "SQL2"
+    assert any("SQL3 cannot take the primary role: Orders on SQL3 is REVERTING" in n for n in report.notes)
+    assert not any(e.sql.startswith("ALTER") for e in d3.executed)
+    external = [{**r, "cluster_type_desc": "EXTERNAL"} for r in sql2]
+    e2, d2 = replica("sql2", [external])
+    with pytest.raises(ag.FailoverRefusedError, match=r"CLUSTER_TYPE = EXTERNAL.*pcs resource move .* SQL2"):
+        ag.forced_failover([e2], wait_s=5)
+    e2, d2 = replica("sql2", [[{**r, "cluster_type_desc": "EXTERNAL", "synchronization_state_desc": "SYNCHRONIZED",
+                               "availability_mode_desc": "SYNCHRONOUS_COMMIT"} for r in sql2]])
+    with pytest.raises(ag.FailoverRefusedError, match="Pacemaker"):
+        ag.planned_failover(e2, wait_s=5)
+    assert not any(e.sql.startswith("ALTER") for e in d2.executed)
 
 
 # -- the DR runbooks' statements (drkit failover / failback of an engine: sqlserver database) ------------
@@ -280,35 +351,122 @@ def test_failover_runbook_with_the_primary_region_down() -> None:
     group = FakeAvailabilityGroup()
     ops = _dr_ops(group)
     group.kill("SQL1")
-    ops.replica_state()  # before the approval: the evidence on the pause form
+    state = ops.replica_state()  # before the approval: the evidence on the pause form
+    assert "SQL2 is DISCONNECTED from the primary replica" in state.lag.details
+    assert "ag1 is CLUSTER_TYPE = WSFC" in state.lag.details
     ops.probe("primary", timeout=2)
     ops.fence_primary()
     ops.promote_replica()
     ops.confirm_writable("dr")
     ops.probe("dr", timeout=2)
+    assert ops.pending_steps() == []  # the old primary is down: nothing to resume now
     ops.promote_replica()  # a re-run after a crash: nothing forced again
     assert group.sent("SQL1") == []
     check_golden("dr_failover_on_dr", "drkit failover, primary region down, on the DR replica (SQL2): lag and state "
                  "for the approval form; after it: forced failover (the old primary answers no connection), wait "
-                 "for PRIMARY, database writable, probe; a re-run reads the state and forces nothing",
-                 group.replica("SQL2").driver)
+                 "for PRIMARY with the database ONLINE, database writable, probe, pending steps (none: SQL1 is "
+                 "down); a re-run reads the state and forces nothing", group.replica("SQL2").driver)
 
 
 def test_failback_runbook_to_the_primary_region() -> None:
     group = FakeAvailabilityGroup()
     ops = _dr_ops(group)
-    group.kill("SQL1")
+    group.kill("SQL1", unsent_lsn=300000)  # SQL1 had log SQL2 never received
     ops.promote_replica()
     group.revive("SQL1")
     start = len(group.replica("SQL2").driver.executed)
+    [step] = ops.pending_steps()
+    assert step.key == "resume:SQL1" and step.side == "primary"
+    lost_commit = group.replica("SQL1").databases["Orders"].last_commit
+    assert step.evidence == ("Orders on SQL1: resuming rolls back its log past LSN 41000000056700001 up to LSN "
+                             f"41000000057000001 (newest commit there {lost_commit}); snapshot "
+                             "[Orders_before_resume_41000000057000001] is taken there first and keeps it",)
     ops.probe("primary", timeout=2)
     ops.probe("dr", timeout=2)
     ops.resync("primary")
+    assert group.replica("SQL1").snapshots == ["Orders_before_resume_41000000057000001"]
+    assert ops.pending_steps() == []
     ops.wait_caught_up("primary", timeout=5)
     ops.switch_back()
     ops.resync("dr")
-    check_golden("dr_failback_on_primary", "drkit failback on the old primary (SQL1): probe, SET HADR RESUME of its "
-                 "suspended database, wait for SYNCHRONIZED, planned failover, wait for PRIMARY, writable",
+    check_golden("dr_failback_on_primary", "drkit failback on the old primary (SQL1): pending steps (its suspended "
+                 "database, with log past DR's fork point), probe, a database snapshot, SET HADR RESUME, wait for "
+                 "SYNCHRONIZED, planned failover, wait for PRIMARY with the database ONLINE, writable",
                  group.replica("SQL1").driver)
-    check_golden("dr_failback_on_dr", "drkit failback on the DR replica (SQL2): probe, then its state read as a "
-                 "replica again (nothing to resume after a planned failover)", group.replica("SQL2").driver, start)
+    check_golden("dr_failback_on_dr", "drkit failback on the DR replica (SQL2): pending steps, probe, then its state "
+                 "read as a replica again (nothing to resume after a planned failover)", group.replica("SQL2").driver,
+                 start)
+
+
+def test_failover_runbook_never_forces_while_the_primary_runs() -> None:
+    """drkit cannot reach SQL1 (a partition), but SQL2 is still CONNECTED to it: the primary runs."""
+    group = FakeAvailabilityGroup()
+    ops = _dr_ops(group)
+    group.cut_off("SQL1")
+    assert any("SQL2 is still CONNECTED to the primary replica: the primary is running" in line
+               for line in ops.replica_state().lag.details)  # on the approval form
+    with pytest.raises(ag.FailoverRefusedError, match="do not force failover while the primary replica is still "
+                                                      "running"):
+        ops.promote_replica()
+    assert [sql for sql in group.sent("SQL2") if sql.startswith("ALTER")] == []
+    assert group.primary() == "SQL1"
+
+
+def test_failover_runbook_refuses_a_target_that_cannot_start_as_primary() -> None:
+    group = FakeAvailabilityGroup()
+    ops = _dr_ops(group)
+    group.kill("SQL1")
+    group.set_sync("SQL2", "Orders", "REVERTING")
+    assert ("a forced failover will be refused: Orders on SQL2 is REVERTING: it cannot start as a primary database"
+            in ops.replica_state().lag.details)
+    with pytest.raises(ag.FailoverRefusedError, match="A REVERTING database needs a full restore from backups"):
+        ops.promote_replica()
+    assert [sql for sql in group.sent("SQL2") if sql.startswith("ALTER")] == []
+
+
+def test_external_cluster_type_is_left_to_pacemaker() -> None:
+    group = FakeAvailabilityGroup(cluster_type="EXTERNAL")
+    ops = _dr_ops(group)
+    details = ops.replica_state().lag.details
+    assert "ag1 is CLUSTER_TYPE = EXTERNAL" in details
+    assert any("approving runs no failover" in line and "pcs resource move" in line for line in details)
+    with pytest.raises(ag.FailoverRefusedError, match=r"sudo pcs resource move <ag resource>-clone SQL2 --promoted"):
+        ops.promote_replica()  # the primary answers: planned; refused all the same
+    group.kill("SQL1")
+    with pytest.raises(ag.FailoverRefusedError, match="crm resource move <ag resource> SQL2"):
+        ops.promote_replica()  # forced: refused too
+    assert [sql for r in ("SQL1", "SQL2") for sql in group.sent(r) if sql.startswith("ALTER")] == []
+
+
+def test_none_cluster_type_demotes_the_primary_first() -> None:
+    group = FakeAvailabilityGroup(cluster_type="NONE")
+    ops = _dr_ops(group)
+    ops.fence_primary()
+    promotion = ops.promote_replica()  # SQL1 answers as the primary: the documented read-scale sequence
+    assert not promotion.forced and group.primary() == "SQL2"
+    assert "CLUSTER_TYPE = NONE: SQL1 demoted first" in promotion.notes[0]
+    assert [sql for sql in group.sent("SQL1") if sql.startswith("ALTER")] == [
+        "ALTER AVAILABILITY GROUP [ag1] SET (ROLE = SECONDARY);"]
+    check_golden("ag_none_planned_failover", "CLUSTER_TYPE = NONE, planned: on the target (SQL2) readiness, then "
+                 "(after SET (ROLE = SECONDARY) on SQL1) its end of log compared with the demoted primary's, "
+                 "FORCE_FAILOVER_ALLOW_DATA_LOSS, wait for PRIMARY with the database ONLINE",
+                 group.replica("SQL2").driver)
+
+
+def test_none_cluster_type_old_primary_back_as_a_second_primary() -> None:
+    group = FakeAvailabilityGroup(cluster_type="NONE")
+    ops = _dr_ops(group)
+    group.kill("SQL1", unsent_lsn=300000)
+    ops.promote_replica()
+    group.revive("SQL1")  # no cluster manager told it: it comes back as a primary
+    start = len(group.replica("SQL1").driver.executed)
+    [step] = ops.pending_steps()
+    assert step.action.startswith("demote SQL1, which answers as a second primary of ag1")
+    assert step.evidence[0].startswith("SQL1 answers as a primary of ag1 beside SQL2")
+    done = ops.run_pending_step(step.key)
+    assert "snapshot [Orders_before_resume_41000000057000001]" in done
+    assert ops.run_pending_step(step.key).endswith("nothing pending any more (done already, or its replica cannot "
+                                                   "be reached)")
+    check_golden("dr_none_second_primary_resumed", "CLUSTER_TYPE = NONE after a forced failover, the approved step on "
+                 "the old primary (SQL1) back as a second primary: SET (ROLE = SECONDARY), a database snapshot, SET "
+                 "HADR RESUME", group.replica("SQL1").driver, start)

@@ -24,6 +24,7 @@ from drkit.engines.base import (
     CaughtUp,
     DrMethods,
     Fencing,
+    PendingStep,
     Promotion,
     ReplicaCreated,
     ReplicaLag,
@@ -191,6 +192,13 @@ class PostgresDr:
         source = s.replica_dsn if node == "primary" else s.primary_dsn
         slot = FAILBACK_SLOT if node == "primary" else s.slot
         return CaughtUp(node, format_lsn(replica.wait_caught_up(source, slot, timeout=timeout)))
+
+    def pending_steps(self) -> list[PendingStep]:
+        """None: a promotion leaves nothing waiting (the old primary is rewound at failback)."""
+        return []
+
+    def run_pending_step(self, key: str) -> str:
+        return f"{key}: nothing pending on PostgreSQL"
 
     def switch_back(self) -> Switchover:
         """Stop writes on DR, wait until the primary replayed DR's last record, promote the primary.

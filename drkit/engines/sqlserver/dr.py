@@ -7,12 +7,20 @@ replicas of ``sqlserver.availability_group``, and the database is ``sqlserver.da
   old primary still answers as the primary and the DR replica is SYNCHRONIZED; *forced*
   (``FORCE_FAILOVER_ALLOW_DATA_LOSS``) when the old primary cannot be reached. The failover runbook calls
   it only after its approval, whose form shows the DR replica's state per database (synchronization,
-  queues, newest applied commit): the data a forced failover would lose.
+  queues, newest applied commit), whether it is still connected to a running primary, and the group's
+  cluster type: the data a forced failover would lose, and what would refuse it. Nothing is forced while
+  the DR replica is still CONNECTED to the primary, onto a database REVERTING or INITIALIZING, or in a
+  CLUSTER_TYPE = EXTERNAL group (Pacemaker fails it over; the refusal names the command). A
+  CLUSTER_TYPE = NONE group is failed over by demoting its primary first (see :mod:`.ag`).
+* **Pending steps** after a forced failover: the old primary's databases stay SUSPENDED. Resuming them
+  rolls back what DR never received, so it is a step of its own that the runbook asks a human to approve,
+  the form saying per database what would be rolled back; approved, each such database gets a database
+  snapshot first (``<db>_before_resume_<its end of log LSN>``), then ``SET HADR RESUME``.
 * **Fence**: a primary that cannot be reached is left to the DBA who confirmed the region failure; one
   that answers is made a secondary by the planned failover; and while it runs as the primary with the DR
   replica behind, nothing is forced (that would make two primaries): the step refuses, saying what to do.
-* **Resync** an old primary: resume its data movement (``ALTER DATABASE … SET HADR RESUME``); it rolls back
-  transactions the new primary never received.
+* **Resync** an old primary: resume its data movement (``ALTER DATABASE … SET HADR RESUME``), after a database
+  snapshot of each database whose resume rolls back transactions the new primary never received.
 * **Switch back**: a planned failover to the original primary once it is SYNCHRONIZED (synchronous commit).
 
 Every statement is built by :mod:`drkit.engines.sqlserver.tsql` and golden-tested.
@@ -20,6 +28,7 @@ Every statement is built by :mod:`drkit.engines.sqlserver.tsql` and golden-teste
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +40,7 @@ from drkit.engines.base import (
     CaughtUp,
     DrMethods,
     Fencing,
+    PendingStep,
     Promotion,
     ReplicaCreated,
     ReplicaLag,
@@ -42,7 +52,7 @@ from drkit.engines.base import (
 from drkit.engines.sqlserver import ag, tsql
 from drkit.engines.sqlserver.engine import SqlServerEngine
 from drkit.engines.sqlserver.errors import AvailabilityGroupError, SqlServerError
-from drkit.engines.sqlserver.msdb import parse_bool, to_utc
+from drkit.engines.sqlserver.msdb import ReplicaDatabaseState, parse_bool, to_utc
 from drkit.engines.sqlserver.odbc import OdbcDriver
 from drkit.engines.sqlserver.settings import SqlServerSettings, dsn_hint
 from drkit.errors import ConfigError, DatabaseUnreachableError
@@ -61,7 +71,7 @@ METHODS = DrMethods(
     fence="an old primary that cannot be reached is left as it is; one that answers is made a secondary by the "
           "planned failover, and nothing is forced while it still runs as the primary",
     resync="data movement resumed on the old primary (ALTER DATABASE … SET HADR RESUME), which rolls back "
-           "transactions DR never received (take a database snapshot there first to keep them)",
+           "transactions DR never received; drkit takes a database snapshot of each such database there first",
     switch_back="a planned availability-group failover back to the primary replica once it is SYNCHRONIZED "
                 "(no data loss; the replica must be SYNCHRONOUS_COMMIT)",
 )
@@ -128,6 +138,12 @@ def lag_from_rows(rows: Sequence[Mapping[str, Any]], group: str, max_lag_seconds
             f"{r.get('log_send_queue_size') if r.get('log_send_queue_size') is not None else '?'} KB not received, "
             f"{r.get('redo_queue_size') if r.get('redo_queue_size') is not None else '?'} KB not redone, "
             f"newest applied commit {commit.isoformat() if commit else 'unknown'}")
+    connected = first.get("connected_state_desc")
+    if connected == "CONNECTED":
+        details.append(f"{replica} is still CONNECTED to the primary replica: the primary is running, and drkit "
+                       "forces no failover while it runs")
+    elif connected is not None:
+        details.append(f"{replica} is {connected} from the primary replica")
     return ReplicaLag(state, behind, seconds, applied, now, max_lag_seconds, tuple(details))
 
 
@@ -231,7 +247,20 @@ class SqlServerDr:
         return lag_from_rows(rows, self.group, self.max_lag_seconds)
 
     def replica_state(self) -> ReplicaState:
-        lag = self._lag(self.engine("dr"))
+        """The DR replica's lag, with what would refuse a failover onto it on the approval form."""
+        dr = self.engine("dr")
+        lag = self._lag(dr)
+        with dr.session() as session:
+            states = dr.ag_state(session, self.group)
+        extra = [f"{self.group} is CLUSTER_TYPE = {states[0].cluster_type}"]
+        if states[0].cluster_type == "EXTERNAL":
+            extra.append("approving runs no failover: " + ag.cluster_manager_command(self.group, states[0].replica))
+        elif states[0].cluster_type == "NONE":
+            extra.append("no cluster manager: a primary that answers is demoted (SET (ROLE = SECONDARY)) before "
+                         "the DR replica takes over")
+        if not lag.is_primary:
+            extra += [f"a forced failover will be refused: {p}" for p in ag.cannot_start_as_primary(states)]
+        lag = dataclasses.replace(lag, details=lag.details + tuple(extra))
         return ReplicaState(already_primary=lag.is_primary, lag=lag)
 
     def lag(self, *, timeout: float = 10.0) -> ReplicaLag:
@@ -276,7 +305,8 @@ class SqlServerDr:
         t0, at = time.monotonic(), datetime.now(UTC)
         dr = self.engine("dr")
         if self._primary_role() == "PRIMARY":  # answers as the primary: only a planned failover, never forced
-            report = ag.planned_failover(dr, self.group, wait_s=self.failover_wait_s)
+            report = ag.planned_failover(dr, self.group, wait_s=self.failover_wait_s,
+                                         current_primary=self.engine("primary"))
         else:
             report = ag.forced_failover([dr], self.group, wait_s=self.failover_wait_s)
         return _promotion(report, time.monotonic() - t0, at)
@@ -297,12 +327,58 @@ class SqlServerDr:
                         f"{row.get('updateability') or '?'}); check the availability group's dashboard")
                 self._sleep(1.0)
 
+    def _states(self, side: Side) -> list[ReplicaDatabaseState] | None:
+        """``side``'s replica state, or None when it cannot be reached."""
+        engine = self.engine(side, timeout=10)
+        try:
+            with engine.session() as session:
+                return engine.ag_state(session, self.group)
+        except DatabaseUnreachableError:
+            return None
+
     def resync(self, node: Side) -> Resync:
-        replica, resumed, states = ag.resume_suspended(self.engine(node), self.group)
+        """Resume ``node``'s suspended databases, each after a snapshot when the resume rolls anything back."""
+        other = self._states("dr" if node == "primary" else "primary")
+        replica, resumed, states = ag.resume_with_snapshots(self.engine(node), self.group, primary_states=other)
         if resumed:
-            return Resync(node, "resumed", f"data movement resumed on {replica} for {', '.join(resumed)}")
+            return Resync(node, "resumed", f"data movement resumed on {replica}: {'; '.join(resumed)}")
         shown = ", ".join(f"{st.database} {st.synchronization_state}" for st in states)
         return Resync(node, "already synchronizing", f"{replica}: {shown}")
+
+    def pending_steps(self) -> list[PendingStep]:
+        """After a forced failover to DR: the old primary's suspended databases, to resume once approved (a
+        second primary, which a CLUSTER_TYPE = NONE group's old primary comes back as, is demoted first).
+        Nothing while the old primary cannot be reached (it is suspended when it comes back, and the
+        failback resumes it the same way), or while DR is not the primary."""
+        return self._pending(self._states("dr"), self._states("primary"))
+
+    def _pending(self, new: list[ReplicaDatabaseState] | None,
+                 old: list[ReplicaDatabaseState] | None) -> list[PendingStep]:
+        if not new or not old or not ag.is_primary(new):
+            return []
+        second_primary = ag.is_primary(old)
+        plan = ag.rollback_plan([dataclasses.replace(st, is_suspended=True) for st in old] if second_primary
+                                else old, new)
+        if not plan:
+            return []
+        replica = old[0].replica
+        action = (f"resume data movement on {replica} ({self.endpoint('primary')}): a database snapshot of each "
+                  "database whose resume rolls back log, then ALTER DATABASE … SET HADR RESUME")
+        evidence = [rb.describe() for rb in plan]
+        if second_primary:
+            action = (f"demote {replica}, which answers as a second primary of {self.group} (ALTER AVAILABILITY "
+                      f"GROUP … SET (ROLE = SECONDARY)), then {action[0].lower()}{action[1:]}")
+            evidence.insert(0, f"{replica} answers as a primary of {self.group} beside {new[0].replica}: writes "
+                               f"it took since the failover are not on {new[0].replica}")
+        return [PendingStep(f"resume:{replica}", "primary", action, tuple(evidence))]
+
+    def run_pending_step(self, key: str) -> str:
+        new, old = self._states("dr"), self._states("primary")
+        if not any(step.key == key for step in self._pending(new, old)):
+            return f"{key}: nothing pending any more (done already, or its replica cannot be reached)"
+        replica, done, _ = ag.resume_with_snapshots(self.engine("primary"), self.group, primary_states=new,
+                                                    demote=bool(old and ag.is_primary(old)))
+        return f"{replica}: " + ("; ".join(done) or "nothing was suspended")
 
     def wait_caught_up(self, node: Side, *, timeout: float) -> CaughtUp:
         states = ag.wait_synchronized(self.engine(node), self.group, timeout=timeout, sleep=self._sleep)
@@ -311,7 +387,8 @@ class SqlServerDr:
 
     def switch_back(self) -> Switchover:
         t0, at = time.monotonic(), datetime.now(UTC)
-        report = ag.planned_failover(self.engine("primary"), self.group, wait_s=self.failover_wait_s)
+        report = ag.planned_failover(self.engine("primary"), self.group, wait_s=self.failover_wait_s,
+                                     current_primary=self.engine("dr"))
         self.confirm_writable("primary")
         seconds = time.monotonic() - t0
         return Switchover(_promotion(report, seconds, at), stopped_at=None,

@@ -209,6 +209,14 @@ class ReplicaDatabaseState:
     end_of_log_lsn: int | None
     last_commit_time: datetime | None
     is_suspended: bool
+    cluster_type: str = "WSFC"
+    """The group's ``cluster_type_desc``: WSFC, EXTERNAL (Pacemaker) or NONE (no cluster manager)."""
+    connected_state: str | None = None
+    """A secondary's ``connected_state_desc``: CONNECTED while the primary is running and talks to it."""
+    recovery_lsn: int | None = None
+    """On a primary: the end of its log when it became the primary (where a forced failover forked)."""
+    database_state: str | None = None
+    """``sys.databases.state_desc`` here (ONLINE once recovery after a failover is done)."""
 
     @classmethod
     def from_row(cls, r: Mapping[str, Any]) -> ReplicaDatabaseState:
@@ -218,4 +226,7 @@ class ReplicaDatabaseState:
             synchronization_state=r.get("synchronization_state_desc"),
             is_failover_ready=parse_bool(r.get("is_failover_ready")),
             end_of_log_lsn=None if r.get("end_of_log_lsn") is None else int(r["end_of_log_lsn"]),
-            last_commit_time=r.get("last_commit_time"), is_suspended=parse_bool(r.get("is_suspended")))
+            last_commit_time=r.get("last_commit_time"), is_suspended=parse_bool(r.get("is_suspended")),
+            cluster_type=str(r.get("cluster_type_desc") or "WSFC"), connected_state=r.get("connected_state_desc"),
+            recovery_lsn=None if r.get("recovery_lsn") is None else int(r["recovery_lsn"]),
+            database_state=r.get("database_state"))

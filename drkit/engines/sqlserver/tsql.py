@@ -438,14 +438,25 @@ def in_database(database: str, sql: str, label: str) -> Batch:
 
 
 def ag_local_state(group: str) -> Batch:
-    """This replica's role, availability mode, and per database readiness and end of log."""
+    """This replica's role, availability mode, connection to the primary, the group's cluster type, and per
+    database readiness, end of log, recovery LSN (the fork point, on a primary) and database state.
+
+    ``cluster_type_desc`` (WSFC, EXTERNAL, NONE) exists from SQL Server 2017; before it every group is WSFC,
+    so the column is read through ``sp_executesql`` only where ``COL_LENGTH`` finds it.
+    """
     v = _Vars()
     ag = v.add("ag", "sysname", validate_name(group, "availability group name"))
     return v.batch(f"state of availability group {group} on this replica", (
+        "DECLARE @cluster_type nvarchar(60) = N'WSFC';\n"
+        "IF COL_LENGTH(N'sys.availability_groups', N'cluster_type_desc') IS NOT NULL\n"
+        "    EXEC sys.sp_executesql\n"
+        "         N'SELECT @t = cluster_type_desc FROM sys.availability_groups WHERE name = @n;',\n"
+        f"         N'@t nvarchar(60) OUTPUT, @n sysname', @t = @cluster_type OUTPUT, @n = {ag};\n"
         "SELECT ar.replica_server_name, ars.role_desc, ar.availability_mode_desc,\n"
+        "       @cluster_type AS cluster_type_desc, ars.connected_state_desc,\n"
         "       DB_NAME(drs.database_id) AS database_name, drs.synchronization_state_desc,\n"
-        "       drcs.is_failover_ready, drs.end_of_log_lsn, drs.last_hardened_lsn, drs.last_commit_time,\n"
-        "       drs.is_suspended\n"
+        "       drcs.is_failover_ready, drs.end_of_log_lsn, drs.last_hardened_lsn, drs.recovery_lsn,\n"
+        "       drs.last_commit_time, drs.is_suspended, d.state_desc AS database_state\n"
         "  FROM sys.availability_groups AS ag\n"
         "  JOIN sys.availability_replicas AS ar ON ar.group_id = ag.group_id\n"
         "  JOIN sys.dm_hadr_availability_replica_states AS ars\n"
@@ -454,6 +465,7 @@ def ag_local_state(group: str) -> Batch:
         "         ON drs.replica_id = ar.replica_id AND drs.is_local = 1\n"
         "  LEFT JOIN sys.dm_hadr_database_replica_cluster_states AS drcs\n"
         "         ON drcs.replica_id = ar.replica_id AND drcs.group_database_id = drs.group_database_id\n"
+        "  LEFT JOIN sys.databases AS d ON d.database_id = drs.database_id\n"
         f" WHERE ag.name = {ag}\n"
         " ORDER BY database_name;"))
 
@@ -470,6 +482,40 @@ def hadr_resume(database: str) -> Batch:
                  f"ALTER DATABASE {quote_name(database, 'database name')} SET HADR RESUME;")
 
 
+def ag_demote(group: str) -> Batch:
+    """``SET (ROLE = SECONDARY)`` on a primary of a CLUSTER_TYPE = NONE group: the first step of its failover, and
+    what a former primary that came back as a primary needs after a forced failover."""
+    return Batch(f"demote this replica of availability group {group}",
+                 f"ALTER AVAILABILITY GROUP {quote_name(group, 'availability group name')} SET (ROLE = SECONDARY);",
+                 long_running=True)
+
+
+def database_snapshot(database: str, snapshot: str) -> Batch:
+    """``CREATE DATABASE snapshot … AS SNAPSHOT OF database`` beside each data file (``<file>.<snapshot>.ss``).
+
+    CREATE DATABASE takes no variable for a file name, so, as for the credential, the statement is built
+    server-side from ``sys.master_files`` with ``QUOTENAME`` and doubled quotes, and the names travel as
+    parameters. Nothing is done when a database named ``snapshot`` exists already (a re-run).
+    """
+    v = _Vars()
+    db = v.add("db", "sysname", validate_name(database, "database name"))
+    snap = v.add("snap", "sysname", validate_name(snapshot, "snapshot name"))
+    return v.batch(f"snapshot {snapshot} of {database}", (
+        f"IF DB_ID({snap}) IS NULL\n"
+        "BEGIN\n"
+        "    DECLARE @files nvarchar(max) = STUFF((\n"
+        "        SELECT N', (NAME = ' + QUOTENAME(mf.name) + N', FILENAME = N'''\n"
+        f"               + REPLACE(mf.physical_name + N'.' + {snap} + N'.ss', N'''', N'''''') + N''')'\n"
+        "          FROM sys.master_files AS mf\n"
+        f"         WHERE mf.database_id = DB_ID({db}) AND mf.type = 0\n"
+        "         ORDER BY mf.file_id\n"
+        "           FOR XML PATH(''), TYPE).value('.', 'nvarchar(max)'), 1, 2, N'');\n"
+        f"    DECLARE @sql nvarchar(max) = N'CREATE DATABASE ' + QUOTENAME({snap}) + N' ON ' + @files\n"
+        f"                               + N' AS SNAPSHOT OF ' + QUOTENAME({db}) + N';';\n"
+        "    EXEC (@sql);\n"
+        "END"), long_running=True)
+
+
 def ag_local_lag(group: str) -> Batch:
     """How far this replica's databases are behind, as it sees them (usable when the primary is gone).
 
@@ -479,7 +525,8 @@ def ag_local_lag(group: str) -> Batch:
     v = _Vars()
     ag = v.add("ag", "sysname", validate_name(group, "availability group name"))
     return v.batch(f"lag of availability group {group} on this replica", (
-        "SELECT ar.replica_server_name, ars.role_desc, DB_NAME(drs.database_id) AS database_name,\n"
+        "SELECT ar.replica_server_name, ars.role_desc, ars.connected_state_desc,\n"
+        "       DB_NAME(drs.database_id) AS database_name,\n"
         "       drs.synchronization_state_desc, drs.is_suspended, drs.log_send_queue_size,\n"
         "       drs.redo_queue_size, drs.last_commit_time, SYSUTCDATETIME() AS utc_now,\n"
         "       DATEDIFF(minute, SYSUTCDATETIME(), SYSDATETIME()) AS utc_offset_minutes\n"
