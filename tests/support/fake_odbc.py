@@ -254,6 +254,7 @@ def lsn(vlf: int, block: int, slot: int = 1) -> int:
 class SimBackup:
     row: dict[str, Any]
     devices: list[tuple[str, int]]  # (physical_device_name, device_type)
+    files: list[dict[str, Any]] = field(default_factory=list)  # the database's files then (FILELISTONLY)
 
 
 class SimulatedServer:
@@ -287,6 +288,16 @@ class SimulatedServer:
         self.fork = str(uuid.UUID(int=0xF0F0)).upper()
         self.facts: dict[str, Any] = {}
         """Overrides of the prerequisites row (edition, page_verify, ag_role, is_preferred_backup_replica...)."""
+        # restores: what a media holds (RESTORE HEADERONLY), and how the server's clock maps UTC
+        self.product_version = "16.0.4135.4"
+        self.media: dict[str, list[SimBackup]] = {}
+        """Device → the backup sets on it, in position order (FORMAT starts over, append adds one)."""
+        self.append_next = False
+        """The next backup appends its set to the media (NOINIT) instead of formatting it."""
+        self.offset_at: Callable[[datetime], int] | None = None
+        """UTC (naive) → the server's UTC offset in minutes then (a time zone with daylight saving)."""
+        self.stopat_outside = False
+        """RESTORE … STOPAT leaves the database RESTORING with a warning, as a target outside the log does."""
         self.install()
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -303,7 +314,7 @@ class SimulatedServer:
     def install(self) -> None:
         d = self.driver
         d.on(r"SERVERPROPERTY\('InstanceDefaultDataPath'\)", lambda s, p: Reply([Rows.of([{
-            "product_version": "16.0.4135.4", "edition": "Enterprise Edition (64-bit)",
+            "product_version": self.product_version, "edition": "Enterprise Edition (64-bit)",
             "default_data_path": "/var/opt/mssql/data/", "default_log_path": "/var/opt/mssql/log/",
             "utc_offset_minutes": self.utc_offset_minutes}])]))
         d.on(r"AS can_backup_database", lambda s, p: Reply([Rows.of([{
@@ -320,12 +331,16 @@ class SimulatedServer:
         d.on(r"^DECLARE .*\n(BACKUP DATABASE|BACKUP LOG) ", self._backup)
         d.on(r"WHERE database_name = @db AND name = @name", self._by_name)
         d.on(r"bs\.type IN \('D', 'I', 'L'\)", self._history)
-        d.on(r"RESTORE FILELISTONLY", lambda s, p: Reply([Rows.of(self.file_list)]))
+        d.on(r"RESTORE FILELISTONLY", self._file_list_only)
+        d.on(r"RESTORE HEADERONLY", self._header_only)
+        d.on(r"CURRENT_TIMEZONE_ID\(\)", self._local_time)
+        d.on(r"\n    DROP DATABASE ", self._drop)
         d.on(r"AS database_id", lambda s, p: Reply([Rows.of([{
             "database_id": 7 if p[0] in self.existing_databases else None,
             "status": self.existing_databases.get(p[0])}])]))
-        d.on(r"RESTORE (DATABASE|LOG|VERIFYONLY)", Reply(["10 percent processed.", "100 percent processed.",
-                                                          "RESTORE processed 1 pages."]))
+        d.on(r"RESTORE (DATABASE|LOG) ", self._restore)
+        d.on(r"RESTORE VERIFYONLY", Reply(["10 percent processed.", "100 percent processed.",
+                                           "RESTORE processed 1 pages."]))
 
     def _backup(self, sql: str, params: tuple[Any, ...]) -> Reply:
         kind = "L" if "BACKUP LOG" in sql else "I" if "DIFFERENTIAL" in sql else "D"
@@ -375,7 +390,15 @@ class SimulatedServer:
             self._advance(20)
         row.update(backup_start_date=start, backup_finish_date=start + timedelta(minutes=2),
                    backup_size=Decimal(size), compressed_backup_size=Decimal(size // 3))
-        self.backups.append(SimBackup(row, [(dev, device_type) for dev in devices]))
+        sim = SimBackup(row, [(dev, device_type) for dev in devices], [dict(f) for f in self.file_list])
+        self.backups.append(sim)
+        for dev in devices:
+            on_media = self.media.setdefault(dev, [])
+            if not self.append_next:
+                on_media.clear()  # FORMAT / INIT: the media holds this set alone
+            on_media.append(sim)
+        row["position"] = len(self.media[devices[0]]) if devices else 1
+        self.append_next = False
         if device_type == 2 and self.local_dir is not None and name is not None:
             for dev in devices:
                 (self.local_dir / Path(dev.replace("\\", "/")).name).write_bytes(
@@ -383,6 +406,64 @@ class SimulatedServer:
         steps: list[str | Rows] = [f"{p} percent processed." for p in (10, 50, 100)]
         steps.append(f"BACKUP {'LOG' if kind == 'L' else 'DATABASE'} successfully processed 1000 pages.")
         return Reply(steps)
+
+    # -- restores ----------------------------------------------------------------------------------
+
+    def _staged(self, device: str) -> SimBackup | None:
+        """The backup a device names: a set on the server's own media, or a file drkit staged for restore."""
+        if device in self.media and self.media[device]:
+            return self.media[device][0]
+        name = Path(device.replace("\\", "/")).name.split(".restore.")[0]
+        return next((b for b in self.backups if b.row["name"] == name), None)
+
+    def _set_at(self, sql: str, params: tuple[Any, ...]) -> SimBackup | None:
+        device = params[0]
+        file = params[len(re.findall(r"@dev\d+ nvarchar", sql))] if "@file int" in sql else 1
+        sets = self.media.get(device)
+        if sets:
+            return sets[int(file) - 1] if int(file) <= len(sets) else None
+        return self._staged(device)
+
+    def _file_list_only(self, sql: str, params: tuple[Any, ...]) -> Reply:
+        b = self._set_at(sql, params)
+        return Reply([Rows.of(b.files if b is not None and b.files else self.file_list)])
+
+    def _header_only(self, sql: str, params: tuple[Any, ...]) -> Reply:
+        sets = self.media.get(params[0])
+        if not sets:
+            return Reply(error=odbc_error(3201, f"Cannot open backup device '{params[0]}'. Operating system error "
+                                                "2(The system cannot find the file specified.)."))
+        return Reply([Rows.of([{
+            "BackupName": b.row["name"], "BackupType": {"D": 1, "L": 2, "I": 5}[b.row["type"]], "Position": i,
+            "DatabaseName": b.row["database_name"], "FirstLSN": b.row["first_lsn"], "LastLSN": b.row["last_lsn"],
+            "BackupSetGUID": b.row["backup_set_uuid"]} for i, b in enumerate(sets, 1)])])
+
+    def _local_time(self, sql: str, params: tuple[Any, ...]) -> Reply:
+        utc = datetime.fromisoformat(str(params[0]))
+        offset = self.offset_at(utc) if self.offset_at else self.utc_offset_minutes
+        now = self.offset_at(self.clock) if self.offset_at else self.utc_offset_minutes
+        return Reply([Rows.of([{"local_time": (utc + timedelta(minutes=offset)).isoformat(timespec="milliseconds"),
+                                "offset_minutes": offset, "time_zone": "W. Europe Standard Time",
+                                "current_offset_minutes": now}])])
+
+    def _restore(self, sql: str, params: tuple[Any, ...]) -> Reply:
+        m = re.search(r"RESTORE (?:DATABASE|LOG) \[((?:[^\]]|\]\])*)\]", sql)
+        assert m, sql
+        name = m.group(1).replace("]]", "]")
+        steps: list[str | Rows] = ["10 percent processed.", "100 percent processed."]
+        if "STOPAT" in sql and self.stopat_outside:
+            steps.append("This backup set contains records that were logged before the designated point in time. "
+                         "The database is being left in the restoring state so that more roll forward can be "
+                         "performed.")
+            self.existing_databases[name] = "RESTORING"
+        else:
+            self.existing_databases[name] = "ONLINE" if re.search(r"(?<!NO)RECOVERY", sql) else "RESTORING"
+        steps.append("RESTORE processed 1 pages.")
+        return Reply(steps)
+
+    def _drop(self, sql: str, params: tuple[Any, ...]) -> Reply:
+        self.existing_databases.pop(str(params[0]), None)
+        return Reply()
 
     def rows_of(self, b: SimBackup) -> list[dict[str, Any]]:
         return [{**b.row, "family_sequence_number": i, "physical_device_name": dev, "device_type": t}
@@ -412,7 +493,8 @@ _HISTORY_COLUMNS = (
     "differential_base_guid", "is_copy_only", "has_backup_checksums", "is_damaged", "begins_log_chain",
     "first_recovery_fork_guid", "last_recovery_fork_guid", "fork_point_lsn", "backup_start_date",
     "backup_finish_date", "time_zone", "backup_size", "compressed_backup_size", "recovery_model",
-    "server_name", "key_algorithm", "family_sequence_number", "physical_device_name", "device_type",
+    "server_name", "key_algorithm", "position", "has_bulk_logged_data", "last_valid_restore_time",
+    "family_sequence_number", "physical_device_name", "device_type",
 )
 
 

@@ -52,7 +52,7 @@ def test_sqlserver_facts_read_what_the_writer_records() -> None:
     assert facts.first_recovery_fork_guid == facts.last_recovery_fork_guid == info.last_recovery_fork_guid
     assert (facts.database_guid, facts.family_guid) == (info.database_guid, info.family_guid)
     assert facts.devices == info.devices
-    assert facts.position is None  # not recorded by this writer
+    assert facts.position == 1  # backupset.position: the set's place in its media (RESTORE … WITH FILE)
 
 
 def test_sqlserver_facts_normalise_guids_and_fall_back_to_the_record() -> None:

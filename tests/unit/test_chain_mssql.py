@@ -117,6 +117,17 @@ def test_full_diff_and_logs_with_stopat() -> None:
     assert plan.diff is not None and [p.backup.id for p in plan.logs] == ["L2", "L3"]
 
 
+def test_a_target_inside_a_bulk_logged_log_is_refused_with_the_reason() -> None:
+    c = standard()
+    c.backups[4].meta["has_bulk_logged_data"] = True  # L3 (m40 .. m50) holds minimally logged changes
+    with pytest.raises(RestorePlanError, match=r"log backup L3 \(from .*T00:40:00.* to .*T00:50:00.*\) holds "
+                                               r"bulk-logged changes \(has_bulk_logged_data = 1"):
+        c.plan(m(45))
+    at_end = c.plan(m(50))  # its end is a point SQL Server can restore to: applied whole, no STOPAT
+    assert (ids(at_end), at_end.recovery) == (["F1", "D1", "L2", "L3"], "end")
+    assert c.plan(m(55)).recovery == "time"  # past it: L3 is applied whole, STOPAT lands in L4
+
+
 def test_first_log_after_the_base_holds_its_last_lsn() -> None:
     # D1 ends at LSN 34/1300; L2 runs 34/900 .. 35/200: first_lsn <= base.last_lsn < last_lsn
     assert ids(standard().plan(m(35))) == ["F1", "D1", "L2"]

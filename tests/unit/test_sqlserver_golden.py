@@ -21,6 +21,7 @@ from drkit.engines.sqlserver.backup import take_backup
 from drkit.engines.sqlserver.dr import SqlServerDr
 from drkit.engines.sqlserver.engine import SqlServerEngine
 from drkit.engines.sqlserver.errors import AvailabilityGroupError
+from drkit.engines.sqlserver.history import import_history
 from drkit.engines.sqlserver.msdb import FORMAT_URL, ReplicaDatabaseState
 from drkit.engines.sqlserver.restore import restore_to_point
 from drkit.engines.sqlserver.settings import SqlServerSettings, split_container_url
@@ -168,9 +169,13 @@ def test_point_in_time_restore_sequence(tmp_path: Path) -> None:
     result = restore_to_point(w.rt, "orders", into="Orders_pitr", target=target, engine=w.engine, now=NOW)
     assert [s.split()[0] for s in result.steps] == ["full", "diff", "log", "log"]
     text = check_golden("pitr_disk", "point-in-time restore: full NORECOVERY → diff NORECOVERY → log "
-                        "NORECOVERY → last log WITH RECOVERY, STOPAT (server-local time, UTC+60 min)", w, start)
+                        "NORECOVERY → last log WITH RECOVERY, the same STOPAT on every RESTORE LOG (server-local "
+                        "time at the target, converted by the server: UTC+60 min), FILE = 1 of drkit's own "
+                        "files, each later step's file list read for files added after the full, then the "
+                        "database's state", w, start)
     local = (target + timedelta(minutes=60)).replace(tzinfo=None).isoformat(timespec="milliseconds")
-    assert f"'{local}'" in text and text.count("NORECOVERY") == 3
+    assert text.count(f"'{local}'") == 2 and text.count("NORECOVERY") == 3
+    assert text.count("STOPAT = @stopat") == 2 and text.rstrip().endswith("GO")
 
 
 def test_point_in_time_restore_from_url_stripes(tmp_path: Path) -> None:
@@ -180,8 +185,24 @@ def test_point_in_time_restore_from_url_stripes(tmp_path: Path) -> None:
     restore_to_point(w.rt, "orders", into="Orders_latest", engine=w.engine, now=NOW)
     text = check_golden("pitr_url_latest", "restore to the latest point from URL backups (the full in 2 "
                         "stripes): SQL Server reads the blobs itself; the last log WITH RECOVERY", w, start)
-    assert "STOPAT" not in text and text.count("FROM URL = @dev1, URL = @dev2") == 3  # filelist, full, diff
+    assert "STOPAT" not in text and text.count("FROM URL = @dev1, URL = @dev2") == 6  # headeronly, filelist, restore ×2
     assert "FROM URL = @dev1\n" in text
+
+
+def test_verification_of_an_appended_backup_set_reads_its_own_position(tmp_path: Path) -> None:
+    w = make_world(tmp_path)
+    w.server.foreign_backup("D", "D:\\Backup\\Orders.bak")
+    w.server.append_next = True
+    w.server.foreign_backup("D", "D:\\Backup\\Orders.bak")
+    import_history(w.rt, "orders", engine=w.engine)
+    second = max(w.rt.catalog.list_backups("orders"), key=lambda b: b.meta["backup_set_id"])
+    start = len(w.driver.executed)
+    report = verify_backup_mssql(w.rt, "orders", second.id, engine=w.engine, now=NOW)
+    assert report.passed, report.error
+    text = check_golden("verify_appended_set", "verification of the 2nd backup set appended to one file (imported "
+                        "from msdb): HEADERONLY finds it by BackupSetGUID before anything runs, then VERIFYONLY, "
+                        "FILELISTONLY and RESTORE all WITH FILE = 2", w, start)
+    assert text.index("HEADERONLY") < text.index("VERIFYONLY") and text.count("-- ?2 = 2") == 3
 
 
 # -- hostile names ----------------------------------------------------------------------------------

@@ -461,8 +461,20 @@ def plan_restore(
         return cat.plan(choice, target, ["recovery stops at the base backup's end"])
     if choice is not None:
         logs = choice.logs
+        last = logs[-1]
+        if last.rec.meta.get("has_bulk_logged_data"):
+            if target < last.end:
+                before = choice.logs[-2].end if len(logs) > 1 else choice.base.end
+                raise RestorePlanError(
+                    f"cannot stop at {_fmt(target)} for {database!r}: log backup {last.id} (from {_fmt(before)} to "
+                    f"{_fmt(last.end)}) holds bulk-logged changes (has_bulk_logged_data = 1, BULK_LOGGED recovery "
+                    "model), and SQL Server restores such a log only to its end: pick a target at or before "
+                    f"{_fmt(before)}, or at {_fmt(last.end)}")
+            return cat.plan(choice._replace(recovery="end"), target, [
+                f"{len(logs)} log backup(s) from LSN {logs[0].first} to {last.last}, applied in full (the last one "
+                "holds bulk-logged changes and ends at the target)"])
         return cat.plan(choice, target, [f"{len(logs)} log backup(s) from LSN {logs[0].first} to {logs[-1].last}, "
-                                         f"the last one restored WITH STOPAT = {_fmt(target)}"])
+                                         f"each restored WITH STOPAT = {_fmt(target)}"])
     failures = []
     first = next(cat.fulls_until(target), None)
     if first is not None:

@@ -30,6 +30,7 @@ from drkit.engines.sqlserver.errors import (
     CorruptionFoundError,
     SqlServerError,
     dsn_password,
+    is_consistency_error,
     parse_driver_error,
     scrub,
 )
@@ -99,6 +100,11 @@ class SqlServerEngine:
 
     def __repr__(self) -> str:
         return f"SqlServerEngine({self.name!r}, {self.endpoint}, database={self.settings.database!r})"
+
+    def on_instance(self, dsn: str) -> SqlServerEngine:
+        """The same database's settings on another instance (verification restores elsewhere)."""
+        return SqlServerEngine(self.name, dsn=dsn, settings=self.settings, sas_token=self._sas,
+                               driver=self._driver, sleep=self.sleep)
 
     # -- connection -----------------------------------------------------------------------------------
 
@@ -311,7 +317,8 @@ class SqlServerEngine:
         return self.read_backup_set(session, name)
 
     def read_backup_set(self, session: Session, name: str) -> BackupSet:
-        rows = session.run(tsql.backupset_by_name(self.settings.database, name)).rows()
+        rows = session.run(tsql.backupset_by_name(self.settings.database, name,
+                                                  sql2022=is_sql2022(session))).rows()
         if not rows:
             raise SqlServerError(f"BACKUP reported success but msdb.dbo.backupset has no backup named {name!r} "
                                  f"for {self.settings.database!r}; check that msdb history is not being purged "
@@ -319,7 +326,8 @@ class SqlServerEngine:
         return BackupSet.from_rows(rows, session.utc_offset_minutes())
 
     def history(self, session: Session, *, days: int | None = None) -> list[BackupSet]:
-        rows = session.run(tsql.backup_history(self.settings.database, days=days)).rows()
+        rows = session.run(tsql.backup_history(self.settings.database, days=days,
+                                               sql2022=is_sql2022(session))).rows()
         return backup_sets(rows, session.utc_offset_minutes())
 
     def backup_to_disk(
@@ -369,8 +377,9 @@ class SqlServerEngine:
 
     # -- restores -------------------------------------------------------------------------------------
 
-    def file_list(self, session: Session, device_type: DeviceType, devices: Sequence[str]) -> list[FileInfo]:
-        rows = session.run(tsql.file_list_only(device_type, devices)).rows()
+    def file_list(self, session: Session, device_type: DeviceType, devices: Sequence[str], *,
+                  file: int | None = None) -> list[FileInfo]:
+        rows = session.run(tsql.file_list_only(device_type, devices, file=file)).rows()
         return [FileInfo.from_row(r, i) for i, r in enumerate(rows, 1)]
 
     def restore_paths(self, session: Session) -> tuple[str, str]:
@@ -400,9 +409,13 @@ class SqlServerEngine:
         return None if row.get("database_id") is None else str(row.get("status") or "UNKNOWN")
 
     def checkdb(self, session: Session, database: str) -> str:
+        """DBCC CHECKDB's messages; :class:`CorruptionFoundError` only for a reported consistency error (any
+        other failure, a timeout or tempdb full, is raised as it is: it proves nothing about the data)."""
         try:
             result = session.run(tsql.checkdb(database))
         except SqlServerError as exc:
+            if not is_consistency_error(exc.numbers):
+                raise
             raise CorruptionFoundError(
                 f"DBCC CHECKDB found consistency errors in {database!r} (restored from the backup): {exc}",
                 numbers=exc.numbers, sqlstate=exc.sqlstate) from None
@@ -422,6 +435,13 @@ class SqlServerEngine:
             raise AvailabilityGroupError(f"this server ({self.endpoint}) is not a replica of availability "
                                          f"group {ag!r}, or the login lacks VIEW SERVER STATE")
         return [ReplicaDatabaseState.from_row(r) for r in rows]
+
+
+def is_sql2022(session: Session) -> bool:
+    """SQL Server 2022 (16.x) or later: msdb.dbo.backupset has ``last_valid_restore_time``, and
+    ``CURRENT_TIMEZONE_ID()`` exists."""
+    version = str(session.server().get("product_version") or "0")
+    return int(version.split(".", 1)[0] or 0) >= 16
 
 
 PAGE_VERIFY = "page verify"

@@ -102,6 +102,24 @@ def parse_driver_error(exc: BaseException) -> tuple[str, tuple[int, ...], str]:
     return sqlstate, numbers, " / ".join(parts) or message
 
 
+CONSISTENCY_ERRORS = frozenset({
+    *range(2501, 2600),  # DBCC table and index checks (2508 counts, 2533 page not allocated, 2570 data purity)
+    *range(5228, 5271),  # DBCC internal consistency (the page, the row, the slot)
+    *range(7900, 8000),  # system catalog, FILESTREAM and metadata checks (7965, 7985, 7995)
+    *range(8900, 9000),  # allocation and consistency (8909, 8928, 8939, 8976, 8978, 8989 the summary)
+    824,                 # a page failed its checksum or torn-page check: the data read back is damaged
+}) - {7926, 7928, 7929, 8921, 8967}
+"""DBCC CHECKDB error numbers that report damage in the database checked. Left out: 7926/7928/7929 (the
+internal snapshot could not be created), 8921 (failed while collecting facts: possibly tempdb out of
+space) and 8967 (an internal DBCC error) say CHECKDB could not run, not what it found."""
+
+
+def is_consistency_error(numbers: Sequence[int]) -> bool:
+    """True when DBCC CHECKDB's error numbers report damage (only then is a backup corrupt): a timeout,
+    tempdb or the log full (1105, 9002), a lost connection prove nothing about the backup."""
+    return any(n in CONSISTENCY_ERRORS for n in numbers)
+
+
 _DEVICE_ERRORS = {3201, 3202, 3203, 3204, 18204, 18210}
 _MEDIA_ERRORS = {3241, 3242, 3243, 3183, 3189, 3266}
 _CHAIN_ERRORS = {4305, 4326, 4330, 4319}

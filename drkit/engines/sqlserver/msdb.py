@@ -97,6 +97,12 @@ class BackupSet:
     server_name: str | None
     encrypted: bool
     devices: tuple[Device, ...]
+    position: int = 1
+    """The set's position in its media (``RESTORE … WITH FILE = position``); > 1 when sets were appended."""
+    has_bulk_logged_data: bool = False
+    """A log backup holding minimally logged (BULK_LOGGED) changes: restorable only to its end."""
+    last_valid_restore_time: datetime | None = None
+    """SQL Server 2022: the latest point a log backup restores to (UTC); None before 2022."""
 
     @classmethod
     def from_rows(cls, rows: Sequence[Mapping[str, Any]], utc_offset_minutes: int) -> BackupSet:
@@ -132,12 +138,18 @@ class BackupSet:
             backup_size=int(r["backup_size"] or 0),
             compressed_backup_size=int(r["compressed_backup_size"] or r["backup_size"] or 0),
             recovery_model=r.get("recovery_model"), server_name=r.get("server_name"),
-            encrypted=bool(r.get("key_algorithm")), devices=devices)
+            encrypted=bool(r.get("key_algorithm")), devices=devices,
+            position=int(r.get("position") or 1), has_bulk_logged_data=parse_bool(r.get("has_bulk_logged_data")),
+            last_valid_restore_time=None if r.get("last_valid_restore_time") is None
+            else to_utc(r["last_valid_restore_time"], tz, utc_offset_minutes))
 
     @property
     def end_time(self) -> datetime:
-        """Latest point this backup restores to: a base's end; for a log, where its log was read (start)."""
-        return self.start_time if self.kind == "log" else self.finish_time
+        """Latest point this backup restores to: a base's end; for a log, ``last_valid_restore_time`` where
+        the server records it (SQL Server 2022), else where its log was read (its start)."""
+        if self.kind != "log":
+            return self.finish_time
+        return max(self.start_time, self.last_valid_restore_time or self.start_time)
 
     @property
     def format(self) -> str:
@@ -166,6 +178,9 @@ class BackupSet:
             "compressed_backup_size": self.compressed_backup_size, "recovery_model": self.recovery_model,
             "server_name": self.server_name, "encrypted": self.encrypted,
             "devices": [{"device": d.device, "type": d.type} for d in self.devices],
+            "position": self.position, "has_bulk_logged_data": self.has_bulk_logged_data,
+            "last_valid_restore_time": None if self.last_valid_restore_time is None
+            else self.last_valid_restore_time.isoformat(),
         }
 
 

@@ -25,6 +25,16 @@ BLOB_LIMIT_BYTES = 190 * 2**30
 MAX_STRIPE_GIB = 190
 
 
+class SqlServerVerifySettings(BaseModel):
+    """``sqlserver.verify``: where verification restores run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
+
+    instance_dsn_env: str | None = None
+    """Environment variable with the ODBC connection string of another instance to restore and check on
+    (dbatools' Test-DbaLastBackup -Destination); it must read the same backup devices. Default: this server."""
+
+
 class SqlServerSettings(BaseModel):
     """The ``sqlserver:`` block of a database in the policy file."""
 
@@ -65,6 +75,7 @@ class SqlServerSettings(BaseModel):
     long_timeout_s: int = Field(default=0, ge=0)
     """0: no limit (a BACKUP of a large database runs for hours)."""
     login_timeout_s: int = Field(default=15, ge=0)
+    verify: SqlServerVerifySettings = Field(default_factory=SqlServerVerifySettings)
 
     @field_validator("database", "certificate", "availability_group")
     @classmethod
@@ -179,11 +190,27 @@ def stripe_count(size_bytes: int, max_stripe_bytes: int) -> int:
 def dsn_hint(dsn: str) -> str:
     """``server/database`` of an ODBC connection string, for messages; never the password."""
     pairs: dict[str, str] = {}
-    for m in re.finditer(r"\s*([^=;]+?)\s*=\s*(\{(?:[^}]|\}\})*\}|[^;]*)\s*(?:;|$)", dsn):
+    for m in _DSN_PAIR.finditer(dsn):
         pairs[m.group(1).strip().lower()] = m.group(2).strip("{}")
-    server = next((pairs[k] for k in ("server", "address", "addr", "data source") if pairs.get(k)), "?")
+    server = next((pairs[k] for k in _SERVER_KEYS if pairs.get(k)), "?")
     database = next((pairs[k] for k in ("database", "initial catalog") if pairs.get(k)), "")
     return f"{server}/{database}" if database else server
+
+
+def dsn_with_server(dsn: str, server: str) -> str:
+    """``dsn`` reaching ``server`` (an availability replica's name) instead, with the same ``tcp:`` prefix and
+    port, login and options: the replicas of a group share them."""
+    for m in _DSN_PAIR.finditer(dsn):
+        if m.group(1).strip().lower() in _SERVER_KEYS:
+            value = m.group(2).strip("{}")
+            tcp = "tcp:" if value.lower().startswith("tcp:") else ""
+            port = "," + value.rsplit(",", 1)[1] if "," in value and "\\" not in server else ""
+            return dsn[:m.start(2)] + tcp + server + port + dsn[m.end(2):]
+    return f"{dsn.rstrip(';')};Server={server}"
+
+
+_DSN_PAIR = re.compile(r"\s*([^=;]+?)\s*=\s*(\{(?:[^}]|\}\})*\}|[^;]*)\s*(?:;|$)")
+_SERVER_KEYS = ("server", "address", "addr", "data source")
 
 
 def join_server_path(folder: str, name: str) -> str:

@@ -306,31 +306,37 @@ BACKUPSET_COLUMNS: tuple[str, ...] = (
     "differential_base_guid", "is_copy_only", "has_backup_checksums", "is_damaged", "begins_log_chain",
     "first_recovery_fork_guid", "last_recovery_fork_guid", "fork_point_lsn", "backup_start_date",
     "backup_finish_date", "time_zone", "backup_size", "compressed_backup_size", "recovery_model",
-    "server_name", "key_algorithm",
+    "server_name", "key_algorithm", "position", "has_bulk_logged_data",
 )
-"""The msdb.dbo.backupset columns drkit records (all exist from SQL Server 2014 on)."""
+"""The msdb.dbo.backupset columns drkit records (all exist from SQL Server 2014 on). ``position`` is the
+set's place in its media (``RESTORE … WITH FILE = position``)."""
 
-_HISTORY_SELECT = (
-    "SELECT " + ",\n       ".join(", ".join(f"bs.{c}" for c in BACKUPSET_COLUMNS[i:i + 5])
-                                  for i in range(0, len(BACKUPSET_COLUMNS), 5)) + ",\n"
-    "       mf.family_sequence_number, mf.physical_device_name, mf.device_type\n"
-    "  FROM msdb.dbo.backupset AS bs\n"
-    "  JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id AND mf.mirror = 0\n")
+BACKUPSET_COLUMNS_2022: tuple[str, ...] = ("last_valid_restore_time",)
+"""Columns SQL Server 2022 (major version 16) added: selected only where the server has them."""
 
 
-def backupset_by_name(database: str, name: str) -> Batch:
+def _history_select(sql2022: bool) -> str:
+    columns = BACKUPSET_COLUMNS + (BACKUPSET_COLUMNS_2022 if sql2022 else ())
+    return ("SELECT " + ",\n       ".join(", ".join(f"bs.{c}" for c in columns[i:i + 5])
+                                        for i in range(0, len(columns), 5)) + ",\n"
+            "       mf.family_sequence_number, mf.physical_device_name, mf.device_type\n"
+            "  FROM msdb.dbo.backupset AS bs\n"
+            "  JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id AND mf.mirror = 0\n")
+
+
+def backupset_by_name(database: str, name: str, *, sql2022: bool = False) -> Batch:
     """The msdb row(s) of the backup named ``name`` (one row per stripe)."""
     v = _Vars()
     db = v.add("db", "sysname", validate_name(database, "database name"))
     nm = v.add("name", "nvarchar(128)", validate_text(name, "backup set name", 128))
     return v.batch(f"msdb history of backup {name}", (
-        _HISTORY_SELECT
+        _history_select(sql2022)
         + f" WHERE bs.backup_set_id = (SELECT MAX(backup_set_id) FROM msdb.dbo.backupset\n"
           f"                            WHERE database_name = {db} AND name = {nm})\n"
           " ORDER BY mf.family_sequence_number;"))
 
 
-def backup_history(database: str, *, days: int | None = None) -> Batch:
+def backup_history(database: str, *, days: int | None = None, sql2022: bool = False) -> Batch:
     """Every full, differential and log backup of ``database`` msdb remembers (optionally the last ``days``)."""
     v = _Vars()
     db = v.add("db", "sysname", validate_name(database, "database name"))
@@ -339,25 +345,62 @@ def backup_history(database: str, *, days: int | None = None) -> Batch:
         ref = v.add("days", "int", int(days))
         where += f"   AND bs.backup_start_date >= DATEADD(day, -{ref}, GETDATE())\n"
     return v.batch(f"msdb history of {database}",
-                   _HISTORY_SELECT + where + " ORDER BY bs.backup_set_id, mf.family_sequence_number;")
+                   _history_select(sql2022) + where + " ORDER BY bs.backup_set_id, mf.family_sequence_number;")
 
 
 # -- restore -----------------------------------------------------------------------------------------
 
 
-def verify_only(device_type: DeviceType, devices: Sequence[str], *, checksum: bool = True) -> Batch:
+def _file(v: _Vars, file: int | None) -> list[str]:
+    """``FILE = @file``: which backup set of the media (``backupset.position``); None on URL devices, where
+    RESTORE takes no FILE (a blob holds one backup set)."""
+    if file is None:
+        return []
+    if isinstance(file, bool) or not isinstance(file, int) or file < 1:
+        raise NameRefusedError(f"backup set position must be a positive integer, got {file!r}")
+    return [f"FILE = {v.add('file', 'int', file)}"]
+
+
+def verify_only(device_type: DeviceType, devices: Sequence[str], *, checksum: bool = True,
+                file: int | None = None) -> Batch:
     v = _Vars()
     src = _devices(v, device_type, devices)
-    options = ["CHECKSUM"] if checksum else []
+    options = _file(v, file)
+    if checksum:
+        options.append("CHECKSUM")
     options.append(f"STATS = {STATS_PERCENT}")
     return v.batch(f"RESTORE VERIFYONLY of {devices[0]}",
                    f"RESTORE VERIFYONLY FROM {src}\n  WITH {', '.join(options)};", long_running=True)
 
 
-def file_list_only(device_type: DeviceType, devices: Sequence[str]) -> Batch:
+def file_list_only(device_type: DeviceType, devices: Sequence[str], *, file: int | None = None) -> Batch:
     v = _Vars()
     src = _devices(v, device_type, devices)
-    return v.batch(f"RESTORE FILELISTONLY of {devices[0]}", f"RESTORE FILELISTONLY FROM {src};")
+    options = _file(v, file)
+    return v.batch(f"RESTORE FILELISTONLY of {devices[0]}",
+                   f"RESTORE FILELISTONLY FROM {src}" + (f" WITH {options[0]}" if options else "") + ";")
+
+
+def header_only(device_type: DeviceType, devices: Sequence[str]) -> Batch:
+    """Every backup set on a media (one row each: ``Position``, ``BackupSetGUID``, LSNs): proves the devices
+    exist and are readable, and which position holds the set a restore wants."""
+    v = _Vars()
+    src = _devices(v, device_type, devices)
+    return v.batch(f"RESTORE HEADERONLY of {devices[0]}", f"RESTORE HEADERONLY FROM {src};")
+
+
+def server_local_time(utc: str) -> Batch:
+    """``utc`` (``YYYY-MM-DDTHH:MM:SS.fff``) as the server's local time at that instant (SQL Server 2022:
+    ``AT TIME ZONE CURRENT_TIMEZONE_ID()``, which knows the zone's daylight-saving rules), and the
+    server's offset now (``DATEPART(TZOFFSET, SYSDATETIMEOFFSET())``)."""
+    v = _Vars()
+    ref = v.add("utc", "datetime2(3)", validate_text(utc, "UTC time", 30))
+    return v.batch("server-local time of the restore target", (
+        "DECLARE @tz nvarchar(256) = CURRENT_TIMEZONE_ID();\n"
+        f"DECLARE @local datetimeoffset(3) = ({ref} AT TIME ZONE 'UTC') AT TIME ZONE @tz;\n"
+        "SELECT CONVERT(nvarchar(23), CAST(@local AS datetime2(3)), 126) AS local_time,\n"
+        "       DATEPART(TZOFFSET, @local) AS offset_minutes, @tz AS time_zone,\n"
+        "       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS current_offset_minutes;"))
 
 
 def restore(
@@ -370,17 +413,20 @@ def restore(
     recovery: bool,
     stopat: str | None = None,
     checksum: bool = True,
+    file: int | None = None,
 ) -> Batch:
     """One step of a restore sequence: ``RESTORE DATABASE`` (full/diff) or ``RESTORE LOG``.
 
-    ``moves`` are (logical name, new physical path) pairs, given for the full only.
+    ``moves`` are (logical name, new physical path) pairs: every file for the full, and on a later step the
+    files its backup has that the steps before did not (added after the full).
     ``stopat`` is the server-local time ``YYYY-MM-DDTHH:MM:SS.fff`` (ISO 8601, independent
-    of the session's language and DATEFORMAT).
+    of the session's language and DATEFORMAT), given on every RESTORE LOG of a point-in-time restore.
+    ``file`` is the backup set's position on DISK media (``FILE = n``).
     """
     quoted = quote_name(database, "database name")
     v = _Vars()
     src = _devices(v, device_type, devices)
-    options = []
+    options = _file(v, file)
     for i, (logical, physical) in enumerate(moves, 1):
         frm = v.add(f"from{i}", "nvarchar(128)", validate_text(logical, "logical file name", 128))
         to = v.add(f"to{i}", "nvarchar(260)", validate_text(physical, "restore file path", MAX_DEVICE_LENGTH))
@@ -468,6 +514,19 @@ def ag_local_state(group: str) -> Batch:
         "  LEFT JOIN sys.databases AS d ON d.database_id = drs.database_id\n"
         f" WHERE ag.name = {ag}\n"
         " ORDER BY database_name;"))
+
+
+def ag_replicas(group: str) -> Batch:
+    """Every replica of ``group`` by name, this one marked: where backup history lives (msdb is per server)."""
+    v = _Vars()
+    ag = v.add("ag", "sysname", validate_name(group, "availability group name"))
+    return v.batch(f"replicas of availability group {group}", (
+        "SELECT ar.replica_server_name, ISNULL(ars.is_local, 0) AS is_local\n"
+        "  FROM sys.availability_groups AS ag\n"
+        "  JOIN sys.availability_replicas AS ar ON ar.group_id = ag.group_id\n"
+        "  LEFT JOIN sys.dm_hadr_availability_replica_states AS ars ON ars.replica_id = ar.replica_id\n"
+        f" WHERE ag.name = {ag}\n"
+        " ORDER BY ar.replica_server_name;"))
 
 
 def ag_failover(group: str, *, force: bool) -> Batch:

@@ -18,10 +18,16 @@ from drkit.binding import require_key
 from drkit.engines.sqlserver import tsql
 from drkit.engines.sqlserver.chain_model import SQLSERVER_CHAIN
 from drkit.engines.sqlserver.engine import SqlServerEngine, sqlserver_engine
-from drkit.engines.sqlserver.errors import BackupMediaError, RestoreTargetError, SqlServerError, scrub
+from drkit.engines.sqlserver.errors import (
+    BackupMediaError,
+    CorruptionFoundError,
+    RestoreTargetError,
+    SqlServerError,
+    scrub,
+)
 from drkit.engines.sqlserver.odbc import Session
-from drkit.engines.sqlserver.restore import Staged, is_native, run_restore, stage
-from drkit.errors import DrkitError
+from drkit.engines.sqlserver.restore import Staged, check_devices, is_native, run_restore, stage
+from drkit.errors import ConfigError, DrkitError, RestoreError
 from drkit.plans import RestorePlan
 from drkit.runtime import Runtime
 from drkit.verify import (
@@ -72,6 +78,10 @@ def verify_plan_mssql(
                 raise RestoreTargetError(f"scratch database {scratch!r} already exists; another verification is "
                                          "running, or a previous one was interrupted: drop it and retry")
             try:
+                missing = check_devices(session, plan.pieces, staged.sources)
+                if missing:  # gone or unreadable: nothing is proven about the backup
+                    raise RestoreError("backup device(s) missing or unreadable: " + "; ".join(
+                        f"{bid}: {why}" for bid, why in missing.items()))
                 stage(rt, engine, plan.pieces, staged)
                 report.bytes_read = staged.bytes
                 _verify_only(session, plan, staged, report)
@@ -84,10 +94,7 @@ def verify_plan_mssql(
                 report.restore_seconds = time.monotonic() - started
                 report.checks.append(CheckResult("restore", True, f"restored as {scratch} WITH MOVE",
                                                  report.restore_seconds))
-                report.checks.append(timed("DBCC CHECKDB", lambda: (True, engine.checkdb(session, scratch)),
-                                           CHECK_ERRORS))
-                if not report.checks[-1].ok:
-                    report.corrupt_pieces.extend(p.backup.id for p in plan.pieces)
+                report.checks.append(_checkdb(engine, session, scratch, plan, report))
                 report.checks.extend(_policy_checks(rt, db, session, scratch))
             finally:
                 with contextlib.suppress(SqlServerError):
@@ -105,14 +112,31 @@ def verify_plan_mssql(
     return report
 
 
+def _checkdb(engine: SqlServerEngine, session: Session, scratch: str, plan: RestorePlan,
+             report: VerifyReport) -> CheckResult:
+    """DBCC CHECKDB: a reported consistency error makes the plan's pieces corrupt; any other failure
+    (a timeout, tempdb or the log full) fails the check and proves nothing about the backup."""
+    started = time.monotonic()
+    try:
+        return CheckResult("DBCC CHECKDB", True, engine.checkdb(session, scratch), time.monotonic() - started)
+    except CorruptionFoundError as exc:
+        report.corrupt_pieces.extend(p.backup.id for p in plan.pieces)
+        return CheckResult("DBCC CHECKDB", False, str(exc), time.monotonic() - started)
+    except SqlServerError as exc:
+        return CheckResult("DBCC CHECKDB", False, f"did not complete, which says nothing about the backup "
+                           f"(its status is unchanged): {exc}", time.monotonic() - started)
+
+
 def _verify_only(session: Session, plan: RestorePlan, staged: Staged, report: VerifyReport) -> None:
-    """RESTORE VERIFYONLY WITH CHECKSUM on every piece; BackupMediaError when one is rejected."""
+    """RESTORE VERIFYONLY WITH CHECKSUM on every piece (its own set: FILE = n); BackupMediaError when one is
+    rejected."""
     for piece in plan.pieces:
         b = piece.backup
-        device_type, devices = staged.sources[b.id]
+        src = staged.sources[b.id]
         started = time.monotonic()
         try:
-            session.run(tsql.verify_only(device_type, devices, checksum=bool(b.meta.get("has_backup_checksums", True))))
+            session.run(tsql.verify_only(src.device_type, src.devices, file=src.file,
+                                         checksum=bool(b.meta.get("has_backup_checksums", True))))
         except BackupMediaError as exc:
             report.corrupt_pieces.append(b.id)
             report.checks.append(CheckResult(f"verifyonly {b.id}", False, str(exc), time.monotonic() - started))
@@ -150,7 +174,7 @@ def verify_backup_mssql(
     backup's status is left as it was.
     """
     rt.policy.database(db)
-    engine = engine or sqlserver_engine(rt, db)
+    engine = verification_engine(rt, db, engine or sqlserver_engine(rt, db))
     backups = rt.catalog.list_backups(db)
     target = verify_target(rt, db, backups, backup_id)
     plan = SQLSERVER_CHAIN.plan_for_backup(target, backups, rt.catalog.all_copies(db), tier_order=rt.tier_order)
@@ -158,3 +182,19 @@ def verify_backup_mssql(
     proven = report.passed or target.id in report.corrupt_pieces
     record_verification(rt, db, report, [target] if proven else [], actor)
     return report
+
+
+def verification_engine(rt: Runtime, db: str, engine: SqlServerEngine) -> SqlServerEngine:
+    """Where verification restores run: ``sqlserver.verify.instance_dsn_env`` names another instance's
+    connection string (as dbatools' Test-DbaLastBackup -Destination), else the database's own server.
+
+    That instance must read the same backup devices (the URL credential, the ``disk_path`` share).
+    """
+    env = engine.settings.verify.instance_dsn_env
+    if not env:
+        return engine
+    dsn = rt.environ.get(env, "").strip()
+    if not dsn:
+        raise ConfigError(f"databases.{db}.sqlserver.verify.instance_dsn_env: environment variable {env} is not "
+                          "set; export the ODBC connection string of the instance verification restores run on")
+    return engine.on_instance(dsn)

@@ -78,6 +78,14 @@ BACKUP DATABASE [Orders]
 GO
 
 -- batch 6 (autocommit=on, timeout=60s)
+SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
+       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
+       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
+       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
+       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
+GO
+
+-- batch 7 (autocommit=on, timeout=60s)
 -- ?1 = 'Orders'
 -- ?2 = 'orders-diff-#1'
 DECLARE @db sysname = ?,
@@ -87,21 +95,14 @@ SELECT bs.backup_set_id, bs.backup_set_uuid, bs.media_set_id, bs.name, bs.type,
        bs.checkpoint_lsn, bs.database_backup_lsn, bs.differential_base_lsn, bs.differential_base_guid, bs.is_copy_only,
        bs.has_backup_checksums, bs.is_damaged, bs.begins_log_chain, bs.first_recovery_fork_guid, bs.last_recovery_fork_guid,
        bs.fork_point_lsn, bs.backup_start_date, bs.backup_finish_date, bs.time_zone, bs.backup_size,
-       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm,
+       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm, bs.position,
+       bs.has_bulk_logged_data, bs.last_valid_restore_time,
        mf.family_sequence_number, mf.physical_device_name, mf.device_type
   FROM msdb.dbo.backupset AS bs
   JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id AND mf.mirror = 0
  WHERE bs.backup_set_id = (SELECT MAX(backup_set_id) FROM msdb.dbo.backupset
                             WHERE database_name = @db AND name = @name)
  ORDER BY mf.family_sequence_number;
-GO
-
--- batch 7 (autocommit=on, timeout=60s)
-SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
-       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
-       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
-       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
-       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
 GO
 
 -- batch 8 (autocommit=on, timeout=60s)
@@ -173,6 +174,14 @@ BACKUP LOG [Orders]
 GO
 
 -- batch 12 (autocommit=on, timeout=60s)
+SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
+       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
+       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
+       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
+       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
+GO
+
+-- batch 13 (autocommit=on, timeout=60s)
 -- ?1 = 'Orders'
 -- ?2 = 'orders-log-#2'
 DECLARE @db sysname = ?,
@@ -182,19 +191,12 @@ SELECT bs.backup_set_id, bs.backup_set_uuid, bs.media_set_id, bs.name, bs.type,
        bs.checkpoint_lsn, bs.database_backup_lsn, bs.differential_base_lsn, bs.differential_base_guid, bs.is_copy_only,
        bs.has_backup_checksums, bs.is_damaged, bs.begins_log_chain, bs.first_recovery_fork_guid, bs.last_recovery_fork_guid,
        bs.fork_point_lsn, bs.backup_start_date, bs.backup_finish_date, bs.time_zone, bs.backup_size,
-       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm,
+       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm, bs.position,
+       bs.has_bulk_logged_data, bs.last_valid_restore_time,
        mf.family_sequence_number, mf.physical_device_name, mf.device_type
   FROM msdb.dbo.backupset AS bs
   JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id AND mf.mirror = 0
  WHERE bs.backup_set_id = (SELECT MAX(backup_set_id) FROM msdb.dbo.backupset
                             WHERE database_name = @db AND name = @name)
  ORDER BY mf.family_sequence_number;
-GO
-
--- batch 13 (autocommit=on, timeout=60s)
-SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
-       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
-       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
-       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
-       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
 GO

@@ -58,6 +58,14 @@ BACKUP DATABASE [Orders]
 GO
 
 -- batch 4 (autocommit=on, timeout=60s)
+SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
+       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
+       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
+       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
+       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
+GO
+
+-- batch 5 (autocommit=on, timeout=60s)
 -- ?1 = 'Orders'
 -- ?2 = 'orders-full-#1'
 DECLARE @db sysname = ?,
@@ -67,21 +75,14 @@ SELECT bs.backup_set_id, bs.backup_set_uuid, bs.media_set_id, bs.name, bs.type,
        bs.checkpoint_lsn, bs.database_backup_lsn, bs.differential_base_lsn, bs.differential_base_guid, bs.is_copy_only,
        bs.has_backup_checksums, bs.is_damaged, bs.begins_log_chain, bs.first_recovery_fork_guid, bs.last_recovery_fork_guid,
        bs.fork_point_lsn, bs.backup_start_date, bs.backup_finish_date, bs.time_zone, bs.backup_size,
-       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm,
+       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm, bs.position,
+       bs.has_bulk_logged_data, bs.last_valid_restore_time,
        mf.family_sequence_number, mf.physical_device_name, mf.device_type
   FROM msdb.dbo.backupset AS bs
   JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id AND mf.mirror = 0
  WHERE bs.backup_set_id = (SELECT MAX(backup_set_id) FROM msdb.dbo.backupset
                             WHERE database_name = @db AND name = @name)
  ORDER BY mf.family_sequence_number;
-GO
-
--- batch 5 (autocommit=on, timeout=60s)
-SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
-       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
-       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
-       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
-       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
 GO
 
 -- batch 6 (autocommit=on, timeout=60s)
@@ -149,6 +150,14 @@ BACKUP DATABASE [Orders]
 GO
 
 -- batch 10 (autocommit=on, timeout=60s)
+SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
+       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
+       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
+       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
+       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
+GO
+
+-- batch 11 (autocommit=on, timeout=60s)
 -- ?1 = 'Orders'
 -- ?2 = 'orders-diff-#2'
 DECLARE @db sysname = ?,
@@ -158,21 +167,14 @@ SELECT bs.backup_set_id, bs.backup_set_uuid, bs.media_set_id, bs.name, bs.type,
        bs.checkpoint_lsn, bs.database_backup_lsn, bs.differential_base_lsn, bs.differential_base_guid, bs.is_copy_only,
        bs.has_backup_checksums, bs.is_damaged, bs.begins_log_chain, bs.first_recovery_fork_guid, bs.last_recovery_fork_guid,
        bs.fork_point_lsn, bs.backup_start_date, bs.backup_finish_date, bs.time_zone, bs.backup_size,
-       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm,
+       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm, bs.position,
+       bs.has_bulk_logged_data, bs.last_valid_restore_time,
        mf.family_sequence_number, mf.physical_device_name, mf.device_type
   FROM msdb.dbo.backupset AS bs
   JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id AND mf.mirror = 0
  WHERE bs.backup_set_id = (SELECT MAX(backup_set_id) FROM msdb.dbo.backupset
                             WHERE database_name = @db AND name = @name)
  ORDER BY mf.family_sequence_number;
-GO
-
--- batch 11 (autocommit=on, timeout=60s)
-SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
-       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
-       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
-       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
-       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
 GO
 
 -- batch 12 (autocommit=on, timeout=60s)
@@ -232,6 +234,14 @@ BACKUP LOG [Orders]
 GO
 
 -- batch 15 (autocommit=on, timeout=60s)
+SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
+       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
+       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
+       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
+       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
+GO
+
+-- batch 16 (autocommit=on, timeout=60s)
 -- ?1 = 'Orders'
 -- ?2 = 'orders-log-#3'
 DECLARE @db sysname = ?,
@@ -241,21 +251,14 @@ SELECT bs.backup_set_id, bs.backup_set_uuid, bs.media_set_id, bs.name, bs.type,
        bs.checkpoint_lsn, bs.database_backup_lsn, bs.differential_base_lsn, bs.differential_base_guid, bs.is_copy_only,
        bs.has_backup_checksums, bs.is_damaged, bs.begins_log_chain, bs.first_recovery_fork_guid, bs.last_recovery_fork_guid,
        bs.fork_point_lsn, bs.backup_start_date, bs.backup_finish_date, bs.time_zone, bs.backup_size,
-       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm,
+       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm, bs.position,
+       bs.has_bulk_logged_data, bs.last_valid_restore_time,
        mf.family_sequence_number, mf.physical_device_name, mf.device_type
   FROM msdb.dbo.backupset AS bs
   JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id AND mf.mirror = 0
  WHERE bs.backup_set_id = (SELECT MAX(backup_set_id) FROM msdb.dbo.backupset
                             WHERE database_name = @db AND name = @name)
  ORDER BY mf.family_sequence_number;
-GO
-
--- batch 16 (autocommit=on, timeout=60s)
-SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
-       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
-       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
-       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
-       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
 GO
 
 -- batch 17 (autocommit=on, timeout=60s)
@@ -315,6 +318,14 @@ BACKUP LOG [Orders]
 GO
 
 -- batch 20 (autocommit=on, timeout=60s)
+SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
+       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
+       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
+       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
+       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
+GO
+
+-- batch 21 (autocommit=on, timeout=60s)
 -- ?1 = 'Orders'
 -- ?2 = 'orders-log-#4'
 DECLARE @db sysname = ?,
@@ -324,19 +335,12 @@ SELECT bs.backup_set_id, bs.backup_set_uuid, bs.media_set_id, bs.name, bs.type,
        bs.checkpoint_lsn, bs.database_backup_lsn, bs.differential_base_lsn, bs.differential_base_guid, bs.is_copy_only,
        bs.has_backup_checksums, bs.is_damaged, bs.begins_log_chain, bs.first_recovery_fork_guid, bs.last_recovery_fork_guid,
        bs.fork_point_lsn, bs.backup_start_date, bs.backup_finish_date, bs.time_zone, bs.backup_size,
-       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm,
+       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm, bs.position,
+       bs.has_bulk_logged_data, bs.last_valid_restore_time,
        mf.family_sequence_number, mf.physical_device_name, mf.device_type
   FROM msdb.dbo.backupset AS bs
   JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id AND mf.mirror = 0
  WHERE bs.backup_set_id = (SELECT MAX(backup_set_id) FROM msdb.dbo.backupset
                             WHERE database_name = @db AND name = @name)
  ORDER BY mf.family_sequence_number;
-GO
-
--- batch 21 (autocommit=on, timeout=60s)
-SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
-       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
-       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
-       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
-       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
 GO

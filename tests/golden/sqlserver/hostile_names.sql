@@ -59,6 +59,14 @@ BACKUP DATABASE [Or]]ders'; DROP TABLE x;--]
 GO
 
 -- batch 4 (autocommit=on, timeout=60s)
+SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
+       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
+       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
+       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
+       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
+GO
+
+-- batch 5 (autocommit=on, timeout=60s)
 -- ?1 = "Or]ders'; DROP TABLE x;--"
 -- ?2 = 'orders-full-#1'
 DECLARE @db sysname = ?,
@@ -68,21 +76,14 @@ SELECT bs.backup_set_id, bs.backup_set_uuid, bs.media_set_id, bs.name, bs.type,
        bs.checkpoint_lsn, bs.database_backup_lsn, bs.differential_base_lsn, bs.differential_base_guid, bs.is_copy_only,
        bs.has_backup_checksums, bs.is_damaged, bs.begins_log_chain, bs.first_recovery_fork_guid, bs.last_recovery_fork_guid,
        bs.fork_point_lsn, bs.backup_start_date, bs.backup_finish_date, bs.time_zone, bs.backup_size,
-       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm,
+       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm, bs.position,
+       bs.has_bulk_logged_data, bs.last_valid_restore_time,
        mf.family_sequence_number, mf.physical_device_name, mf.device_type
   FROM msdb.dbo.backupset AS bs
   JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id AND mf.mirror = 0
  WHERE bs.backup_set_id = (SELECT MAX(backup_set_id) FROM msdb.dbo.backupset
                             WHERE database_name = @db AND name = @name)
  ORDER BY mf.family_sequence_number;
-GO
-
--- batch 5 (autocommit=on, timeout=60s)
-SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
-       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
-       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
-       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
-       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
 GO
 
 -- batch 6 (autocommit=on, timeout=60s)
@@ -143,6 +144,14 @@ BACKUP LOG [Or]]ders'; DROP TABLE x;--]
 GO
 
 -- batch 9 (autocommit=on, timeout=60s)
+SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
+       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
+       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
+       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
+       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
+GO
+
+-- batch 10 (autocommit=on, timeout=60s)
 -- ?1 = "Or]ders'; DROP TABLE x;--"
 -- ?2 = 'orders-log-#2'
 DECLARE @db sysname = ?,
@@ -152,21 +161,14 @@ SELECT bs.backup_set_id, bs.backup_set_uuid, bs.media_set_id, bs.name, bs.type,
        bs.checkpoint_lsn, bs.database_backup_lsn, bs.differential_base_lsn, bs.differential_base_guid, bs.is_copy_only,
        bs.has_backup_checksums, bs.is_damaged, bs.begins_log_chain, bs.first_recovery_fork_guid, bs.last_recovery_fork_guid,
        bs.fork_point_lsn, bs.backup_start_date, bs.backup_finish_date, bs.time_zone, bs.backup_size,
-       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm,
+       bs.compressed_backup_size, bs.recovery_model, bs.server_name, bs.key_algorithm, bs.position,
+       bs.has_bulk_logged_data, bs.last_valid_restore_time,
        mf.family_sequence_number, mf.physical_device_name, mf.device_type
   FROM msdb.dbo.backupset AS bs
   JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id AND mf.mirror = 0
  WHERE bs.backup_set_id = (SELECT MAX(backup_set_id) FROM msdb.dbo.backupset
                             WHERE database_name = @db AND name = @name)
  ORDER BY mf.family_sequence_number;
-GO
-
--- batch 10 (autocommit=on, timeout=60s)
-SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
-       CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
-       CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
-       CAST(SERVERPROPERTY('InstanceDefaultLogPath') AS nvarchar(4000)) AS default_log_path,
-       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
 GO
 
 -- batch 11 (autocommit=on, timeout=60s)
@@ -177,8 +179,10 @@ GO
 
 -- batch 12 (autocommit=on, timeout=60s)
 -- ?1 = '/var/opt/mssql/backup/drkit/orders-full-#1.restore.bak'
-DECLARE @dev1 nvarchar(260) = ?;
-RESTORE FILELISTONLY FROM DISK = @dev1;
+-- ?2 = 1
+DECLARE @dev1 nvarchar(260) = ?,
+        @file int = ?;
+RESTORE FILELISTONLY FROM DISK = @dev1 WITH FILE = @file;
 GO
 
 -- batch 13 (autocommit=on, timeout=60s)
@@ -191,54 +195,78 @@ GO
 
 -- batch 14 (autocommit=on, timeout=0s)
 -- ?1 = '/var/opt/mssql/backup/drkit/orders-full-#1.restore.bak'
--- ?2 = 'Orders_data'
--- ?3 = '/var/opt/mssql/data/re_stored___--_0cb196d1_1.mdf'
--- ?4 = 'Orders_log'
--- ?5 = '/var/opt/mssql/log/re_stored___--_0cb196d1_2.ldf'
+-- ?2 = 1
+-- ?3 = 'Orders_data'
+-- ?4 = '/var/opt/mssql/data/re_stored___--_0cb196d1_1.mdf'
+-- ?5 = 'Orders_log'
+-- ?6 = '/var/opt/mssql/log/re_stored___--_0cb196d1_2.ldf'
 DECLARE @dev1 nvarchar(260) = ?,
+        @file int = ?,
         @from1 nvarchar(128) = ?,
         @to1 nvarchar(260) = ?,
         @from2 nvarchar(128) = ?,
         @to2 nvarchar(260) = ?;
 RESTORE DATABASE [re]]stored'; --]
   FROM DISK = @dev1
-  WITH MOVE @from1 TO @to1,
+  WITH FILE = @file,
+       MOVE @from1 TO @to1,
        MOVE @from2 TO @to2,
        CHECKSUM,
        NORECOVERY,
        STATS = 10;
 GO
 
--- batch 15 (autocommit=on, timeout=0s)
+-- batch 15 (autocommit=on, timeout=60s)
 -- ?1 = '/var/opt/mssql/backup/drkit/orders-log-#2.restore.trn'
-DECLARE @dev1 nvarchar(260) = ?;
+-- ?2 = 1
+DECLARE @dev1 nvarchar(260) = ?,
+        @file int = ?;
+RESTORE FILELISTONLY FROM DISK = @dev1 WITH FILE = @file;
+GO
+
+-- batch 16 (autocommit=on, timeout=0s)
+-- ?1 = '/var/opt/mssql/backup/drkit/orders-log-#2.restore.trn'
+-- ?2 = 1
+DECLARE @dev1 nvarchar(260) = ?,
+        @file int = ?;
 RESTORE LOG [re]]stored'; --]
   FROM DISK = @dev1
-  WITH CHECKSUM,
+  WITH FILE = @file,
+       CHECKSUM,
        RECOVERY,
        STATS = 10;
 GO
 
--- batch 16 (autocommit=on, timeout=60s)
+-- batch 17 (autocommit=on, timeout=60s)
+-- ?1 = "re]stored'; --"
+DECLARE @db sysname = ?;
+SELECT DB_ID(@db) AS database_id, CAST(DATABASEPROPERTYEX(@db, 'Status') AS nvarchar(60)) AS status;
+GO
+
+-- batch 18 (autocommit=on, timeout=60s)
 -- ?1 = "Or]ders'; DROP TABLE x;--_drkit_verify_20260518T120000"
 DECLARE @db sysname = ?;
 SELECT DB_ID(@db) AS database_id, CAST(DATABASEPROPERTYEX(@db, 'Status') AS nvarchar(60)) AS status;
 GO
 
--- batch 17 (autocommit=on, timeout=0s)
+-- batch 19 (autocommit=on, timeout=0s)
 -- ?1 = '/var/opt/mssql/backup/drkit/orders-full-#1.restore.bak'
-DECLARE @dev1 nvarchar(260) = ?;
+-- ?2 = 1
+DECLARE @dev1 nvarchar(260) = ?,
+        @file int = ?;
 RESTORE VERIFYONLY FROM DISK = @dev1
-  WITH CHECKSUM, STATS = 10;
+  WITH FILE = @file, CHECKSUM, STATS = 10;
 GO
 
--- batch 18 (autocommit=on, timeout=60s)
+-- batch 20 (autocommit=on, timeout=60s)
 -- ?1 = '/var/opt/mssql/backup/drkit/orders-full-#1.restore.bak'
-DECLARE @dev1 nvarchar(260) = ?;
-RESTORE FILELISTONLY FROM DISK = @dev1;
+-- ?2 = 1
+DECLARE @dev1 nvarchar(260) = ?,
+        @file int = ?;
+RESTORE FILELISTONLY FROM DISK = @dev1 WITH FILE = @file;
 GO
 
--- batch 19 (autocommit=on, timeout=60s)
+-- batch 21 (autocommit=on, timeout=60s)
 SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
        CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
        CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
@@ -246,31 +274,40 @@ SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_versio
        DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
 GO
 
--- batch 20 (autocommit=on, timeout=0s)
+-- batch 22 (autocommit=on, timeout=0s)
 -- ?1 = '/var/opt/mssql/backup/drkit/orders-full-#1.restore.bak'
--- ?2 = 'Orders_data'
--- ?3 = '/var/opt/mssql/data/Or_ders___DROP_TABLE_x_--_drkit_verify_20260518T120000_798a411c_1.mdf'
--- ?4 = 'Orders_log'
--- ?5 = '/var/opt/mssql/log/Or_ders___DROP_TABLE_x_--_drkit_verify_20260518T120000_798a411c_2.ldf'
+-- ?2 = 1
+-- ?3 = 'Orders_data'
+-- ?4 = '/var/opt/mssql/data/Or_ders___DROP_TABLE_x_--_drkit_verify_20260518T120000_798a411c_1.mdf'
+-- ?5 = 'Orders_log'
+-- ?6 = '/var/opt/mssql/log/Or_ders___DROP_TABLE_x_--_drkit_verify_20260518T120000_798a411c_2.ldf'
 DECLARE @dev1 nvarchar(260) = ?,
+        @file int = ?,
         @from1 nvarchar(128) = ?,
         @to1 nvarchar(260) = ?,
         @from2 nvarchar(128) = ?,
         @to2 nvarchar(260) = ?;
 RESTORE DATABASE [Or]]ders'; DROP TABLE x;--_drkit_verify_20260518T120000]
   FROM DISK = @dev1
-  WITH MOVE @from1 TO @to1,
+  WITH FILE = @file,
+       MOVE @from1 TO @to1,
        MOVE @from2 TO @to2,
        CHECKSUM,
        RECOVERY,
        STATS = 10;
 GO
 
--- batch 21 (autocommit=on, timeout=0s)
+-- batch 23 (autocommit=on, timeout=60s)
+-- ?1 = "Or]ders'; DROP TABLE x;--_drkit_verify_20260518T120000"
+DECLARE @db sysname = ?;
+SELECT DB_ID(@db) AS database_id, CAST(DATABASEPROPERTYEX(@db, 'Status') AS nvarchar(60)) AS status;
+GO
+
+-- batch 24 (autocommit=on, timeout=0s)
 DBCC CHECKDB ([Or]]ders'; DROP TABLE x;--_drkit_verify_20260518T120000]) WITH NO_INFOMSGS, ALL_ERRORMSGS;
 GO
 
--- batch 22 (autocommit=on, timeout=0s)
+-- batch 25 (autocommit=on, timeout=0s)
 -- ?1 = "Or]ders'; DROP TABLE x;--_drkit_verify_20260518T120000"
 DECLARE @db sysname = ?;
 IF DB_ID(@db) IS NOT NULL

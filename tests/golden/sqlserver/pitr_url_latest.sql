@@ -12,10 +12,38 @@ GO
 -- ?2 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-full-#1/orders-full-#1_02of02.bak'
 DECLARE @dev1 nvarchar(260) = ?,
         @dev2 nvarchar(260) = ?;
-RESTORE FILELISTONLY FROM URL = @dev1, URL = @dev2;
+RESTORE HEADERONLY FROM URL = @dev1, URL = @dev2;
 GO
 
 -- batch 3 (autocommit=on, timeout=60s)
+-- ?1 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-diff-#2/orders-diff-#2_01of02.bak'
+-- ?2 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-diff-#2/orders-diff-#2_02of02.bak'
+DECLARE @dev1 nvarchar(260) = ?,
+        @dev2 nvarchar(260) = ?;
+RESTORE HEADERONLY FROM URL = @dev1, URL = @dev2;
+GO
+
+-- batch 4 (autocommit=on, timeout=60s)
+-- ?1 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-log-#3/orders-log-#3_01of01.trn'
+DECLARE @dev1 nvarchar(260) = ?;
+RESTORE HEADERONLY FROM URL = @dev1;
+GO
+
+-- batch 5 (autocommit=on, timeout=60s)
+-- ?1 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-log-#4/orders-log-#4_01of01.trn'
+DECLARE @dev1 nvarchar(260) = ?;
+RESTORE HEADERONLY FROM URL = @dev1;
+GO
+
+-- batch 6 (autocommit=on, timeout=60s)
+-- ?1 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-full-#1/orders-full-#1_01of02.bak'
+-- ?2 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-full-#1/orders-full-#1_02of02.bak'
+DECLARE @dev1 nvarchar(260) = ?,
+        @dev2 nvarchar(260) = ?;
+RESTORE FILELISTONLY FROM URL = @dev1, URL = @dev2;
+GO
+
+-- batch 7 (autocommit=on, timeout=60s)
 SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_version,
        CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition,
        CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS default_data_path,
@@ -23,7 +51,7 @@ SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS product_versio
        DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes;
 GO
 
--- batch 4 (autocommit=on, timeout=0s)
+-- batch 8 (autocommit=on, timeout=0s)
 -- ?1 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-full-#1/orders-full-#1_01of02.bak'
 -- ?2 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-full-#1/orders-full-#1_02of02.bak'
 -- ?3 = 'Orders_data'
@@ -45,7 +73,15 @@ RESTORE DATABASE [Orders_latest]
        STATS = 10;
 GO
 
--- batch 5 (autocommit=on, timeout=0s)
+-- batch 9 (autocommit=on, timeout=60s)
+-- ?1 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-diff-#2/orders-diff-#2_01of02.bak'
+-- ?2 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-diff-#2/orders-diff-#2_02of02.bak'
+DECLARE @dev1 nvarchar(260) = ?,
+        @dev2 nvarchar(260) = ?;
+RESTORE FILELISTONLY FROM URL = @dev1, URL = @dev2;
+GO
+
+-- batch 10 (autocommit=on, timeout=0s)
 -- ?1 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-diff-#2/orders-diff-#2_01of02.bak'
 -- ?2 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-diff-#2/orders-diff-#2_02of02.bak'
 DECLARE @dev1 nvarchar(260) = ?,
@@ -57,7 +93,13 @@ RESTORE DATABASE [Orders_latest]
        STATS = 10;
 GO
 
--- batch 6 (autocommit=on, timeout=0s)
+-- batch 11 (autocommit=on, timeout=60s)
+-- ?1 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-log-#3/orders-log-#3_01of01.trn'
+DECLARE @dev1 nvarchar(260) = ?;
+RESTORE FILELISTONLY FROM URL = @dev1;
+GO
+
+-- batch 12 (autocommit=on, timeout=0s)
 -- ?1 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-log-#3/orders-log-#3_01of01.trn'
 DECLARE @dev1 nvarchar(260) = ?;
 RESTORE LOG [Orders_latest]
@@ -67,7 +109,13 @@ RESTORE LOG [Orders_latest]
        STATS = 10;
 GO
 
--- batch 7 (autocommit=on, timeout=0s)
+-- batch 13 (autocommit=on, timeout=60s)
+-- ?1 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-log-#4/orders-log-#4_01of01.trn'
+DECLARE @dev1 nvarchar(260) = ?;
+RESTORE FILELISTONLY FROM URL = @dev1;
+GO
+
+-- batch 14 (autocommit=on, timeout=0s)
 -- ?1 = 'https://drkitbackups.blob.core.windows.net/sqlbackups/prod/orders/orders-log-#4/orders-log-#4_01of01.trn'
 DECLARE @dev1 nvarchar(260) = ?;
 RESTORE LOG [Orders_latest]
@@ -75,4 +123,10 @@ RESTORE LOG [Orders_latest]
   WITH CHECKSUM,
        RECOVERY,
        STATS = 10;
+GO
+
+-- batch 15 (autocommit=on, timeout=60s)
+-- ?1 = 'Orders_latest'
+DECLARE @db sysname = ?;
+SELECT DB_ID(@db) AS database_id, CAST(DATABASEPROPERTYEX(@db, 'Status') AS nvarchar(60)) AS status;
 GO

@@ -9,15 +9,19 @@ GO
 
 -- batch 2 (autocommit=on, timeout=0s)
 -- ?1 = '/var/opt/mssql/backup/drkit/orders-full-#1.restore.bak'
-DECLARE @dev1 nvarchar(260) = ?;
+-- ?2 = 1
+DECLARE @dev1 nvarchar(260) = ?,
+        @file int = ?;
 RESTORE VERIFYONLY FROM DISK = @dev1
-  WITH CHECKSUM, STATS = 10;
+  WITH FILE = @file, CHECKSUM, STATS = 10;
 GO
 
 -- batch 3 (autocommit=on, timeout=60s)
 -- ?1 = '/var/opt/mssql/backup/drkit/orders-full-#1.restore.bak'
-DECLARE @dev1 nvarchar(260) = ?;
-RESTORE FILELISTONLY FROM DISK = @dev1;
+-- ?2 = 1
+DECLARE @dev1 nvarchar(260) = ?,
+        @file int = ?;
+RESTORE FILELISTONLY FROM DISK = @dev1 WITH FILE = @file;
 GO
 
 -- batch 4 (autocommit=on, timeout=60s)
@@ -30,35 +34,44 @@ GO
 
 -- batch 5 (autocommit=on, timeout=0s)
 -- ?1 = '/var/opt/mssql/backup/drkit/orders-full-#1.restore.bak'
--- ?2 = 'Orders_data'
--- ?3 = '/var/opt/mssql/data/Orders_drkit_verify_20260518T120000_5aa58bdf_1.mdf'
--- ?4 = 'Orders_log'
--- ?5 = '/var/opt/mssql/log/Orders_drkit_verify_20260518T120000_5aa58bdf_2.ldf'
+-- ?2 = 1
+-- ?3 = 'Orders_data'
+-- ?4 = '/var/opt/mssql/data/Orders_drkit_verify_20260518T120000_5aa58bdf_1.mdf'
+-- ?5 = 'Orders_log'
+-- ?6 = '/var/opt/mssql/log/Orders_drkit_verify_20260518T120000_5aa58bdf_2.ldf'
 DECLARE @dev1 nvarchar(260) = ?,
+        @file int = ?,
         @from1 nvarchar(128) = ?,
         @to1 nvarchar(260) = ?,
         @from2 nvarchar(128) = ?,
         @to2 nvarchar(260) = ?;
 RESTORE DATABASE [Orders_drkit_verify_20260518T120000]
   FROM DISK = @dev1
-  WITH MOVE @from1 TO @to1,
+  WITH FILE = @file,
+       MOVE @from1 TO @to1,
        MOVE @from2 TO @to2,
        CHECKSUM,
        RECOVERY,
        STATS = 10;
 GO
 
--- batch 6 (autocommit=on, timeout=0s)
-DBCC CHECKDB ([Orders_drkit_verify_20260518T120000]) WITH NO_INFOMSGS, ALL_ERRORMSGS;
+-- batch 6 (autocommit=on, timeout=60s)
+-- ?1 = 'Orders_drkit_verify_20260518T120000'
+DECLARE @db sysname = ?;
+SELECT DB_ID(@db) AS database_id, CAST(DATABASEPROPERTYEX(@db, 'Status') AS nvarchar(60)) AS status;
 GO
 
 -- batch 7 (autocommit=on, timeout=0s)
+DBCC CHECKDB ([Orders_drkit_verify_20260518T120000]) WITH NO_INFOMSGS, ALL_ERRORMSGS;
+GO
+
+-- batch 8 (autocommit=on, timeout=0s)
 -- ?1 = 'SELECT CAST(1 AS bit)'
 DECLARE @stmt nvarchar(max) = ?;
 EXEC [Orders_drkit_verify_20260518T120000].sys.sp_executesql @stmt;
 GO
 
--- batch 8 (autocommit=on, timeout=0s)
+-- batch 9 (autocommit=on, timeout=0s)
 -- ?1 = 'Orders_drkit_verify_20260518T120000'
 DECLARE @db sysname = ?;
 IF DB_ID(@db) IS NOT NULL
