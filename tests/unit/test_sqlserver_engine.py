@@ -15,11 +15,23 @@ import pytest
 from drkit.engines import open_engine
 from drkit.engines.sqlserver import errors, msdb, settings, tsql
 from drkit.engines.sqlserver.backup import take_backup
+from drkit.engines.sqlserver.database import SqlServerDatabase
+from drkit.engines.sqlserver.engine import SqlServerEngine
 from drkit.engines.sqlserver.history import import_history
 from drkit.engines.sqlserver.restore import restore_to_point
 from drkit.engines.sqlserver.verify import verify_backup_mssql
 from drkit.errors import BackupSkipped, ConfigError, DatabaseUnreachableError, PrerequisiteError, RestorePlanError
-from tests.support.fake_odbc import DSN, DSN_PASSWORD, SAS_TOKEN, FakeDriver, World, make_world, odbc_error
+from tests.support.fake_odbc import (
+    DSN,
+    DSN_PASSWORD,
+    SAS_TOKEN,
+    FakeDriver,
+    FakeOdbcError,
+    SimulatedServer,
+    World,
+    make_world,
+    odbc_error,
+)
 
 NOW = datetime(2026, 5, 18, 12, 0, tzinfo=UTC)
 LSN_4305 = ("The log in this backup set begins at LSN 34000000125600001, which is too recent to apply to the "
@@ -523,3 +535,47 @@ def test_connected_ignores_the_backup_preference(tmp_path: Path) -> None:
     w = make_world(tmp_path, settings={"availability_group": "ag1"})
     w.server.facts.update(ag_role="PRIMARY", is_preferred_backup_replica=0)
     assert take_backup(w.rt, "orders", "full", engine=w.engine).status == "completed"
+
+
+# -- history from every replica of the group (msdb is per server; the log chain runs through all) -------------
+
+
+class _Replicas:
+    """pyodbc's shape, routing each connection to the fake server its DSN names (``Server=tcp:NAME,1433``)."""
+
+    Error = FakeOdbcError
+
+    def __init__(self, **drivers: FakeDriver) -> None:
+        self.drivers = drivers
+
+    def connect(self, connstring: str, /, *, autocommit: bool = False, timeout: int = 0) -> object:
+        name = next((n for n in self.drivers if f"Server=tcp:{n}," in connstring), "SQL1")
+        return self.drivers[name].connect(connstring, autocommit=autocommit, timeout=timeout)
+
+
+def test_import_history_reads_every_replica_of_the_group(tmp_path: Path) -> None:
+    w = make_world(tmp_path, settings={"availability_group": "ag1"})
+    w.server.facts.update(ag_role="PRIMARY")
+    take_backup(w.rt, "orders", "full", engine=w.engine)
+    w.driver.on(r"JOIN sys\.availability_replicas", rows=[
+        {"replica_server_name": "SQL1", "is_local": 1}, {"replica_server_name": "SQL2", "is_local": 0},
+        {"replica_server_name": "SQL3", "is_local": 0}])
+    sql2 = FakeDriver()
+    sim2 = SimulatedServer(sql2, database="Orders")
+    sim2.next_id = 5001  # its own msdb: other backup_set ids
+    sim2.foreign_backup("L", "D:\\Backup\\Orders_log_0100.trn")  # Ola's log backups on the secondary
+    sim2.foreign_backup("L", "D:\\Backup\\Orders_log_0115.trn")
+    sql3 = FakeDriver()
+    sql3.connect_error = odbc_error(53, "Named Pipes Provider: Could not open a connection to SQL Server",
+                                    "08001")
+    router = _Replicas(SQL1=w.driver, SQL2=sql2, SQL3=sql3)
+    engine = SqlServerEngine("orders", dsn=DSN, settings=w.engine.settings, driver=router)  # type: ignore[arg-type]
+    line = SqlServerDatabase(w.rt, "orders", server=engine).import_history()
+    assert "imported 2 backup(s) of orders from 2 replicas" in line and "tcp:SQL2,1433/master: 2" in line
+    assert "replica tcp:SQL3,1433/master not read: cannot connect" in line and DSN_PASSWORD not in line
+    logs = w.rt.catalog.list_backups("orders", kinds=["log"])
+    assert sorted(b.meta["imported_from"] for b in logs) == ["tcp:SQL2,1433/master"] * 2
+    assert [d.connstring for d in sql2.connections][0].startswith("Driver={ODBC Driver 18 for SQL Server};"
+                                                                    "Server=tcp:SQL2,1433;Database=master;UID=drkit")
+    again = SqlServerDatabase(w.rt, "orders", server=engine).import_history()
+    assert "imported 0 backup(s) of orders from 2 replicas" in again  # each backup set once, wherever it is

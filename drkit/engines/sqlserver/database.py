@@ -18,7 +18,7 @@ from drkit.engines.sqlserver.backup import take_backup
 from drkit.engines.sqlserver.chain_model import SQLSERVER_CHAIN
 from drkit.engines.sqlserver.engine import SqlServerEngine, sqlserver_engine
 from drkit.engines.sqlserver.errors import SqlServerError
-from drkit.engines.sqlserver.history import import_history
+from drkit.engines.sqlserver.history import import_group_history
 from drkit.engines.sqlserver.restore import restore_to_point
 from drkit.engines.sqlserver.verify import verify_backup_mssql
 from drkit.errors import ConfigError
@@ -133,8 +133,17 @@ class SqlServerDatabase:
                                    actor=actor)
 
     def import_history(self) -> str:
-        done = import_history(self._rt, self._db, engine=self.server())
-        line = f"imported {len(done.imported)} backup(s) of {self._db}, {done.already_known} already known"
-        if done.unrestorable:
-            line += f"; on devices drkit cannot restore from: {', '.join(done.unrestorable)}"
+        """msdb's history from this server and, in an availability group, every other replica's."""
+        group = import_group_history(self._rt, self._db, engine=self.server())
+        results = list(group.by_replica.values())
+        imported = [i for r in results for i in r.imported]
+        unrestorable = [i for r in results for i in r.unrestorable]
+        line = (f"imported {len(imported)} backup(s) of {self._db}, {results[0].already_known} already known"
+                if len(results) == 1 else
+                f"imported {len(imported)} backup(s) of {self._db} from {len(results)} replicas ("
+                + ", ".join(f"{name}: {len(r.imported)}" for name, r in group.by_replica.items()) + ")")
+        if unrestorable:
+            line += f"; on devices drkit cannot restore from: {', '.join(unrestorable)}"
+        for name, why in group.unreachable.items():
+            line += f"; replica {name} not read: {why}"
         return line

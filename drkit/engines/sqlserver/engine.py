@@ -48,6 +48,7 @@ from drkit.engines.sqlserver.odbc import OdbcDriver, Session, pyodbc_driver
 from drkit.engines.sqlserver.settings import (
     SqlServerSettings,
     dsn_hint,
+    dsn_with_server,
     join_server_path,
     split_container_url,
     stripe_count,
@@ -425,6 +426,17 @@ class SqlServerEngine:
         session.run(tsql.drop_database(database))
 
     # -- availability groups --------------------------------------------------------------------------
+
+    def other_replicas(self, session: Session) -> list[str]:
+        """The names of the other replicas of ``availability_group`` (none when it is not set)."""
+        if not self.settings.availability_group:
+            return []
+        rows = session.run(tsql.ag_replicas(self.settings.availability_group)).rows()
+        return [str(r["replica_server_name"]) for r in rows if not parse_bool(r.get("is_local"))]
+
+    def on_replica(self, server: str) -> SqlServerEngine:
+        """This database on replica ``server`` of its group: the same DSN, login and port, another server."""
+        return self.on_instance(dsn_with_server(self._dsn, server))
 
     def ag_state(self, session: Session, group: str | None = None) -> list[ReplicaDatabaseState]:
         ag = group or self.settings.availability_group

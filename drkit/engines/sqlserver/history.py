@@ -9,7 +9,7 @@ from drkit.catalog.records import BackupRecord
 from drkit.engines.sqlserver.backup import url_tier_key
 from drkit.engines.sqlserver.engine import SqlServerEngine, sqlserver_engine
 from drkit.engines.sqlserver.msdb import FORMAT_URL, NATIVE_FORMATS, BackupSet
-from drkit.errors import CatalogError
+from drkit.errors import CatalogError, DrkitError
 from drkit.runtime import Runtime
 
 
@@ -72,6 +72,39 @@ def import_history(
                      detail={"imported": len(result.imported), "already_known": result.already_known,
                              "unrestorable": result.unrestorable, "days": days})
     return result
+
+
+@dataclass
+class GroupImportResult:
+    """:func:`import_history` on each replica of an availability group, in order (this server first)."""
+
+    by_replica: dict[str, ImportResult] = field(default_factory=dict)
+    unreachable: dict[str, str] = field(default_factory=dict)
+    """Replica → why its msdb could not be read (the others are imported all the same)."""
+
+
+def import_group_history(
+    rt: Runtime, db: str, *, engine: SqlServerEngine | None = None, days: int | None = None,
+    actor: str = "drkit-import",
+) -> GroupImportResult:
+    """Import msdb's history from this server and every other replica of ``availability_group``.
+
+    msdb is not part of the group: a backup taken on a secondary (by drkit elsewhere, by Ola Hallengren's jobs)
+    is in that replica's msdb only, and the log chain runs through all of them. Each backup set is imported
+    once (its ``backup_set_uuid``), whichever replica remembers it.
+    """
+    engine = engine or sqlserver_engine(rt, db)
+    out = GroupImportResult(by_replica={engine.endpoint: import_history(rt, db, engine=engine, days=days,
+                                                                        actor=actor)})
+    with engine.session() as session:
+        others = engine.other_replicas(session)
+    for name in others:
+        replica = engine.on_replica(name)
+        try:
+            out.by_replica[replica.endpoint] = import_history(rt, db, engine=replica, days=days, actor=actor)
+        except DrkitError as exc:
+            out.unreachable[replica.endpoint] = str(exc)
+    return out
 
 
 def _begin_imported(rt: Runtime, db: str, info: BackupSet, base_id: str | None) -> BackupRecord:
