@@ -330,3 +330,15 @@ def test_a_bulk_logged_log_is_recorded_and_applied_whole_before_the_target(tmp_p
                      engine=w.engine, now=NOW)
     logs = [e for e in restores(w, start) if "RESTORE LOG" in e.sql]
     assert [param(e, "stopat") is not None for e in logs] == [False, True]  # no STOPAT inside the bulk log
+
+
+def test_a_damaged_file_on_the_servers_disk_is_still_proven_corrupt_by_verifyonly(tmp_path: Path) -> None:
+    w = make_world(tmp_path)
+    w.server.foreign_backup("D", MEDIA)
+    [rec] = imported(w).values()
+    damaged = odbc_error(3241, f"The media family on device '{MEDIA}' is incorrectly formed. SQL Server cannot "
+                               "process this media family.")
+    w.driver.on(r"RESTORE (HEADERONLY|VERIFYONLY)", first=True, error=damaged)
+    report = verify_backup_mssql(w.rt, "orders", rec.id, engine=w.engine, now=NOW)
+    assert not report.passed and report.corrupt_pieces == [rec.id]
+    assert w.rt.catalog.get(rec.id).status == "corrupt"

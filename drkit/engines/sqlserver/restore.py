@@ -123,12 +123,15 @@ def _matches(row: Mapping[str, object], b: BackupRecord) -> bool:
     return first is not None and str(row.get("FirstLSN")) == str(first) and str(row.get("LastLSN")) == str(last)
 
 
-def check_devices(session: Session, pieces: Sequence[RestorePiece], sources: dict[str, Source]) -> dict[str, str]:
+def check_devices(session: Session, pieces: Sequence[RestorePiece], sources: dict[str, Source], *,
+                  damaged_is_missing: bool = True) -> dict[str, str]:
     """``RESTORE HEADERONLY`` on every native piece's devices before anything is restored.
 
     A piece whose devices open and list its backup set gets its source (with the position the media
     reports, ``FILE = n``) in ``sources``; the others are returned, id → why (a device missing or
     unreadable, or the media no longer holding the set). Already checked pieces are not read again.
+    A media SQL Server calls damaged counts as missing too, unless ``damaged_is_missing`` is false
+    (verification: its recorded position is kept, and RESTORE VERIFYONLY proves it corrupt).
     """
     missing: dict[str, str] = {}
     for piece in pieces:
@@ -138,7 +141,13 @@ def check_devices(session: Session, pieces: Sequence[RestorePiece], sources: dic
         src = devices_of(b)
         try:
             rows = session.run(tsql.header_only(src.device_type, src.devices)).rows()
-        except (BackupDeviceError, BackupMediaError) as exc:
+        except BackupMediaError as exc:
+            if damaged_is_missing:
+                missing[b.id] = f"{', '.join(src.devices)}: {exc}"
+            else:
+                sources[b.id] = src
+            continue
+        except BackupDeviceError as exc:
             missing[b.id] = f"{', '.join(src.devices)}: {exc}"
             continue
         row = next((r for r in rows if _matches(r, b)), None)

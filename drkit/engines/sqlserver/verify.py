@@ -1,10 +1,13 @@
 """Verifying SQL Server backups: prove a plan by restoring it under a scratch name and checking it.
 
 Steps: each piece in drkit's tiers has its stored SHA-256 checked (shared with PostgreSQL:
-:func:`drkit.verify.check_stored`); ``RESTORE VERIFYONLY WITH CHECKSUM`` on every piece; a test
+:func:`drkit.verify.check_stored`); ``RESTORE HEADERONLY`` finds each piece the server reads itself on its
+media (a set no longer there fails the run, proving nothing); ``RESTORE VERIFYONLY WITH CHECKSUM`` on every
+piece, of its own set (``FILE = n``); a test
 restore ``WITH MOVE`` into a scratch database; ``DBCC CHECKDB``; the policy's SQL checks; the scratch
 database is dropped whatever happened. ``corrupt_pieces`` names pieces whose bytes or backup sets are
-proven bad; any other failure (access, timeouts) fails the report without blaming a piece.
+proven bad (a checksum, VERIFYONLY, or a consistency error DBCC CHECKDB reports); any other failure (access,
+timeouts, tempdb full) fails the report without blaming a piece.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def verify_plan_mssql(
                 raise RestoreTargetError(f"scratch database {scratch!r} already exists; another verification is "
                                          "running, or a previous one was interrupted: drop it and retry")
             try:
-                missing = check_devices(session, plan.pieces, staged.sources)
+                missing = check_devices(session, plan.pieces, staged.sources, damaged_is_missing=False)
                 if missing:  # gone or unreadable: nothing is proven about the backup
                     raise RestoreError("backup device(s) missing or unreadable: " + "; ".join(
                         f"{bid}: {why}" for bid, why in missing.items()))
