@@ -440,11 +440,15 @@ class SimulatedServer:
 
     def _local_time(self, sql: str, params: tuple[Any, ...]) -> Reply:
         utc = datetime.fromisoformat(str(params[0]))
-        offset = self.offset_at(utc) if self.offset_at else self.utc_offset_minutes
-        now = self.offset_at(self.clock) if self.offset_at else self.utc_offset_minutes
+        def at(t: datetime) -> int:
+            return self.offset_at(t) if self.offset_at else self.utc_offset_minutes
+
+        offset = at(utc)
         return Reply([Rows.of([{"local_time": (utc + timedelta(minutes=offset)).isoformat(timespec="milliseconds"),
                                 "offset_minutes": offset, "time_zone": "W. Europe Standard Time",
-                                "current_offset_minutes": now}])])
+                                "offset_hour_before": at(utc - timedelta(hours=1)),
+                                "offset_hour_after": at(utc + timedelta(hours=1)),
+                                "current_offset_minutes": at(self.clock)}])])
 
     def _restore(self, sql: str, params: tuple[Any, ...]) -> Reply:
         m = re.search(r"RESTORE (?:DATABASE|LOG) \[((?:[^\]]|\]\])*)\]", sql)

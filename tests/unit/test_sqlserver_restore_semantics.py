@@ -210,6 +210,18 @@ def test_the_target_is_converted_with_the_offset_at_that_instant(tmp_path: Path)
     assert stopat == (target + timedelta(minutes=120)).replace(tzinfo=None).isoformat(timespec="milliseconds")
 
 
+def test_a_local_time_the_clocks_show_twice_is_refused(tmp_path: Path) -> None:
+    w = make_world(tmp_path)
+    _, last = chain(w)
+    assert last.end_time
+    back = (last.end_time - timedelta(minutes=40)).replace(tzinfo=None)  # the clocks go back from +120 to +60
+    w.server.offset_at = lambda utc: 120 if utc < back else 60
+    with pytest.raises(RestorePlanError, match=r"a local time that happens twice .* \+120 to \+60 minutes"):
+        restore_to_point(w.rt, "orders", into="Orders_pitr", target=last.end_time - timedelta(minutes=10),
+                         engine=w.engine, now=NOW)
+    assert "Orders_pitr" not in w.server.existing_databases
+
+
 def test_before_2022_a_target_where_the_recorded_offsets_differ_is_refused(tmp_path: Path) -> None:
     w = make_world(tmp_path)
     w.server.product_version = "15.0.4375.4"

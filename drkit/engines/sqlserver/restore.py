@@ -198,7 +198,8 @@ def stopat_local(plan: RestorePlan, session: Session) -> str | None:
     """The plan's target as server-local ``YYYY-MM-DDTHH:MM:SS.fff`` (STOPAT takes local time), with the
     server's UTC offset at that instant.
 
-    SQL Server 2022 converts it itself (``AT TIME ZONE CURRENT_TIMEZONE_ID()``, daylight saving included).
+    SQL Server 2022 converts it itself (``AT TIME ZONE CURRENT_TIMEZONE_ID()``, daylight saving included);
+    a local time the clocks show twice (the hour after they go back) is refused: STOPAT could mean either.
     Before 2022 the offset is the one msdb recorded on both sides of the target (the piece before it and
     the log covering it); when they differ the clocks changed in between, and the target is refused
     rather than converted wrongly.
@@ -208,6 +209,14 @@ def stopat_local(plan: RestorePlan, session: Session) -> str | None:
     utc = plan.target_time.astimezone(UTC).replace(tzinfo=None)
     if is_sql2022(session):
         row = session.run(tsql.server_local_time(utc.isoformat(timespec="milliseconds"))).one()
+        hour_before, at, hour_after = (int(row[k]) for k in ("offset_hour_before", "offset_minutes",
+                                                             "offset_hour_after"))
+        if hour_before > at or at > hour_after:
+            raise RestorePlanError(
+                f"the target {plan.target_time.isoformat()} is {row['local_time']} on the server's clock "
+                f"({row.get('time_zone')}), a local time that happens twice (the clocks went back, UTC offset "
+                f"{max(hour_before, at):+d} to {min(at, hour_after):+d} minutes), and STOPAT takes local time: pick a "
+                "target more than an hour from the change")
         return str(row["local_time"])[:23]
     pieces = plan.pieces
     before = _offset_minutes(pieces[-2].backup) if len(pieces) > 1 else None

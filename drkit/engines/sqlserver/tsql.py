@@ -391,7 +391,8 @@ def header_only(device_type: DeviceType, devices: Sequence[str]) -> Batch:
 
 def server_local_time(utc: str) -> Batch:
     """``utc`` (``YYYY-MM-DDTHH:MM:SS.fff``) as the server's local time at that instant (SQL Server 2022:
-    ``AT TIME ZONE CURRENT_TIMEZONE_ID()``, which knows the zone's daylight-saving rules), and the
+    ``AT TIME ZONE CURRENT_TIMEZONE_ID()``, which knows the zone's daylight-saving rules), the offsets an
+    hour either side (a drop means the clocks went back: that local time happens twice), and the
     server's offset now (``DATEPART(TZOFFSET, SYSDATETIMEOFFSET())``)."""
     v = _Vars()
     ref = v.add("utc", "datetime2(3)", validate_text(utc, "UTC time", 30))
@@ -400,6 +401,10 @@ def server_local_time(utc: str) -> Batch:
         f"DECLARE @local datetimeoffset(3) = ({ref} AT TIME ZONE 'UTC') AT TIME ZONE @tz;\n"
         "SELECT CONVERT(nvarchar(23), CAST(@local AS datetime2(3)), 126) AS local_time,\n"
         "       DATEPART(TZOFFSET, @local) AS offset_minutes, @tz AS time_zone,\n"
+        f"       DATEPART(TZOFFSET, (DATEADD(hour, -1, {ref}) AT TIME ZONE 'UTC') AT TIME ZONE @tz)"
+        " AS offset_hour_before,\n"
+        f"       DATEPART(TZOFFSET, (DATEADD(hour, 1, {ref}) AT TIME ZONE 'UTC') AT TIME ZONE @tz)"
+        " AS offset_hour_after,\n"
         "       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS current_offset_minutes;"))
 
 

@@ -30,6 +30,8 @@ DECLARE @tz nvarchar(256) = CURRENT_TIMEZONE_ID();
 DECLARE @local datetimeoffset(3) = (@utc AT TIME ZONE 'UTC') AT TIME ZONE @tz;
 SELECT CONVERT(nvarchar(23), CAST(@local AS datetime2(3)), 126) AS local_time,
        DATEPART(TZOFFSET, @local) AS offset_minutes, @tz AS time_zone,
+       DATEPART(TZOFFSET, (DATEADD(hour, -1, @utc) AT TIME ZONE 'UTC') AT TIME ZONE @tz) AS offset_hour_before,
+       DATEPART(TZOFFSET, (DATEADD(hour, 1, @utc) AT TIME ZONE 'UTC') AT TIME ZONE @tz) AS offset_hour_after,
        DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS current_offset_minutes;
 GO
 
