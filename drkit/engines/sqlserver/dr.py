@@ -67,7 +67,8 @@ WRITABLE_WAIT_S = 60.0
 
 METHODS = DrMethods(
     promote="an availability-group failover on the DR replica: planned (no data loss) when the old primary "
-            "answers and the DR replica is SYNCHRONIZED, else forced (FORCE_FAILOVER_ALLOW_DATA_LOSS)",
+            "answers and the DR replica is SYNCHRONIZED, else forced (FORCE_FAILOVER_ALLOW_DATA_LOSS; the other "
+            "replicas then stay suspended until a separate approval resumes them, a snapshot first)",
     fence="an old primary that cannot be reached is left as it is; one that answers is made a secondary by the "
           "planned failover, and nothing is forced while it still runs as the primary",
     resync="data movement resumed on the old primary (ALTER DATABASE … SET HADR RESUME), which rolls back "
