@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prefect.artifacts import Artifact
 from typer.testing import CliRunner
 
 from cli import app
@@ -171,3 +172,17 @@ def test_an_edition_without_backup_compression_is_refused_by_check_with_the_fix(
     _policy_block(sql, sqlserver={"compression": False})
     code, out, err = sql.run("check", "orders")
     assert code == 0, out + err
+
+
+def test_a_database_without_page_verify_checksum_is_backed_up_and_its_report_says_so(sql: Sql) -> None:
+    sql.server.facts.update(page_verify="NONE")
+    code, out, err = sql.run("backup", "full", "orders")
+    assert code == 0, err
+    (full,) = sql.json("backups", "orders")
+    assert full["status"] == "completed"
+    report = Artifact.get("orders-full-backup")
+    assert report is not None
+    (row,) = json.loads(str(report.data))
+    assert row["backup"] == full["id"]
+    (warning,) = row["warnings"]
+    assert "PAGE_VERIFY NONE, not CHECKSUM" in warning and "SET PAGE_VERIFY CHECKSUM" in warning

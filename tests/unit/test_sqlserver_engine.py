@@ -437,6 +437,7 @@ def test_fake_driver_enforces_parameter_counts_and_drain() -> None:
     (2, "Standard Edition (64-bit)", True),
     (2, "Web Edition (64-bit)", False),  # Web reports the Standard engine: only its name tells it apart
     (4, "Express Edition with Advanced Services (64-bit)", False),
+    (5, "SQL Azure", False),  # any edition but those three is refused too
 ])
 def test_compression_and_encryption_need_enterprise_standard_or_developer(
         tmp_path: Path, engine_edition: int, edition: str, capable: bool) -> None:
@@ -579,3 +580,16 @@ def test_import_history_reads_every_replica_of_the_group(tmp_path: Path) -> None
                                                                     "Server=tcp:SQL2,1433;Database=master;UID=drkit")
     again = SqlServerDatabase(w.rt, "orders", server=engine).import_history()
     assert "imported 0 backup(s) of orders from 2 replicas" in again  # each backup set once, wherever it is
+
+
+def test_copy_only_on_a_primary_takes_copy_only_fulls_and_the_group_role_must_be_readable(tmp_path: Path) -> None:
+    w = make_world(tmp_path, settings={"copy_only": True})
+    assert take_backup(w.rt, "orders", "full", engine=w.engine).meta["is_copy_only"]
+    take_backup(w.rt, "orders", "log", engine=w.engine)
+    (log,) = [e.sql for e in w.driver.executed if "\nBACKUP LOG" in e.sql]
+    assert "COPY_ONLY" not in log
+    grouped = make_world(tmp_path / "ag", settings={"availability_group": "ag1"})  # no role: no VIEW SERVER STATE
+    role = {i.name: i for i in grouped.engine.check()}["availability-group role"]
+    assert not role.ok and "VIEW SERVER STATE" in role.fix
+    with pytest.raises(PrerequisiteError, match="availability-group role is 'unknown'"):
+        take_backup(grouped.rt, "orders", "log", engine=grouped.engine)
