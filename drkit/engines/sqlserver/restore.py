@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from drkit.backup import DATA_OBJECT
-from drkit.binding import stream_context
+from drkit.binding import require_key, stream_context
 from drkit.catalog.records import BackupRecord
 from drkit.engines.sqlserver import tsql
 from drkit.engines.sqlserver.chain import NATIVE_TIER
@@ -182,6 +182,7 @@ def plan_around_missing(rt: Runtime, db: str, session: Session, plan: RestorePla
             raise RestoreError(f"backup device(s) of the restore are missing or unreadable ({why}); without them "
                                f"the backups reach only {other.reaches.isoformat()}, not {plan.reaches.isoformat()}: "
                                "restore to that time explicitly, or bring the files back. Nothing was restored")
+        require_key(rt, [p.backup for p in other.pieces])  # another chain: the key must read it too
         plan = replace(other, reasons=(*other.reasons, f"planned around missing device(s): {why}"))
     raise RestoreError(f"too many missing backup devices of {db!r}; nothing was restored")
 
