@@ -20,7 +20,6 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -168,9 +167,9 @@ class LocalServer:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the ephemeral range, where the kernel's own choice could be a client's port."""
+    from drkit.engines.postgres.pgctl import free_port
+    return free_port()
 
 
 @contextlib.contextmanager
