@@ -1,18 +1,22 @@
 """How long whole `drkit` commands take, before and after the fast-CLI work (see bench/README.md).
 
-    git worktree add /tmp/drkit-before 60528b3        # the code before (its CLI was `drkit.cli`)
+    git worktree add /tmp/drkit-before 8b9ec26        # the code before the last fast-CLI pass
     .venv/bin/python -m bench.cli --before /tmp/drkit-before
     git worktree remove /tmp/drkit-before
 
 Each side gets its own sandbox world (a PostgreSQL cluster with about 16 MB of data, a policy, a SQLite
-catalog; the two sides' catalogs have different schema revisions). Every command runs as a fresh process
-(`python -m cli`, or `python -m drkit.cli` from the old tree with it first on PYTHONPATH), several times;
-the table shows medians. For `backup full` it also shows the flow's own duration as the Prefect API
+catalog). Every command runs as a fresh process (`python -m cli` from the side's tree, first on PYTHONPATH;
+`python -m drkit.cli` for a tree older than the `cli` package), several times, the two sides taking turns;
+the table shows medians: for read-only commands the wall seconds and, in brackets, the CPU seconds (user +
+system), which a busy machine inflates less. For `backup full` it also shows the flow's own duration as the Prefect API
 records it (the top-level flow run's start to end) and the command's overhead over it:
 
 * "server": PREFECT_API_URL points at a running Prefect server;
-* "no URL": PREFECT_API_URL is not set. Before: Prefect starts a temporary server in every command. After:
-  the first command starts drkit's local server (its time is shown apart) and later commands reuse it.
+* "no URL": PREFECT_API_URL is not set: the first command starts drkit's local server (its time is shown
+  apart) and later commands reuse it.
+
+The last column is before/after: the command's seconds for read-only commands, the overhead for backups.
+Without --before, "before" is RECORDED_BEFORE: 8b9ec26 measured by this script at a quiet moment.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -28,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +45,11 @@ from drkit.sandbox import KEY_ENV, Sandbox, create_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 READ_ONLY = [["--help"], ["status"], ["backups", "app"], ["restore-plan", "app"], ["approvals"]]
+SERVER, NO_URL = "backup full (server)", "backup full (no URL)"
+RECORDED_BEFORE = {  # 8b9ec26, whole-process seconds (median), quiet machine; backups: the overhead
+    "--help": 0.37, "status": 0.56, "backups app": 0.47, "restore-plan app": 0.74, "approvals": 0.47,
+    SERVER: 2.25, NO_URL: 2.36,
+}
 
 
 @dataclass
@@ -62,13 +73,20 @@ class Side:
         return env
 
     def run(self, args: list[str], env: dict[str, str]) -> float:
+        return self.timed(args, env)[0]
+
+    def timed(self, args: list[str], env: dict[str, str]) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of the process and its children, user + system)."""
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", self.module, *args], cwd=self.sandbox.root, env=env,
                               capture_output=True, text=True, timeout=600, check=False)
         seconds = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         if proc.returncode not in (0, 1) or (args[0] == "backup" and proc.returncode):
             raise SystemExit(f"{self.name}: drkit {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-800:]}")
-        return seconds
+        return seconds, cpu
 
 
 def last_flow_seconds(api_url: str | None, prefect_db: Path | None) -> float:
@@ -113,43 +131,57 @@ def main() -> None:
     os.chmod(base, 0o755)
     sides = [Side("after", make_world(base / "after"), "cli", None)]
     if opts.before:
-        sides.insert(0, Side("before", make_world(base / "before"), "drkit.cli", str(opts.before.resolve())))
+        module = "cli" if (opts.before / "cli" / "__main__.py").exists() else "drkit.cli"
+        sides.insert(0, Side("before", make_world(base / "before"), module, str(opts.before.resolve())))
     server_home = base / "prefect-server"
     server = ensure_local_server(server_home)
-    rows: dict[str, dict[str, str]] = {}
+    seconds: dict[str, dict[str, float]] = {}  # command -> side -> median seconds (backups: the overhead)
+    shown: dict[str, dict[str, str]] = {}  # command -> side -> what the table shows
     try:
+        quiet = {side.name: side.env(None, base / f"{side.name}-prefect-home") for side in sides}
         for side in sides:
-            quiet = side.env(None, base / f"{side.name}-prefect-home")
-            side.run(["backups", "app"], quiet)  # the first command creates (migrates) the catalog
+            side.run(["backups", "app"], quiet[side.name])  # the first command creates (migrates) the catalog
             side.run(["backup", "full", "app"], side.env(server.url, base / "unused"))  # something to list
-            for args in READ_ONLY:
-                side.run(args, quiet)  # warm-up
-                times = [side.run(args, quiet) for _ in range(opts.runs)]
-                rows.setdefault(" ".join(args), {})[side.name] = f"{median(times):.2f}"
+        for args in READ_ONLY:
+            times: dict[str, list[tuple[float, float]]] = {side.name: [] for side in sides}
+            for side in sides:
+                side.run(args, quiet[side.name])  # warm-up
+            for _ in range(opts.runs):  # the sides take turns, so a busy moment costs both
+                for side in sides:
+                    times[side.name].append(side.timed(args, quiet[side.name]))
+            for name, ts in times.items():
+                wall, cpu = median([t[0] for t in ts]), median([t[1] for t in ts])
+                seconds.setdefault(" ".join(args), {})[name] = wall
+                shown.setdefault(" ".join(args), {})[name] = f"{wall:.2f} (cpu {cpu:.2f})"
 
-            with_server = side.env(server.url, base / "unused")
-            cmd, flow = [], []
-            for _ in range(opts.backups):
-                cmd.append(side.run(["backup", "full", "app"], with_server))
-                flow.append(last_flow_seconds(server.url, None))
-            over = [c - f for c, f in zip(cmd, flow, strict=True)]
-            rows.setdefault("backup full (server)", {})[side.name] = (
-                f"{median(cmd):.2f} (flow {median(flow):.2f}, overhead {median(over):.2f})")
+        def backups(case: str, envs: dict[str, dict[str, str]], url_of: Callable[[Side], str | None],
+                    db_of: Callable[[Side], Path | None], first: dict[str, float]) -> None:
+            cmd: dict[str, list[float]] = {side.name: [] for side in sides}
+            flow: dict[str, list[float]] = {side.name: [] for side in sides}
+            for _ in range(opts.backups):  # the sides take turns here too
+                for side in sides:
+                    cmd[side.name].append(side.run(["backup", "full", "app"], envs[side.name]))
+                    flow[side.name].append(last_flow_seconds(url_of(side), db_of(side)))
+            for side in sides:
+                over = [c - f for c, f in zip(cmd[side.name], flow[side.name], strict=True)]
+                seconds.setdefault(case, {})[side.name] = median(over)
+                shown.setdefault(case, {})[side.name] = (
+                    f"{median(cmd[side.name]):.2f} (flow {median(flow[side.name]):.2f}, overhead "
+                    f"{median(over):.2f})" + (f"; first {first[side.name]:.2f}" if side.name in first else ""))
 
-            home = base / f"{side.name}-no-url-home"
-            no_url = side.env(None, home)
-            first = side.run(["backup", "full", "app"], no_url)
-            cmd, flow = [], []
-            local = side.sandbox.root / LOCAL_DIR
-            for _ in range(opts.backups):
-                cmd.append(side.run(["backup", "full", "app"], no_url))
-                url = (local / "server.url").read_text().strip() if (local / "server.url").exists() else None
-                flow.append(last_flow_seconds(url, home / "prefect.db"))
-            over = [c - f for c, f in zip(cmd, flow, strict=True)]
-            rows.setdefault("backup full (no URL)", {})[side.name] = (
-                f"{median(cmd):.2f} (flow {median(flow):.2f}, overhead {median(over):.2f}); first {first:.2f}")
-            print(side.name, json.dumps({k: v.get(side.name) for k, v in rows.items()}), flush=True)
-            stop_local_server(local)
+        backups(SERVER, {side.name: side.env(server.url, base / "unused") for side in sides},
+                lambda side: server.url, lambda side: None, {})
+
+        def local_url(side: Side) -> str | None:
+            url_file = side.sandbox.root / LOCAL_DIR / "server.url"
+            return url_file.read_text().strip() if url_file.exists() else None
+
+        no_url = {side.name: side.env(None, base / f"{side.name}-no-url-home") for side in sides}
+        first = {side.name: side.run(["backup", "full", "app"], no_url[side.name]) for side in sides}
+        backups(NO_URL, no_url, local_url, lambda side: base / f"{side.name}-no-url-home" / "prefect.db", first)
+        for side in sides:
+            print(side.name, json.dumps({k: v.get(side.name) for k, v in shown.items()}), flush=True)
+            stop_local_server(side.sandbox.root / LOCAL_DIR)
     finally:
         stop_local_server(server_home)
         for side in sides:
@@ -158,20 +190,22 @@ def main() -> None:
         if not opts.keep:
             shutil.rmtree(base, ignore_errors=True)
 
-    names = [s.name for s in sides]
-    print(f"\nwhole-process seconds, median of {opts.runs} (read-only) / {opts.backups} (backup) runs")
-    header = ["command", *names] + (["before/after"] if len(names) == 2 else [])
+    recorded = not opts.before
+    if recorded:  # the figures measured before this work, on this machine
+        for command, value in RECORDED_BEFORE.items():
+            seconds.setdefault(command, {})["before"] = value
+            shown.setdefault(command, {})["before"] = f"{value:.2f}" + (" (overhead)" if command.startswith("backup")
+                                                                          else "")
+    print(f"\nwhole-process seconds, median of {opts.runs} (read-only) / {opts.backups} (backup) runs"
+          + ("; before: RECORDED_BEFORE (8b9ec26)" if recorded else ""))
+    header = ["command", "before", "after", "before/after"]
     table = [header]
-    for command, by_side in rows.items():
-        line = [f"drkit {command}", *(by_side.get(n, "") for n in names)]
-        if len(names) == 2:
-            b, a = (float(by_side[n].split()[0]) for n in names)
-            line.append(f"{b / a:.1f}x")
-        table.append(line)
+    for command, by_side in shown.items():
+        ratio = seconds[command]["before"] / seconds[command]["after"] if seconds[command].get("after") else 0
+        table.append([f"drkit {command}", by_side.get("before", ""), by_side.get("after", ""), f"{ratio:.1f}x"])
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-
 
 if __name__ == "__main__":
     main()
