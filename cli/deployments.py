@@ -13,7 +13,8 @@ from cli.common import app, config_path, guard
 @app.command()
 def deployments(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write this file (default: stdout)")] = None,
-    pool: Annotated[str, typer.Option("--pool", help="the process work pool the deployments run on")] = "drkit",
+    pool: Annotated[str | None, typer.Option(
+        "--pool", help="put every deployment on this one work pool (default: each on its site's pool)")] = None,
 ) -> None:
     """prefect.yaml for a process work pool: every scheduled and on-demand deployment of the policy."""
     def run() -> str:

@@ -40,6 +40,10 @@ CONFIG_ENV = "DRKIT_CONFIG"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _CRON_FIELD_RE = re.compile(r"^[0-9*/,\-A-Za-z]+$")
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$")
+_POOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_KEY_PATH_RE = re.compile(r"^[a-z_]+(\.[A-Za-z0-9_-]+)*: ")
+DEFAULT_SITE = "local"
+DEFAULT_WORK_POOL = "drkit"
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -143,12 +147,34 @@ class ReplicaConfig(_Model):
     data_dir: Path | None = None  # when drkit manages it on this host (rewind, rebuild, restart)
     slot: str = "drkit_dr"
     max_lag_seconds: float = 5.0
+    site: str | None = None  # the site (``sites:``) the replica runs on; with one site, that one
 
     @model_validator(mode="after")
     def _needs(self) -> ReplicaConfig:
         if (self.dsn is None) == (self.dsn_env is None):
             raise ValueError("set exactly one of 'dsn_env' or 'dsn' for the replica")
         return self
+
+
+def _check_pool(name: str) -> str:
+    if not _POOL_RE.match(name) or name.lower().startswith("prefect"):
+        raise ValueError(f"work pool name {name!r}: use letters, digits, '_', '.' or '-' (at most 100, not "
+                         "starting with 'prefect', which Prefect reserves)")
+    return name
+
+
+PoolName = Annotated[str, BeforeValidator(lambda v: _check_pool(str(v)))]
+
+
+class SiteConfig(_Model):
+    """``sites.NAME``: a place databases live (a host, a region), served by its own Prefect work pool;
+    a worker on that site runs whatever touches its databases' hosts."""
+
+    work_pool: PoolName
+
+
+def _default_sites() -> dict[str, SiteConfig]:
+    return {DEFAULT_SITE: SiteConfig(work_pool=DEFAULT_WORK_POOL)}
 
 
 class AzureTrafficConfig(_Model):
@@ -221,6 +247,7 @@ class FailbackConfig(_Model):
 
 class DatabaseConfig(_Model):
     engine: Literal["postgres", "sqlserver"]
+    site: str | None = None  # the site (``sites:``) its primary runs on; with one site, that one
     dsn: SecretStr | None = None
     dsn_env: str | None = None
     data_dir: Path | None = None
@@ -347,6 +374,8 @@ class Policy(_Model):
     backup_tier: str = "local"
     retention_schedule: Cron | None = "0 4 * * *"  # the daily retention sweep (UTC)
     catalog_check_schedule: Cron | None = "0 6 * * *"  # the daily `drkit catalog check --repair` (UTC)
+    sites: dict[str, SiteConfig] = Field(default_factory=_default_sites)
+    control_pool: PoolName | None = None  # catalog-wide flows and DR runbooks; None: the first site's pool
     databases: dict[str, DatabaseConfig] = Field(default_factory=dict)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
@@ -367,7 +396,7 @@ class Policy(_Model):
             out[name] = cfg
         return out
 
-    @field_validator("databases", "tiers")
+    @field_validator("databases", "tiers", "sites")
     @classmethod
     def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
         for name in v:
@@ -383,7 +412,53 @@ class Policy(_Model):
             raise ValueError(f"backup_tier {self.backup_tier!r} is not one of the tiers: {sorted(self.tiers)}")
         return self
 
+    @model_validator(mode="after")
+    def _sites_known(self) -> Policy:
+        """Each pool serves one site; each database names known sites (required once there are several);
+        with several sites a DR replica lives on another site than its primary (it must survive the loss
+        of the primary's site). With one site (the default, everything on one host) both are that site."""
+        if not self.sites:
+            raise ValueError(f"sites: name at least one site, or leave 'sites' out for the single site "
+                             f"{DEFAULT_SITE!r} on work pool {DEFAULT_WORK_POOL!r}")
+        owner: dict[str, str] = {}
+        for name, site in self.sites.items():
+            if site.work_pool in owner:
+                raise ValueError(f"sites.{name}.work_pool: {site.work_pool!r} is already the work pool of site "
+                                 f"{owner[site.work_pool]!r}; each site has a pool of its own")
+            owner[site.work_pool] = name
+        known = ", ".join(self.sites)
+        several = len(self.sites) > 1
+        for db, cfg in self.databases.items():
+            for key, site_name in ((f"databases.{db}.site", cfg.site),
+                                   *(((f"databases.{db}.replica.site", cfg.replica.site),) if cfg.replica else ())):
+                if site_name is None and several:
+                    raise ValueError(f"{key}: required when the policy names several sites ({known})")
+                if site_name is not None and site_name not in self.sites:
+                    raise ValueError(f"{key}: unknown site {site_name!r}; the policy's sites are {known}")
+            if several and cfg.replica is not None and cfg.replica.site == cfg.site:
+                raise ValueError(f"databases.{db}.replica.site: {cfg.site!r} is the primary's site too; a DR "
+                                 "replica must be on another site, to survive the loss of the primary's")
+        return self
+
     # -- lookups ---------------------------------------------------------------------------------
+
+    def site_of(self, db: str) -> str:
+        """The site of ``db``'s primary (with one site: that one)."""
+        return self.database(db).site or next(iter(self.sites))
+
+    def replica_site_of(self, db: str) -> str | None:
+        """The site of ``db``'s DR replica (None: no replica)."""
+        replica = self.database(db).replica
+        return None if replica is None else (replica.site or self.site_of(db))
+
+    def work_pool_of(self, db: str) -> str:
+        """The work pool of the site ``db``'s primary runs on: where its backups and restores run."""
+        return self.sites[self.site_of(db)].work_pool
+
+    def control_work_pool(self) -> str:
+        """Where catalog-wide flows and the DR runbooks run: ``control_pool``, else the first site's pool."""
+        return self.control_pool or next(iter(self.sites.values())).work_pool
+
 
     def database(self, name: str) -> DatabaseConfig:
         try:
@@ -475,8 +550,12 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     """One line (the CLI prints errors as one line): every problem as ``key.path: what``, joined by '; '."""
     problems = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        if not loc and _KEY_PATH_RE.match(msg):  # a check across keys, whose message names the key itself
+            problems.append(" ".join(msg.split()))
+            continue
+        loc = loc or "(top level)"
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see README 'Policy file')"
         elif err["type"] == "missing":

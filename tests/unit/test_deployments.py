@@ -103,3 +103,22 @@ def test_the_run_forms_describe_every_parameter_and_need_only_what_an_operator_d
     assert {"type": "string", "format": "date-time"} in target["anyOf"]
     before = deps["orders-recover"]._parameter_openapi_schema.properties["before"]
     assert (before["type"], before["format"]) == ("string", "date-time")
+
+
+def test_without_a_control_pool_the_runbooks_run_on_the_first_sites_pool() -> None:
+    from deployments.serve import deployment_specs
+
+    policy = parse_policy({"sites": {"east": {"work_pool": "pool-e"}, "west": {"work_pool": "pool-w"}},
+                           "databases": {
+                               "crm": {"engine": "postgres", "dsn_env": "CRM_DSN", "data_dir": "/pg/crm",
+                                       "site": "west", "replica": {"dsn_env": "CRM_DR_DSN", "site": "east"}},
+                               "ledger": {"engine": "sqlserver", "dsn_env": "LEDGER_DSN", "site": "east"}}},
+                          base_dir=Path("/etc/drkit"))
+    pools = {s.name: (s.work_pool, s.work_queue) for s in deployment_specs(policy, CONFIG)}
+    assert pools["crm-full"] == pools["crm-restore"] == pools["crm-verify-chain"] == ("pool-w", "default")
+    assert pools["crm-log"] == ("pool-w", "log")
+    assert pools["ledger-log"] == ("pool-e", "log")
+    assert pools["crm-failover"] == pools["crm-failback"] == pools["crm-recover"] == ("pool-e", "default")
+    assert pools["retention-sweep"] == pools["catalog-check-now"] == ("pool-e", "default")
+    # serve runs them all in one process: the same deployments as without sites
+    assert set(pools) == {d.name for d in build_deployments(policy, CONFIG)}

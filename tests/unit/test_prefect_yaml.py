@@ -100,3 +100,38 @@ def test_writing_prefect_yaml_needs_no_prefect_server(tmp_path: Path) -> None:
     assert out.stdout == f"wrote {tmp_path / 'prefect.yaml'}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["drkit.yaml", "prefect.yaml"]
     assert yaml.safe_load((tmp_path / "prefect.yaml").read_text())["deployments"]
+
+
+def test_each_deployment_goes_to_its_databases_site_pool_or_the_control_pool() -> None:
+    policy = load_policy(ROOT / "examples" / "two-sites.yaml")
+    out = CliRunner().invoke(app, ["--config", str(ROOT / "examples" / "two-sites.yaml"), "deployments"])
+    assert out.exit_code == 0, out.output
+    declared = {d["name"]: d for d in yaml.safe_load(out.stdout)["deployments"]}
+    assert {(policy.site_of(db), policy.replica_site_of(db)) for db in policy.databases} == {
+        ("east", "west"), ("west", "east")}
+    on_site = ("full", "diff", "log", "verify-chain", "dr-drill", "restore", "verify-backup")
+    control = ("replica-lag", "recover", "failover", "failback")
+    expected = {}
+    for db in policy.databases:
+        site_pool = policy.sites[policy.site_of(db)].work_pool
+        expected.update({f"{db}-{kind}": site_pool for kind in on_site})
+        expected.update({f"{db}-{kind}": "drkit-control" for kind in control})
+    expected.update({n: "drkit-control" for n in ("retention-sweep", "catalog-check", "catalog-check-now")})
+    assert {n: d["work_pool"]["name"] for n, d in declared.items()} == expected
+    assert {n: d["work_pool"]["work_queue_name"] for n, d in declared.items() if d["work_pool"][
+        "work_queue_name"] != "default"} == {"orders-log": "log", "crm-log": "log"}
+    # the header says how to create every pool, the log queue ahead of `default`, and a worker per pool
+    header = [line for line in out.stdout.splitlines() if line.startswith("#")]
+    for pool in ("drkit-east", "drkit-west", "drkit-control"):
+        assert f"#   prefect work-pool create {pool} --type process" in header
+        assert f"#   DRKIT_HOME=$PWD prefect worker start --pool {pool}" in header
+    assert [h for h in header if "work-queue create" in h] == [
+        f"#   prefect work-queue create log --pool {p} --priority 1   (log backups first)"
+        for p in ("drkit-east", "drkit-west")]
+
+
+def test_the_single_site_default_keeps_everything_on_the_drkit_pool() -> None:
+    declared = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    assert {d["work_pool"]["name"] for d in declared} == {"drkit"}
+    assert {d["name"]: d["work_pool"]["work_queue_name"] for d in declared if d["name"].endswith("-log")} == {
+        "orders-log": "log"}
