@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from drkit.config import Policy, default_bin_dir
 from drkit.errors import ConfigError
+from drkit.host import effective_os_user
 
 if TYPE_CHECKING:
     from drkit.catalog import Catalog
@@ -65,8 +66,6 @@ class Runtime:
         return self._stores[tier]
 
     def os_user(self, db: str) -> str | None:
-        from drkit.engines.postgres.pgctl import effective_os_user
-
         return effective_os_user(self.policy.database(db).os_user)
 
     def bin_dir(self, db: str) -> Path:

@@ -17,13 +17,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from drkit.config import load_policy
-from drkit.engines.postgres.pgrestore import hba_is_drkit_peer_only
 from drkit.errors import ApprovalError, ConfigError, DrkitError, VerificationError
 from flows.approvals import wait_for_approval
 from flows.dr import protect_new_primary
 from tasks.common import artifact_key, record
 from tasks.dr import endpoint_variable, publish_endpoint
 from tasks.restore import (
+    client_access,
     execute_restore,
     open_to_clients,
     plan_restore,
@@ -73,12 +73,7 @@ def recover_from_corruption(
         raise VerificationError(f"the standby restored to {before.isoformat()} failed validation; nothing was "
                                 f"switched (it is stopped, data left in {into})")
     evidence = "\n".join(f"* {c.name}: {'ok' if c.ok else 'FAILED'} — {c.detail[:160]}" for c in checks)
-    if hba_is_drkit_peer_only(result.data_dir):
-        hba = ("drkit's peer-only pg_hba.conf (the backup held none): **TCP clients will be refused until an "
-               f"operator provides a pg_hba.conf** in `{into}` (then `SELECT pg_reload_conf()`); drkit never "
-               "allows passwordless TCP logins")
-    else:
-        hba = "the backup's own pg_hba.conf, so clients log in as they did on the old primary"
+    hba = client_access(db, result, config)
     description = (
         f"## Switch {db} to the restored standby?\n\n"
         f"The standby was restored to **{before.isoformat()}** (just before the corruption) from "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -13,9 +12,6 @@ from prefect.cache_policies import NO_CACHE
 
 from drkit import dr
 from drkit.engines import open_engine
-from drkit.engines.postgres import pgrestore
-from drkit.engines.postgres.pgctl import LocalCluster
-from drkit.engines.postgres.primary import archive_as_primary
 from drkit.plans import RestorePlan, RestoreResult
 from drkit.verify import CheckResult
 from tasks.common import artifact_key, runtime
@@ -84,19 +80,25 @@ def release_restored(db: str, result: RestoreResult, config: str | None) -> None
         rt.close()
 
 
+@task(name="client-access", cache_policy=NO_CACHE)
+def client_access(db: str, result: RestoreResult, config: str | None) -> str:
+    """How clients will log in to the restored standby once it is opened to them (for the approval form)."""
+    rt = runtime(config)
+    try:
+        return open_engine(rt, db).client_access(result)
+    finally:
+        rt.close()
+
+
 @task(name="open-to-clients", cache_policy=NO_CACHE)
 def open_to_clients(db: str, data_dir: str, port: int, config: str | None) -> dict[str, object]:
-    """Restart a restored cluster as the database's primary: archiving into drkit (as `drkit setup` sets it),
+    """Restart a restored standby as the database's primary: archiving into drkit (as `drkit setup` sets it),
     on its port for good, with the backup's own listen settings, until 127.0.0.1:port accepts connections."""
     rt = runtime(config)
     try:
-        cluster = LocalCluster(Path(data_dir), port, rt.bin_dir(db), rt.os_user(db))
-        archiving = archive_as_primary(rt, db, Path(data_dir), port=port)
+        return open_engine(rt, db).open_to_clients(data_dir, port).as_dict()
     finally:
         rt.close()
-    opened = pgrestore.open_to_clients(cluster)
-    return {"listen_addresses": opened.listen_addresses, "tcp_clients": opened.tcp_clients,
-            "peer_only": opened.peer_only, "configured": archiving}
 
 
 @task(name="switch-endpoint", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])

@@ -160,13 +160,32 @@ class EngineFeatures:
 
     standby_restore: bool
     """A restore comes up as a server of its own on this host (a port), which clients can be switched to
-    (corruption recovery)."""
+    (corruption recovery: :meth:`Engine.client_access`, :meth:`Engine.open_to_clients`)."""
     position_targets: bool
     """A restore can stop at a log position (``--lsn``), not only at a time."""
     new_chain_after_switch: bool = False
     """A switch of primary (promotion, corruption recovery) starts a new log chain (PostgreSQL: a new
     timeline), so the runbooks take a full backup of the new primary at once, after checking that it
     archives its log into drkit. False where the log chain carries on (a SQL Server availability group)."""
+
+
+@dataclass(frozen=True)
+class OpenedRestore:
+    """What opening a restored standby to clients as the database's primary did (corruption recovery's switch).
+
+    ``listen_addresses``: where the server now listens; ``tcp_clients``: whether and how TCP clients can log in;
+    ``peer_only``: TCP logins are refused until an operator provides the access rules; ``configured``: the
+    settings written so that it runs as the primary (``name = value``).
+    """
+
+    listen_addresses: str
+    tcp_clients: str
+    peer_only: bool
+    configured: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"listen_addresses": self.listen_addresses, "tcp_clients": self.tcp_clients,
+                "peer_only": self.peer_only, "configured": list(self.configured)}
 
 
 class Engine(Protocol):
@@ -231,6 +250,17 @@ class Engine(Protocol):
 
     def release_restored(self, result: RestoreResult) -> None:
         """Stop what a restore left running (a database restored on a server stays where it is)."""
+        ...
+
+    def client_access(self, result: RestoreResult) -> str:
+        """How clients will log in to a restored standby once it is opened to them, in words for the approval
+        form (only where ``features.standby_restore``; elsewhere refused in one line)."""
+        ...
+
+    def open_to_clients(self, location: str, port: int) -> OpenedRestore:
+        """Make the restored standby at ``location`` the database's primary: log archiving into drkit, listening
+        on ``port`` with the backup's own settings; returns once it accepts connections (only where
+        ``features.standby_restore``; elsewhere refused in one line)."""
         ...
 
     def scratch_location(self, purpose: str) -> str:

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from drkit.catalog.records import BackupRecord
-from drkit.engines.base import BackupKind, ChainModel, CheckItem, EngineFeatures, Progress, SetupResult, StepCallback
+from drkit.engines.base import (
+    BackupKind,
+    ChainModel,
+    CheckItem,
+    EngineFeatures,
+    OpenedRestore,
+    Progress,
+    SetupResult,
+    StepCallback,
+)
 from drkit.engines.postgres.chain_model import POSTGRES_CHAIN
 from drkit.engines.postgres.engine import PostgresEngine, server
 from drkit.engines.postgres.pgctl import LocalCluster
@@ -100,6 +109,28 @@ class PostgresDatabase:
         if result.port is not None:
             LocalCluster(Path(result.location), result.port, self._rt.bin_dir(self._db),
                          self._rt.os_user(self._db)).stop()
+
+    def client_access(self, result: RestoreResult) -> str:
+        from drkit.engines.postgres.pgrestore import hba_is_drkit_peer_only
+
+        if hba_is_drkit_peer_only(result.data_dir):
+            return ("drkit's peer-only pg_hba.conf (the backup held none): **TCP clients will be refused until an "
+                    f"operator provides a pg_hba.conf** in `{result.location}` (then `SELECT pg_reload_conf()`); "
+                    "drkit never allows passwordless TCP logins")
+        return "the backup's own pg_hba.conf, so clients log in as they did on the old primary"
+
+    def open_to_clients(self, location: str, port: int) -> OpenedRestore:
+        """Archiving into drkit as `drkit setup` sets it, on ``port`` for good, then restarted with the backup's
+        own listen settings until 127.0.0.1:``port`` accepts connections."""
+        from drkit.engines.postgres import pgrestore
+        from drkit.engines.postgres.primary import archive_as_primary
+
+        data_dir = Path(location)
+        cluster = LocalCluster(data_dir, port, self._rt.bin_dir(self._db), self._rt.os_user(self._db))
+        archiving = archive_as_primary(self._rt, self._db, data_dir, port=port)
+        opened = pgrestore.open_to_clients(cluster)
+        return OpenedRestore(listen_addresses=opened.listen_addresses, tcp_clients=opened.tcp_clients,
+                             peer_only=opened.peer_only, configured=tuple(archiving))
 
     def scratch_location(self, purpose: str) -> str:
         from drkit.engines.postgres import verify

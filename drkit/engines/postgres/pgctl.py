@@ -12,15 +12,15 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import stat
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from drkit.errors import EngineError
+from drkit.host import effective_os_user as effective_os_user  # re-exported for pgctl's callers
+from drkit.host import free_port as free_port
 from drkit.safedir import chown_fd_tree, open_leaf
 
 _CLEAN_ENV = {
@@ -28,13 +28,6 @@ _CLEAN_ENV = {
     "LC_ALL": "C.UTF-8",
     "LANG": "C.UTF-8",
 }
-
-
-def effective_os_user(configured: str | None) -> str | None:
-    """The user to run server binaries as: the configured one, or ``postgres`` when we are root."""
-    if configured:
-        return configured
-    return "postgres" if os.geteuid() == 0 else None
 
 
 def run_as(
@@ -128,20 +121,6 @@ def append_text(path: Path, text: str) -> None:
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)
-
-
-def free_port(start: int = 20000, end: int = 32000) -> int:
-    """A free TCP port on 127.0.0.1 below the ephemeral range (so it never collides with client ports)."""
-    base = start + (os.getpid() * 37 + time.monotonic_ns() // 1000) % (end - start)
-    for i in range(end - start):
-        port = start + (base - start + i) % (end - start)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise EngineError(f"no free port between {start} and {end} on 127.0.0.1")
 
 
 @dataclass

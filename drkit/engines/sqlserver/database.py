@@ -12,7 +12,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from drkit.catalog.records import BackupRecord
-from drkit.engines.base import BackupKind, ChainModel, CheckItem, EngineFeatures, Progress, SetupResult, StepCallback
+from drkit.engines.base import (
+    BackupKind,
+    ChainModel,
+    CheckItem,
+    EngineFeatures,
+    OpenedRestore,
+    Progress,
+    SetupResult,
+    StepCallback,
+)
 from drkit.engines.sqlserver import tsql
 from drkit.engines.sqlserver.backup import take_backup
 from drkit.engines.sqlserver.chain_model import SQLSERVER_CHAIN
@@ -111,6 +120,18 @@ class SqlServerDatabase:
 
     def release_restored(self, result: RestoreResult) -> None:
         """A restored database stays on the server (the operator drops it when done)."""
+
+    def client_access(self, result: RestoreResult) -> str:
+        raise ConfigError(self._no_standby())
+
+    def open_to_clients(self, location: str, port: int) -> OpenedRestore:
+        raise ConfigError(self._no_standby())
+
+    def _no_standby(self) -> str:
+        """features.standby_restore is False: a restore is a new database on the same server, not a server of
+        its own that clients could be switched to."""
+        return (f"{self._db!r} is a SQL Server database: a restore is a new database on its server, not a standby "
+                "server clients can be switched to; restore it (drkit restore) and point clients at it yourself")
 
     def scratch_location(self, purpose: str) -> str:
         stamp = f"_drkit_{purpose}_{datetime.now(UTC):%Y%m%dT%H%M%S}"
