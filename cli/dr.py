@@ -32,6 +32,7 @@ def failover(db: str) -> None:
         console.print(f"{db} failed over to {out['endpoint']} (approved by {out['approver']}); data-loss window "
                       f"≈ {out['data_loss_window_seconds']} s, recovered in {rto} s")
         _print_protection(db, out.get("protection"))
+        _print_pending(db, out.get("after_failover"))
     else:
         console.print(f"no failover: {out.get('why')}")
 
@@ -59,6 +60,17 @@ def _print_protection(db: str, protection: dict[str, Any] | None) -> None:
     else:
         console.print(f"the full backup of the new primary failed ({protection.get('error')}); run `drkit "
                       f"backup full {db}` once it is fixed (the schedules retry)")
+
+
+def _print_pending(db: str, steps: list[dict[str, Any]] | None) -> None:
+    """The steps the promotion left for their own approval (SQL Server: resuming the other replicas): what each
+    did once approved, or that it still waits (rejected or unanswered; the failover itself stays done)."""
+    for step in steps or []:
+        if step.get("done"):
+            console.print(f"pending step {step['key']} approved by {step.get('by')}: {step['done']}")
+        else:
+            console.print(f"still waiting for approval: {step['action']} ({step['key']}); run `drkit failover "
+                          f"{db}` again to be asked again")
 
 
 @app.command("import-history")

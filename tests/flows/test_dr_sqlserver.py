@@ -155,3 +155,44 @@ def test_sqlserver_failover_and_failback_through_the_approval_pauses(world: Worl
     assert len(world.changes("SQL2")) == 1  # nothing more was changed on DR: it became a replica by the failover
     assert world.group.primary() == "SQL1" and world.endpoint() == "sql1.example.internal:1433"
     assert replica_lag_check(db="orders", config=world.config)["state"] == "SYNCHRONIZED"
+
+
+def test_sqlserver_rejected_resume_leaves_the_failover_done_and_asks_again(world: World) -> None:
+    """Rejecting the pause that would resume the old primary's replica: the failover stays done, nothing is
+    resumed (no snapshot, no RESUME), the refusal is audited, `drkit failover` says the step still waits, and a
+    re-run asks again (approved then, it runs and `drkit failover` says what it did)."""
+    invoke = CliRunner().invoke
+    world.group.kill("SQL1", unsent_lsn=300000)
+    cli, _ = _answered(lambda: invoke(app, ["--config", world.config, "failover", "orders"]), "failover-orders",
+                       approve=True)
+    assert cli.exit_code == 0, cli.output
+    assert "still waiting" not in cli.output  # SQL1 is down: nothing to resume yet, nothing said about it
+
+    world.group.revive("SQL1")
+    cli, form = _answered(lambda: invoke(app, ["--config", world.config, "failover", "orders"]), "failover-orders",
+                          approve=False)
+    assert cli.exit_code == 0, cli.output
+    assert "resume data movement on SQL1" in form
+    said = " ".join(cli.output.split())
+    assert "orders failed over to sql2.example.internal:1433" in said
+    assert "still waiting for approval: resume data movement on SQL1" in said
+    assert "(resume:SQL1); run `drkit failover orders` again to be asked again" in said
+    assert world.group.primary() == "SQL2" and world.endpoint() == "sql2.example.internal:1433"
+    assert world.changes("SQL1") == [] and world.group.replica("SQL1").snapshots == []
+    assert len(world.changes("SQL2")) == 1  # the one forced failover, not repeated
+    catalog = Catalog.open(world.catalog_url)
+    try:
+        rejected = catalog.audit_events(database="orders", action="failover.pending.rejected")
+    finally:
+        catalog.close()
+    assert [(e.actor, e.detail["reason"]) for e in rejected] == [(APPROVER, "INC-7: region down")]
+    assert [s["key"] for s in rejected[0].detail["steps"]] == ["resume:SQL1"]
+
+    cli, form = _answered(lambda: invoke(app, ["--config", world.config, "failover", "orders"]), "failover-orders",
+                          approve=True)
+    assert cli.exit_code == 0, cli.output
+    assert "resume data movement on SQL1" in form
+    said = " ".join(cli.output.split())
+    assert f"pending step resume:SQL1 approved by {APPROVER}: SQL1: Orders on SQL1: resuming rolls back" in said
+    assert world.changes("SQL1") == ["ALTER DATABASE [Orders] SET HADR RESUME;"]
+    assert world.group.replica("SQL1").snapshots == ["Orders_before_resume_41000000057000001"]
