@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -24,6 +24,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -31,7 +32,6 @@ from pydantic import (
     model_validator,
 )
 
-from drkit.engines.sqlserver.settings import SqlServerSettings
 from drkit.errors import ConfigError, UnknownDatabaseError
 from drkit.traffic.base import ATM_ENDPOINT_TYPES
 
@@ -76,6 +76,24 @@ def _check_cron(expr: str) -> str:
 
 
 Cron = Annotated[str, BeforeValidator(lambda v: _check_cron(str(v)))]
+
+
+def _sqlserver_settings(value: Any, info: ValidationInfo) -> Any:
+    """A database's ``sqlserver:`` block, validated as SqlServerSettings; its module (and its T-SQL builders) is
+    imported only by a policy that has such a block, not by every command that reads a PostgreSQL policy. Its
+    errors keep their key paths (``databases.NAME.sqlserver.KEY``): pydantic nests them under the field."""
+    if value is None:
+        return None
+    from drkit.engines.sqlserver.settings import SqlServerSettings
+    return SqlServerSettings.model_validate(value, context=info.context)
+
+
+if TYPE_CHECKING:
+    from drkit.engines.sqlserver.settings import SqlServerSettings
+
+    SqlServerBlock = SqlServerSettings | None
+else:
+    SqlServerBlock = Annotated[Any, PlainValidator(_sqlserver_settings)]
 
 
 class _Model(BaseModel):
@@ -263,7 +281,7 @@ class DatabaseConfig(_Model):
     traffic: TrafficConfig = Field(default_factory=TrafficConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     failback: FailbackConfig = Field(default_factory=FailbackConfig)
-    sqlserver: SqlServerSettings | None = None  # engine: sqlserver; its `database` defaults to the policy name
+    sqlserver: SqlServerBlock = None  # engine: sqlserver; its `database` defaults to the policy name
 
     @field_validator("timezone")
     @classmethod
