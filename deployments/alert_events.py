@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from drkit.alerts import FIRING_EVENT, database_resource, receive
 from drkit.config import Policy
+from drkit.errors import safe_summary
 
 if TYPE_CHECKING:
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
@@ -89,8 +90,9 @@ def alert_routes(policy: Policy) -> dict[str, Handler]:
             try:
                 sent = emit_event(event=ev.event, resource=ev.resource, payload=ev.payload)
             except Exception as e:  # noqa: BLE001 - answered as a 503 so Alertmanager retries
-                first = str(e).splitlines()[0] if str(e) else ""
-                return 503, f"could not emit {ev.event}: {e.__class__.__name__}: {first}"
+                # not the message: a client library's error may carry the API URL with its credentials
+                log.warning("alertmanager webhook: could not emit %s: %s", ev.event, safe_summary(e))
+                return 503, f"could not emit {ev.event}: {e.__class__.__name__}; see drkit serve's log"
             if sent is None:
                 return 503, "Prefect events are off in this process: drkit serve needs PREFECT_API_URL"
             log.info("%s %s for %s", ev.event, ev.resource["drkit.alertname"], ev.resource["prefect.resource.id"])

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from drkit.errors import first_line
+
 DEFAULT_TOKEN_ENV = "DRKIT_ALERT_TOKEN"  # noqa: S105 - the name of a variable, not a token
 FIRING_EVENT = "drkit.alert.firing"
 RESOLVED_EVENT = "drkit.alert.resolved"
@@ -95,7 +97,9 @@ def parse(body: bytes) -> WebhookPayload:
     try:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"not JSON ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+        raise ValueError(f"not JSON ({e.__class__.__name__}: {first_line(e)})") from None
+    except RecursionError:  # arrays or objects nested deeper than the parser's stack: no payload looks so
+        raise ValueError("not an Alertmanager webhook payload: JSON nested too deeply") from None
     try:
         return WebhookPayload.model_validate(doc)
     except ValidationError as e:

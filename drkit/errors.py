@@ -91,3 +91,22 @@ class VerificationError(DrkitError):
 
 class ApprovalError(DrkitError):
     """An approval step timed out or was refused; nothing was switched."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of ``exc``'s message (its class name when it has none), for a one-line log or answer."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+def safe_summary(exc: BaseException) -> str:
+    """One line about an unexpected ``exc`` that may go to a log or an HTTP answer: a :class:`DrkitError`'s own
+    first line (never a secret, by this module's rule); for anything else only its class and where it was
+    raised, since a library's message may carry a connection string, a URL with credentials or a password."""
+    if isinstance(exc, DrkitError):
+        return f"{type(exc).__name__}: {first_line(exc)}"
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
+    return f"{type(exc).__module__}.{type(exc).__qualname__}{where} (message withheld: it may hold a secret)"

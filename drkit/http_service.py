@@ -3,8 +3,10 @@
 A small threaded server from the standard library. POST routes are ``path -> handler(body, authorization)``
 returning ``(status, one line of text)`` (the Alertmanager receiver is one). Requests are answered with one
 line: an unknown path 404, a wrong method 405, a body without a length 411, a body over :data:`MAX_BODY`
-413, a handler that fails 500 (its error is not echoed: it may name a server). :meth:`HttpService.stop`
-closes the socket.
+413, a handler that fails 500 (its error is neither echoed nor logged: it may name a server or hold a
+password; the log says its class and where it was raised). A connection idle or sending for longer than
+:data:`REQUEST_TIMEOUT` is closed, so slow or vanished clients do not hold a thread each for ever.
+:meth:`HttpService.stop` closes the socket.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.registry import CollectorRegistry
 
 from drkit.config import parse_listen
-from drkit.errors import ConfigError
+from drkit.errors import ConfigError, safe_summary
 
 MAX_BODY = 1 << 20
 """Largest POST body accepted (1 MiB; an Alertmanager notification is a few KiB)."""
+
+REQUEST_TIMEOUT = 30.0
+"""Seconds a connection may wait for the client's next bytes (request line, headers, body) before it is closed."""
 
 PostHandler = Callable[[bytes, str | None], tuple[int, str]]
 """``(body, Authorization header) -> (HTTP status, one line of text)``."""
@@ -37,9 +42,10 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
 
     def __init__(self, address: tuple[str, int], registry: CollectorRegistry,
-                 routes: Mapping[str, PostHandler]) -> None:
+                 routes: Mapping[str, PostHandler], request_timeout: float) -> None:
         self.registry = registry
         self.routes = dict(routes)
+        self.request_timeout = request_timeout
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
@@ -50,6 +56,10 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "drkit"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.request_timeout)  # handle_one_request closes on a timeout
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("%s %s", self.address_string(), format % args)
@@ -77,8 +87,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             try:
                 body = generate_latest(self.server.registry)
-            except Exception:
-                log.exception("collecting metrics failed")
+            except Exception as exc:
+                log.error("collecting metrics failed: %s", safe_summary(exc))
                 self._send(500, "error: collecting the metrics failed; see the drkit log")
                 return
             self._send_bytes(200, body, CONTENT_TYPE_PLAIN_0_0_4)  # what every Prometheus reads
@@ -121,8 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             status, text = handler(body, self.headers.get("Authorization"))
-        except Exception:
-            log.exception("POST %s failed", path)
+        except Exception as exc:
+            log.error("POST %s failed: %s", path, safe_summary(exc))
             self._send(500, f"error: handling POST {path} failed; see the drkit log")
             return
         self._send(status, text)
@@ -137,7 +147,8 @@ class HttpService:
     """The listener on ``listen`` (``host:port``; port 0: any free one, :attr:`port` tells which)."""
 
     def __init__(self, listen: str, registry: CollectorRegistry,
-                 routes: Mapping[str, PostHandler] | None = None) -> None:
+                 routes: Mapping[str, PostHandler] | None = None, *,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
         try:
             self.host, port = parse_listen(listen, any_port=True)
         except ValueError as exc:
@@ -146,7 +157,7 @@ class HttpService:
             if not path.startswith("/") or path in ("/metrics", "/healthz"):
                 raise ConfigError(f"route {path!r}: expected a path like /alertmanager, not one drkit serves")
         try:
-            self._server = _Server((self.host, port), registry, routes or {})
+            self._server = _Server((self.host, port), registry, routes or {}, request_timeout)
         except OSError as exc:
             raise ConfigError(f"metrics.listen {listen}: cannot listen there: {exc.strerror or exc}") from None
         self.port = int(self._server.server_address[1])

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from drkit.catalog.records import AuditRecord, BackupRecord, CopyRecord
 from drkit.engines import chain_for, dr_operations
-from drkit.errors import RestorePlanError
+from drkit.errors import RestorePlanError, first_line
 from drkit.restore import measured_rate_mib_s
 from drkit.runtime import Runtime
 from drkit.status import DatabaseStatus, database_status
@@ -45,10 +45,6 @@ REPLICA_DOWN_STATES = frozenset({"disconnected", "absent"})
 
 
 log = logging.getLogger("drkit.metrics")
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
 
 
 def _ts(t: datetime) -> float:
@@ -149,14 +145,14 @@ class DrkitCollector(Collector):
             try:
                 snapshot = self._reader.submit(Snapshot.read, self.rt).result()
             except Exception as exc:  # an unreadable catalog is a metric, not a failed scrape
-                log.warning("metrics: cannot read the catalog: %s", _first_line(exc))
+                log.warning("metrics: cannot read the catalog: %s", first_line(exc))
                 snapshot = None
             if snapshot is not None:
                 try:
                     staged = _Families()
                     self._catalog_metrics(staged, snapshot, now)
                 except Exception as exc:  # records the planner cannot read: as unreadable
-                    log.warning("metrics: cannot derive the catalog's metrics: %s", _first_line(exc))
+                    log.warning("metrics: cannot derive the catalog's metrics: %s", first_line(exc))
                     snapshot = None
                 else:
                     out = staged

@@ -126,3 +126,9 @@ def test_the_receiver_reads_the_variable_the_policy_names(monkeypatch: pytest.Mo
     assert status == 503 and message.startswith("set AM_TOKEN ")
     monkeypatch.setenv("AM_TOKEN", "another")
     assert handler(body, f"Bearer {TOKEN}") == (401, "missing or wrong bearer token")
+
+
+def test_json_nested_too_deeply_is_a_400_not_a_crash() -> None:
+    r = receive(b"[" * 200_000, f"Bearer {TOKEN}", databases=DBS, environ=ENV)
+    assert (r.status, r.events) == (400, ())
+    assert r.message == "not an Alertmanager webhook payload: JSON nested too deeply"

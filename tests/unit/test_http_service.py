@@ -105,3 +105,26 @@ def test_a_bad_listen_address_is_a_config_error(listen: str) -> None:
 def test_a_port_in_use_is_a_config_error(service: HttpService) -> None:
     with pytest.raises(ConfigError, match="cannot listen there"):
         HttpService(f"127.0.0.1:{service.port}", CollectorRegistry())
+
+
+def test_a_failing_handler_leaves_its_message_out_of_the_log(service: HttpService,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A library's error may carry a password: the log says which error and where, never its message."""
+    with caplog.at_level("DEBUG", logger="drkit.http"):
+        assert httpx.post(f"{service.url}/boom", content=b"{}").status_code == 500
+    assert "POST /boom failed: builtins.RuntimeError at " in caplog.text
+    assert "hunter2" not in caplog.text and "db.internal" not in caplog.text
+
+
+def test_a_client_that_stops_sending_is_disconnected() -> None:
+    """A request left half-sent (or a connection left idle) is closed after the request timeout instead of
+    holding one of the server's threads for ever."""
+    seen.clear()
+    with HttpService("127.0.0.1:0", CollectorRegistry(), {"/alertmanager": echo}, request_timeout=0.5) as svc:
+        with socket.create_connection(("127.0.0.1", svc.port), timeout=30) as s:
+            s.sendall(b"POST /alertmanager HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}")
+            assert s.recv(4096) == b""  # the server closed it (a server that waits for ever: recv times out)
+        with socket.create_connection(("127.0.0.1", svc.port), timeout=30) as s:
+            assert s.recv(4096) == b""  # connected, never sent a byte
+        assert httpx.get(f"{svc.url}/healthz").status_code == 200
+    assert seen == []
