@@ -3,17 +3,12 @@
 //   DRKIT_APPROVAL_CODE=123456 node tests/browser/approve.mjs <ui-base-url> <flow-run-id> <approver> <reason> <screenshot-dir>
 //
 // The code (from the approver's authenticator app) comes in the environment, not on the command line.
-// playwright-core comes from .tools/playwright (scripts/install-browser.sh); no browser is downloaded.
+// The browser: chromium.mjs (Debian's chromium through playwright-core; no browser is downloaded).
 // Prints one line per step; exits 1 (after a screenshot and the dialog's HTML) when a step fails.
-import { createRequire } from 'node:module';
 import { writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const toolsDir = process.env.DRKIT_PLAYWRIGHT_DIR || path.join(here, '..', '..', '.tools', 'playwright');
-const require = createRequire(path.join(toolsDir, 'package.json'));
-const { chromium } = require('playwright-core');
+import { openPage, step } from './chromium.mjs';
 
 const [ui, runId, approver, reason, shots] = process.argv.slice(2);
 const code = process.env.DRKIT_APPROVAL_CODE || '';
@@ -22,18 +17,8 @@ if (!ui || !runId || !approver || !reason || !shots || !code) {
   process.exit(2);
 }
 mkdirSync(shots, { recursive: true });
-const step = (what) => console.log(`[${new Date().toISOString()}] ${what}`);
 
-const userDataDir = path.join(shots, 'chromium-profile');
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: process.env.DRKIT_CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  viewport: { width: 1400, height: 1000 },
-});
-context.setDefaultTimeout(20000);
-const page = context.pages()[0] || (await context.newPage());
+const { browser, page } = await openPage({ width: 1400, height: 1000 });
 let failed = false;
 try {
   step(`open ${ui}/runs/flow-run/${runId}`);
@@ -76,6 +61,6 @@ try {
     console.error(`(no screenshot: ${e})`);
   }
 } finally {
-  await context.close();
+  await browser.close();
 }
 process.exit(failed ? 1 : 0);

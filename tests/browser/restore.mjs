@@ -3,18 +3,13 @@
 //
 //   node tests/browser/restore.mjs <ui-base-url> <deployment-id> <into> <target YYYY-MM-DDTHH:MM (UTC)> <shots-dir>
 //
-// playwright-core comes from .tools/playwright (scripts/install-browser.sh); no browser is downloaded.
+// The browser: chromium.mjs (Debian's chromium through playwright-core; no browser is downloaded).
 // Prints one line per step, then `run: <flow-run-id>` and `report: <the artifact's text>`; exits 1 (after a
 // screenshot and the page's HTML) when a step fails. Screenshots: run-form.png, run-completed.png, report.png.
-import { createRequire } from 'node:module';
 import { writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const toolsDir = process.env.DRKIT_PLAYWRIGHT_DIR || path.join(here, '..', '..', '.tools', 'playwright');
-const require = createRequire(path.join(toolsDir, 'package.json'));
-const { chromium } = require('playwright-core');
+import { openPage, step } from './chromium.mjs';
 
 const [ui, deploymentId, into, target, shots] = process.argv.slice(2);
 const m = /^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2})$/.exec(target || '');
@@ -24,17 +19,8 @@ if (!ui || !deploymentId || !into || !m || !shots) {
 }
 const [, day, time] = m;
 mkdirSync(shots, { recursive: true });
-const step = (what) => console.log(`[${new Date().toISOString()}] ${what}`);
 
-const browser = await chromium.launch({
-  executablePath: process.env.DRKIT_CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
-const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, timezoneId: 'UTC' });
-context.setDefaultTimeout(20000);
-const page = await context.newPage();
+const { browser, page } = await openPage();
 page.on('response', (r) => { if (r.status() >= 400) console.log(`HTTP ${r.status()} ${r.request().method()} ${r.url()}`); });
 let failed = false;
 try {
