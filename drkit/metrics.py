@@ -20,14 +20,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from drkit.catalog.records import AuditRecord, BackupRecord, CopyRecord
 from drkit.engines import chain_for, dr_operations
+from drkit.engines.base import ChainModel
 from drkit.errors import RestorePlanError, first_line
+from drkit.plans import RestorePlan
 from drkit.restore import measured_rate_mib_s
 from drkit.runtime import Runtime
 from drkit.status import DatabaseStatus, database_status
@@ -37,6 +39,8 @@ PROBE_TIMEOUT = 2.0
 
 Approvals = Callable[[], Sequence[datetime]]
 """Start times of the runs paused for an approval now."""
+
+R = TypeVar("R", BackupRecord, AuditRecord)
 
 KINDS = ("full", "diff", "log")
 VERIFY, CHECK, DRILL_OK, DRILL_FAILED = "backup.verify", "catalog.check", "drill.completed", "drill.failed"
@@ -53,6 +57,14 @@ def _ts(t: datetime) -> float:
 
 def _end(b: BackupRecord) -> datetime:
     return b.end_time or b.finished_at or b.started_at
+
+
+def _by_database(records: Sequence[R]) -> dict[str | None, list[R]]:
+    """``records`` grouped by their database, each group in the given order."""
+    out: dict[str | None, list[R]] = {}
+    for r in records:
+        out.setdefault(r.database, []).append(r)
+    return out
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,33 @@ def probe_replica(rt: Runtime, db: str, timeout: float = PROBE_TIMEOUT) -> Repli
     if lag.state in REPLICA_DOWN_STATES:
         return ReplicaProbe(False, None)
     return ReplicaProbe(True, lag.seconds)
+
+
+class _LatestPlannedOnce:
+    """A database's chain model that plans the latest point (no target) once: a scrape's status and its RTO
+    estimate ask for the same plan, the costliest step of a scrape after reading the catalog."""
+
+    def __init__(self, chain: ChainModel) -> None:
+        self._chain = chain
+        self._latest: RestorePlan | RestorePlanError | None = None
+
+    def plan_restore(self, database: str, backups: Sequence[BackupRecord], copies: Sequence[CopyRecord], *,
+                     target: datetime | None, now: datetime, tier_order: Sequence[str]) -> RestorePlan:
+        if target is not None:
+            return self._chain.plan_restore(database, backups, copies, target=target, now=now,
+                                            tier_order=tier_order)
+        if self._latest is None:
+            try:
+                self._latest = self._chain.plan_restore(database, backups, copies, target=None, now=now,
+                                                        tier_order=tier_order)
+            except RestorePlanError as exc:
+                self._latest = exc
+        if isinstance(self._latest, RestorePlanError):
+            raise self._latest
+        return self._latest
+
+    def __getattr__(self, name: str) -> Any:  # the chain model's other methods, as they are
+        return getattr(self._chain, name)
 
 
 class _Families:
@@ -174,20 +213,29 @@ class DrkitCollector(Collector):
 
         tiers = rt.tier_order
         locations = {t: tier_location(rt.policy, t) for t in tiers}
+        # Grouped by database once: each database then reads only its own records (a fleet's scrape would
+        # otherwise go over every record of every database, several times, for each database).
+        backups = _by_database(snap.backups)
+        database_of = {b.id: b.database for b in snap.backups}
+        copies: dict[str, list[CopyRecord]] = {}
+        for c in snap.copies:
+            if (owner := database_of.get(c.backup_id)) is not None:
+                copies.setdefault(owner, []).append(c)
+        verifications, drills = _by_database(snap.verifications), _by_database(snap.drills)
         for db in rt.policy.databases:
-            chain = chain_for(rt, db)
-            st = database_status(db, snap.backups, snap.copies, now=now, tier_order=tiers, chain=chain,
-                                 locations=locations)
-            self._backups(out, db, st, [b for b in snap.backups if b.database == db], now)
-            mine = {b.id for b in snap.backups if b.database == db}
+            chain = _LatestPlannedOnce(chain_for(rt, db))
+            mine, my_copies = backups.get(db, []), copies.get(db, [])
+            st = database_status(db, mine, my_copies, now=now, tier_order=tiers, chain=chain, locations=locations)
+            self._backups(out, db, st, mine, now)
+            stored = dict.fromkeys(tiers, 0)
+            for c in my_copies:
+                if c.status == "complete" and c.tier in stored:
+                    stored[c.tier] += c.stored_bytes
             for tier in tiers:
-                stored = sum(c.stored_bytes for c in snap.copies
-                             if c.tier == tier and c.status == "complete" and c.backup_id in mine)
-                out.set("drkit_stored_bytes", "bytes of complete copies stored per tier", stored,
+                out.set("drkit_stored_bytes", "bytes of complete copies stored per tier", stored[tier],
                         database=db, tier=tier)
-            verifications = [e for e in snap.verifications if e.database == db]
-            self._verification(out, db, verifications, st, snap, now)
-            self._drill(out, db, [e for e in snap.drills if e.database == db])
+            self._verification(out, db, verifications.get(db, []), st, chain, mine, my_copies, now)
+            self._drill(out, db, drills.get(db, []))
         if snap.check is not None:
             out.set("drkit_catalog_check_last_timestamp_seconds", "time of the last catalog check",
                     _ts(snap.check.at))
@@ -220,7 +268,8 @@ class DrkitCollector(Collector):
                 st.stores, database=db)
 
     def _verification(self, out: _Families, db: str, events: list[AuditRecord], st: DatabaseStatus,
-                      snap: Snapshot, now: datetime) -> None:
+                      chain: _LatestPlannedOnce, backups: list[BackupRecord], copies: list[CopyRecord],
+                      now: datetime) -> None:
         if events:
             last = max(events, key=lambda e: (e.at, e.id))
             out.set("drkit_verification_last_timestamp_seconds", "time of the newest verification",
@@ -235,9 +284,7 @@ class DrkitCollector(Collector):
         if st.restorable_until is None:
             return
         try:
-            plan = chain_for(self.rt, db).plan_restore(db, [b for b in snap.backups if b.database == db],
-                                                       snap.copies, target=None, now=now,
-                                                       tier_order=self.rt.tier_order)
+            plan = chain.plan_restore(db, backups, copies, target=None, now=now, tier_order=self.rt.tier_order)
         except RestorePlanError:
             return
         out.set("drkit_estimated_rto_seconds", "estimated time to read the newest chain at the measured throughput",

@@ -65,8 +65,11 @@ def database_status(database: str, backups: Sequence[BackupRecord], copies: Sequ
         plan = chain.plan_restore(database, mine, copies, target=None, now=now, tier_order=tier_order)
         reaches: datetime | None = plan.reaches
         where = locations or {t: t for t in tier_order}
-        per_piece = [[c for c in copies if c.backup_id == p.backup.id and c.status == "complete"
-                      and c.tier in where] for p in plan.pieces]
+        held: dict[str, list[CopyRecord]] = {p.backup.id: [] for p in plan.pieces}
+        for c in copies:  # one pass over the copies, not one per piece (a year of logs is many copies)
+            if c.backup_id in held and c.status == "complete" and c.tier in where:
+                held[c.backup_id].append(c)
+        per_piece = [held[p.backup.id] for p in plan.pieces]
         n_copies = min(len(cs) for cs in per_piece)
         n_stores = min(len({where[c.tier] for c in cs}) for cs in per_piece)
     except RestorePlanError:
