@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import io
+import json
 import os
 import pstats
+import pwd
 import shutil
 import signal
 import socket
@@ -31,7 +34,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +46,7 @@ CACHE = Path(tempfile.gettempdir()) / "drkit-bench-metrics-cache"
 FORMAT = "v1"  # bump when the generated history changes
 SCRAPE_TARGET_S, RSS_TARGET_MIB = 1.0, 100
 MIB, GIB = 2**20, 2**30
+TEMPLATE_DB = "db"  # the name the cached history is written under, replaced by each database's
 SLOT = timedelta(minutes=15)  # one log backup each, covering two WAL segments
 BASES = {1: "full", 6: "diff", 11: "diff", 16: "diff", 21: "diff"}  # hour of day -> kind
 
@@ -109,25 +112,22 @@ def build_history(path: Path, db: str, days: int, end: datetime) -> Path:
     return path
 
 
-def histories(dbs: list[str], days: int, end: datetime, workers: int) -> list[Path]:
-    """Each database's history file, built (in parallel) unless cached."""
-    folder = CACHE / f"{FORMAT}-{days}d-{end:%Y%m%d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{db}.sqlite" for db in dbs]
-    todo = [(p, db) for p, db in zip(paths, dbs, strict=True) if not p.exists()]
-    if todo:
-        print(f"writing {len(todo)} histories of {days} days through the catalog API into {folder} ...", flush=True)
+def history(days: int, end: datetime) -> Path:
+    """One database's (``db``) history of ``days``, written through the catalog API unless cached."""
+    path = CACHE / f"{FORMAT}-{days}d-{end:%Y%m%d}" / "history.sqlite"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"writing {days} days of history through the catalog API into {path} ...", flush=True)
         t0 = time.perf_counter()
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(build_history, [p for p, _ in todo], [db for _, db in todo], [days] * len(todo),
-                          [end] * len(todo)))
+        build_history(path, TEMPLATE_DB, days, end)
         print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
-    return paths
+    return path
 
 
-def fill_catalog(url: str, sources: list[Path]) -> dict[str, int]:
-    """Make the catalog at ``url`` with drkit's migrations, copy every source's rows in, and record a catalog
-    check through the API. Returns row counts."""
+def fill_catalog(url: str, source: Path, dbs: list[str]) -> dict[str, int]:
+    """Make the catalog at ``url`` with drkit's migrations, copy ``source``'s rows in once for each of ``dbs``
+    (renamed: the database, and the ids, keys and subjects that hold its name), and record a catalog check
+    through the API. Returns row counts."""
     from sqlalchemy import case, create_engine, select
 
     from drkit.catalog import Catalog
@@ -135,10 +135,24 @@ def fill_catalog(url: str, sources: list[Path]) -> dict[str, int]:
 
     Catalog.open(url).close()
     dst = create_engine(url)
-    counts = {"backups": 0, "copies": 0, "audit_events": 0}
+    src = create_engine(f"sqlite:///{source}")
+    counts = {"backups": 0, "copies": 0, "audit_events": 0, "bases": 0}
+    with src.connect() as sc:
+        template = sc.execute(select(Backup.__table__.c.database).limit(1)).scalar_one()
+    old = f"{template}-"
+
+    def renamed(row: dict[str, Any], db: str) -> dict[str, Any]:
+        for key in ("id", "base_id", "backup_id", "subject"):
+            if isinstance(row.get(key), str) and row[key].startswith(old):
+                row[key] = f"{db}-{row[key][len(old):]}"
+        if isinstance(row.get("store_key"), str):
+            row["store_key"] = row["store_key"].replace(f"/{old}", f"/{db}-")
+        if row.get("database") == template:
+            row["database"] = db
+        return row
+
     try:
-        for src_path in sources:
-            src = create_engine(f"sqlite:///{src_path}")
+        for db in dbs:
             for model in (Backup, Copy, AuditEvent):
                 table = model.__table__
                 cols = [c for c in table.columns if c.name != "id" or model is Backup]
@@ -150,10 +164,12 @@ def fill_catalog(url: str, sources: list[Path]) -> dict[str, int]:
                 with src.connect() as sc, dst.begin() as dc:
                     result = sc.execute(query)
                     while batch := result.fetchmany(5000):
-                        dc.execute(table.insert(), [dict(r._mapping) for r in batch])
+                        dc.execute(table.insert(), [renamed(dict(r._mapping), db) for r in batch])
                         counts[table.name] += len(batch)
-            src.dispose()
+                        if model is Backup:  # what pgBackRest would list: the fulls and diffs that worked
+                            counts["bases"] += sum(1 for r in batch if r.kind != "log" and r.status != "failed")
     finally:
+        src.dispose()
         dst.dispose()
     cat = Catalog.open(url)
     cat.audit(actor="bench", action="catalog.check", detail={"remaining": 0, "by_database": {}})
@@ -184,6 +200,115 @@ def create_database(cluster: Any, name: str) -> str:
     return f"postgresql+psycopg://postgres@127.0.0.1:{cluster.port}/{name}"
 
 
+# -- the peer: a pgBackRest repository of the same history ---------------------------------------------------
+
+
+def _ini(text: str) -> dict[str, dict[str, str]]:
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in text.splitlines():
+        if line.startswith("["):
+            current = sections.setdefault(line[1:-1], {})
+        elif "=" in line and current is not None:
+            key, value = line.split("=", 1)
+            current[key] = value
+    return sections
+
+
+def _info_text(sections: dict[str, dict[str, str]]) -> str:
+    """An info file as pgBackRest writes it: its sections, then the SHA-1 of their JSON form (sections and keys
+    sorted, the checksum itself left out), which pgBackRest checks when it loads the file."""
+    body = {s: {k: v for k, v in keys.items() if k != "backrest-checksum"} for s, keys in sections.items()}
+    as_json = "{" + ",".join(f'"{s}":{{' + ",".join(f'"{k}":{v}' for k, v in sorted(body[s].items())) + "}"
+                             for s in sorted(body)) + "}"
+    text = "".join(f"[{s}]\n" + "".join(f"{k}={v}\n" for k, v in body[s].items()) + "\n" for s in body)
+    checksum = hashlib.sha1(as_json.encode(), usedforsecurity=False).hexdigest()
+    return text + f'[backrest]\nbackrest-checksum="{checksum}"\n'
+
+
+def pgbackrest_repo(root: Path, stanzas: list[str], days: int, end: datetime) -> Path:
+    """A pgBackRest repository (posix) holding, for each stanza, the same schedule as the drkit catalogs: a full
+    a day, four diffs on it, and two WAL segments each 15 minutes. pgBackRest takes one real full and one real
+    diff of a small cluster (the templates); the rest of backup.info is written from them, with the checksum
+    pgBackRest checks, and the archive gets an (empty) file per WAL segment. Returns its config file."""
+    from drkit.engines.postgres.lsn import DEFAULT_SEGMENT_SIZE as SEG
+    from drkit.engines.postgres.lsn import format_lsn, segment_name
+    from drkit.engines.postgres.pgctl import LocalCluster, free_port, make_owned_dir
+    from drkit.sandbox import default_bin_dir
+
+    base = root / "pgbr"
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o755)
+    for d in ("repo", "log", "lock", "spool"):
+        make_owned_dir(base / d, "postgres", 0o750)
+    os.chmod(base, 0o755)
+    conf, port, data = base / "pgbackrest.conf", free_port(), base / "pg"
+    conf.write_text(f"[global]\nrepo1-path={base / 'repo'}\nlog-path={base / 'log'}\nlock-path={base / 'lock'}\n"
+                    f"spool-path={base / 'spool'}\nlog-level-console=warn\nstart-fast=y\n"
+                    f"repo1-retention-full=9999\ncompress-type=zst\n"
+                    f"[template]\npg1-path={data}\npg1-port={port}\npg1-socket-path={data}\n")
+    pw = pwd.getpwnam("postgres")
+    os.chown(conf, pw.pw_uid, pw.pw_gid)
+    cluster = LocalCluster(data, port, default_bin_dir(), "postgres", log_file=base / "pg.log")
+    cluster.initdb(extra_conf="wal_level = replica\narchive_mode = on\n"
+                              f"archive_command = 'pgbackrest --config={conf} --stanza=template archive-push %p'\n")
+    cluster.start()
+    try:
+        for args in (["stanza-create"], ["backup", "--type=full"], ["backup", "--type=diff"]):
+            proc = subprocess.run(["runuser", "-u", "postgres", "--", "pgbackrest", f"--config={conf}",
+                                   "--stanza=template", *args], capture_output=True, text=True, cwd="/", check=False)
+            if proc.returncode:
+                raise SystemExit(f"pgbackrest {' '.join(args)} failed: {proc.stderr[-800:]}")
+    finally:
+        cluster.stop()
+    repo = base / "repo"
+    info = _ini((repo / "backup" / "template" / "backup.info").read_text())
+    templates = {json.loads(v)["backup-type"]: json.loads(v) for v in info["backup:current"].values()}
+    archive_info = (repo / "archive" / "template" / "archive.info").read_text()
+    start = end - timedelta(days=days)
+    for stanza in stanzas:
+        current: dict[str, str] = {}
+        wal = repo / "archive" / stanza / "15-1"
+        full_label = ""
+        for day in range(days):
+            for i in range(96):
+                slot = day * 96 + i
+                t = start + slot * SLOT
+                for seg in (2 * slot, 2 * slot + 1):
+                    name = segment_name(1, seg)
+                    (wal / name[:16]).mkdir(parents=True, exist_ok=True)
+                    (wal / name[:16] / f"{name}-{'0' * 40}.zst").touch()
+                kind = BASES.get(i // 4) if i % 4 == 0 else None
+                if kind is None or (kind == "diff" and not full_label):
+                    continue
+                began, ended = t + timedelta(minutes=5) - timedelta(minutes=20 if kind == "full" else 4), \
+                    t + timedelta(minutes=5)
+                entry = dict(templates[kind])
+                entry.update({"backup-archive-start": segment_name(1, 2 * slot),
+                              "backup-archive-stop": segment_name(1, 2 * slot),
+                              "backup-lsn-start": format_lsn(2 * slot * SEG + 0x28),
+                              "backup-lsn-stop": format_lsn(2 * slot * SEG + 0x100),
+                              "backup-timestamp-start": int(began.timestamp()),
+                              "backup-timestamp-stop": int(ended.timestamp())})
+                label = f"{began:%Y%m%d-%H%M%S}F"
+                if kind == "diff":
+                    entry.update({"backup-prior": full_label, "backup-reference": [full_label]})
+                    label = f"{full_label}_{began:%Y%m%d-%H%M%S}D"
+                else:
+                    full_label = label
+                current[label] = json.dumps(entry, separators=(",", ":"), sort_keys=True)
+        sections = {**info, "backup:current": current}
+        text = _info_text(sections)
+        for folder, name, content in ((repo / "backup" / stanza, "backup.info", text),
+                                      (repo / "archive" / stanza, "archive.info", archive_info)):
+            folder.mkdir(parents=True, exist_ok=True)
+            for suffix in ("", ".copy"):
+                (folder / f"{name}{suffix}").write_text(content)
+    shutil.rmtree(repo / "backup" / "template")
+    shutil.rmtree(repo / "archive" / "template")
+    return conf
+
+
 # -- measuring ------------------------------------------------------------------------------------------------
 
 
@@ -199,6 +324,8 @@ class World:
     listener_rss_mib: float = 0.0
     textfile: list[tuple[float, float, float]] = field(default_factory=list)  # wall, cpu, peak RSS MiB
     status: list[tuple[float, float, float]] = field(default_factory=list)
+    pgbackrest: Path | None = None  # the config of the peer's repository
+    peer: list[tuple[float, float, float]] = field(default_factory=list)  # pgbackrest info
 
     def write_policy(self, root: Path) -> None:
         closed = free_closed_port()
@@ -227,17 +354,18 @@ def drkit_env(policy: Path) -> dict[str, str]:
     return env
 
 
-def timed_process(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, float]:
-    """(wall s, user+sys s, peak RSS MiB) of ``drkit ARGS`` as a fresh process, under /usr/bin/time."""
+def timed_process(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, float, bytes]:
+    """(wall s, user+sys s, peak RSS MiB, stdout) of ``argv`` as a fresh process, under /usr/bin/time (its
+    own peak RSS, see "How peak RSS is measured" in bench/README.md)."""
     out = cwd / "time.out"
-    cmd = ["/usr/bin/time", "-o", str(out), "-f", "%e %U %S %M", sys.executable, "-m", "cli", *args]
+    cmd = ["/usr/bin/time", "-o", str(out), "-f", "%e %U %S %M", *argv]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, timeout=900, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode not in (0, 1):
-        raise SystemExit(f"drkit {' '.join(args)} failed ({proc.returncode}): {proc.stderr.decode()[-800:]}")
+        raise SystemExit(f"{' '.join(argv[:4])} failed ({proc.returncode}): {proc.stderr.decode()[-800:]}")
     _e, user, sys_s, rss_kib = out.read_text().split()[-4:]
-    return wall, float(user) + float(sys_s), int(rss_kib) / 1024
+    return wall, float(user) + float(sys_s), int(rss_kib) / 1024, proc.stdout
 
 
 def vm_hwm_mib(pid: int) -> float:
@@ -288,11 +416,22 @@ def measure_listener(w: World, scrapes: int, cwd: Path) -> None:
 
 def measure_processes(w: World, runs: int, cwd: Path) -> None:
     env = drkit_env(w.policy)
-    prom = cwd / f"{w.policy.stem}.prom"
-    timed_process(["status", "--json"], env, cwd)  # warm-up (page cache, .pyc)
-    for _ in range(runs):  # taking turns, so a busy moment costs both
-        w.textfile.append(timed_process(["metrics", "--textfile", str(prom)], env, cwd))
-        w.status.append(timed_process(["status", "--json"], env, cwd))
+    drkit = [sys.executable, "-m", "cli"]
+    textfile = [*drkit, "metrics", "--textfile", str(cwd / f"{w.policy.stem}.prom")]
+    status = [*drkit, "status", "--json"]
+    peer = ["pgbackrest", f"--config={w.pgbackrest}", "info", "--output=json"] if w.pgbackrest else None
+    timed_process(status, env, cwd)  # warm-up (page cache, .pyc)
+    if peer is not None:
+        stanzas = json.loads(timed_process(peer, env, cwd)[3])
+        backups = sum(len(s["backup"]) for s in stanzas)
+        if any(s["status"]["code"] for s in stanzas) or backups != w.rows["bases"]:
+            raise SystemExit(f"{w.name}: pgbackrest info shows {backups} backups, not {w.rows['bases']}: "
+                             f"{[s['status'] for s in stanzas][:3]}")
+    for _ in range(runs):  # taking turns, so a busy moment costs each the same
+        w.textfile.append(timed_process(textfile, env, cwd)[:3])
+        w.status.append(timed_process(status, env, cwd)[:3])
+        if peer is not None:
+            w.peer.append(timed_process(peer, env, cwd)[:3])
 
 
 def profile_collect(w: World, top: int = 18) -> str:
@@ -329,22 +468,33 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def _med(rows: list[tuple[float, float, float]], i: int) -> float:
+    return med([r[i] for r in rows])
+
+
+def _ratio(a: list[tuple[float, float, float]], b: list[tuple[float, float, float]]) -> str:
+    """The median of the run-by-run ratios of wall seconds (each pair ran back to back)."""
+    return f"{med([x[0] / y[0] for x, y in zip(a, b, strict=True)]):.2f}x" if a and b else "-"
+
+
 def report(worlds: list[World], scrapes: int, runs: int) -> bool:
-    print(f"\nscrape: GET /metrics on a running `drkit metrics --listen`, {scrapes} scrapes after a warm-up; "
-          f"process: a fresh `drkit ...` process, median of {runs} runs, CPU (user+sys) in brackets; "
-          "RSS: peak resident set (the listener's VmHWM after all scrapes; /usr/bin/time %M for processes)")
-    header = ["catalog", "backups/copies/audits", "scrape ms med/p95", "listener RSS", "--textfile s",
-              "status --json s", "textfile/status", "RSS textfile/status"]
+    print(f"\nscrape: GET /metrics on a running `drkit metrics --listen`, median / p95 of {scrapes} scrapes after a "
+          f"warm-up. Processes (a fresh process each, run in turn, median of {runs}): wall s, CPU s (user+sys) "
+          "in brackets. RSS: peak resident set (the listener's VmHWM after all scrapes; /usr/bin/time %M for "
+          "processes). pgbr: `pgbackrest info --output=json` on a repository of the same backups.")
+    header = ["catalog", "backups/copies/audits", "scrape ms", "listener RSS", "--textfile s", "status --json s",
+              "pgbr info s", "scrape/pgbr", "textfile/pgbr", "textfile/status", "RSS textfile/status/pgbr"]
     table = [header]
     for w in worlds:
-        tf, st = w.textfile, w.status
+        tf, st, pr = w.textfile, w.status, w.peer
+        scrape_s = med(w.scrape_ms) / 1000
         table.append([
             w.name, f"{w.rows['backups']}/{w.rows['copies']}/{w.rows['audit_events']}",
             f"{med(w.scrape_ms):.0f} / {p95(w.scrape_ms):.0f}", f"{w.listener_rss_mib:.0f} MiB",
-            f"{med([t[0] for t in tf]):.2f} ({med([t[1] for t in tf]):.2f})",
-            f"{med([t[0] for t in st]):.2f} ({med([t[1] for t in st]):.2f})",
-            f"{med([a[0] / b[0] for a, b in zip(tf, st, strict=True)]):.2f}x",
-            f"{med([t[2] for t in tf]):.0f}/{med([t[2] for t in st]):.0f} MiB",
+            f"{_med(tf, 0):.2f} ({_med(tf, 1):.2f})", f"{_med(st, 0):.2f} ({_med(st, 1):.2f})",
+            f"{_med(pr, 0):.3f} ({_med(pr, 1):.3f})" if pr else "-",
+            f"{scrape_s / _med(pr, 0):.1f}x" if pr else "-", _ratio(tf, pr), _ratio(tf, st),
+            f"{_med(tf, 2):.0f}/{_med(st, 2):.0f}/" + (f"{_med(pr, 2):.0f}" if pr else "-") + " MiB",
         ])
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for r in table:
@@ -374,7 +524,8 @@ def main() -> None:
     ap.add_argument("--fleet-days", type=int, default=90, help="days of each fleet database (default 90)")
     ap.add_argument("--only", choices=["year", "fleet"], help="measure one catalog only")
     ap.add_argument("--no-postgres", action="store_true", help="SQLite catalogs only")
-    ap.add_argument("--workers", type=int, default=2, help="processes writing the histories (default 2)")
+    ap.add_argument("--no-pgbackrest", action="store_true", help="no pgBackRest peer (it is skipped anyway when "
+                    "pgbackrest is not installed)")
     ap.add_argument("--profile", action="store_true", help="+ cProfile of one in-process collect per catalog")
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
     opts = ap.parse_args()
@@ -384,7 +535,7 @@ def main() -> None:
                                                         opts.fleet_days)}
     if opts.only:
         plans = {opts.only: plans[opts.only]}
-    sources = {name: histories(dbs, days, end.replace(hour=0), opts.workers) for name, (dbs, days) in plans.items()}
+    sources = {name: history(days, end.replace(hour=0)) for name, (_dbs, days) in plans.items()}
 
     root = Path(tempfile.mkdtemp(prefix="drkit-bench-metrics-"))
     cluster = None
@@ -392,6 +543,14 @@ def main() -> None:
     try:
         if not opts.no_postgres:
             cluster = start_postgres(root)
+        peers: dict[str, Path] = {}
+        if not opts.no_pgbackrest and shutil.which("pgbackrest"):
+            for name, (dbs, days) in plans.items():
+                t0 = time.perf_counter()
+                peers[name] = pgbackrest_repo(root / f"peer-{name}", dbs, days, end.replace(hour=0))
+                print(f"{name}: pgBackRest repository made in {time.perf_counter() - t0:.0f} s", flush=True)
+        else:
+            print("no pgBackRest peer (not installed, or --no-pgbackrest): drkit status --json is the only peer")
         for name, (dbs, _days) in plans.items():
             backends = [("SQLite", lambda n=name: f"sqlite:///{root / f'{n}.db'}")]
             if cluster is not None:
@@ -399,7 +558,8 @@ def main() -> None:
             for backend, url_of in backends:
                 url = url_of()
                 t0 = time.perf_counter()
-                w = World(f"{name} / {backend}", url, dbs, fill_catalog(url, sources[name]))
+                w = World(f"{name} / {backend}", url, dbs, fill_catalog(url, sources[name], dbs))
+                w.pgbackrest = peers.get(name)
                 print(f"{w.name}: catalog filled in {time.perf_counter() - t0:.0f} s ({w.rows})", flush=True)
                 w.write_policy(root)
                 worlds.append(w)
