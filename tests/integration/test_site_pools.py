@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -117,24 +118,34 @@ def test_each_sites_worker_backs_up_its_own_database_into_the_shared_catalog(
             _run([str(PREFECT), "work-pool", "create", f"drkit-{site}", "--type", "process"], env)
             _run([str(PREFECT), "work-queue", "create", "log", "--pool", f"drkit-{site}", "--priority", "1"], env)
         _run([str(PREFECT), "--no-prompt", "deploy", "--all", "--prefect-file", str(yaml_file)], env)
-        for site in SITES:
-            log = (scratch / f"worker-{site}.log").open("wb")
-            workers.append(subprocess.Popen(
-                [str(PREFECT), "worker", "start", "--pool", f"drkit-{site}", "--name", f"{site}-worker"],
-                cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True))
-            log.close()
 
         def worker_logs() -> str:
             return "\n".join((scratch / f"worker-{s}.log").read_text(errors="replace")[-2000:] for s in SITES)
 
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}), get_client(sync_client=True) as client:
-            # the log backups' queue is ahead of the default one in each site's pool
+            # the log backups' queue is ahead of the default one in each site's pool: of two due runs, a
+            # worker is handed the log backup first, though the full was due earlier
             for site in SITES:
                 queues = {q.name: q.priority for q in client.read_work_queues(work_pool_name=f"drkit-{site}")}
                 assert queues["log"] < queues["default"], queues
             deployment = client.read_deployment_by_name("log-backup/orders-log")
             assert (deployment.work_pool_name, deployment.work_queue_name) == ("drkit-east", "log")
+            due = [client.create_flow_run_from_deployment(
+                client.read_deployment_by_name(name).id) for name in ("full-backup/orders-full",
+                                                                       "log-backup/orders-log")]
+            handed = [r.flow_run.id for r in client.get_scheduled_flow_runs_for_work_pool(
+                "drkit-east", scheduled_before=datetime.now(UTC) + timedelta(seconds=5))]
+            assert [i for i in handed if i in {r.id for r in due}] == [due[1].id, due[0].id]
+            for r in due:
+                client.delete_flow_run(r.id)  # not for the workers
+
+            for site in SITES:
+                log = (scratch / f"worker-{site}.log").open("wb")
+                workers.append(subprocess.Popen(
+                    [str(PREFECT), "worker", "start", "--pool", f"drkit-{site}", "--name", f"{site}-worker"],
+                    cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True))
+                log.close()
 
             started: dict[str, UUID] = {}
             for site, db in SITES.items():  # both at once, each through the API
