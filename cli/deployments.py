@@ -16,7 +16,7 @@ def deployments(
     pool: Annotated[str | None, typer.Option(
         "--pool", help="put every deployment on this one work pool (default: each on its site's pool)")] = None,
 ) -> None:
-    """prefect.yaml for a process work pool: every scheduled and on-demand deployment of the policy."""
+    """prefect.yaml for process work pools: every scheduled and on-demand deployment of the policy, each on its pool."""
     def run() -> str:
         from deployments.prefect_yaml import config_reference, render, write
         from deployments.serve import deployment_specs
