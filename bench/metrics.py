@@ -321,6 +321,7 @@ class World:
     policy: Path = field(init=False)
     scrape_ms: list[float] = field(default_factory=list)
     body_bytes: int = 0
+    scrape_cpu_s: float = 0.0  # the listener's CPU seconds per scrape (mean)
     listener_rss_mib: float = 0.0
     textfile: list[tuple[float, float, float]] = field(default_factory=list)  # wall, cpu, peak RSS MiB
     status: list[tuple[float, float, float]] = field(default_factory=list)
@@ -368,6 +369,12 @@ def timed_process(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[floa
     return wall, float(user) + float(sys_s), int(rss_kib) / 1024, proc.stdout
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def vm_hwm_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -394,6 +401,8 @@ def measure_listener(w: World, scrapes: int, cwd: Path) -> None:
                                      f"{proc.stderr.read().decode()[-800:] if proc.stderr else ''}") from None
                 time.sleep(0.1)
         for i in range(scrapes + 1):
+            if i == 1:
+                cpu0 = cpu_seconds(proc.pid)
             t0 = time.perf_counter()
             with urllib.request.urlopen(f"{url}/metrics", timeout=120) as resp:  # noqa: S310
                 body = resp.read()
@@ -404,6 +413,7 @@ def measure_listener(w: World, scrapes: int, cwd: Path) -> None:
         if f'drkit_rpo_seconds{{database="{w.dbs[0]}"}}'.encode() not in body:
             raise SystemExit(f"{w.name}: no RPO for {w.dbs[0]}: the generated chain does not plan")
         w.body_bytes = len(body)
+        w.scrape_cpu_s = (cpu_seconds(proc.pid) - cpu0) / scrapes
         w.listener_rss_mib = vm_hwm_mib(proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -479,9 +489,10 @@ def _ratio(a: list[tuple[float, float, float]], b: list[tuple[float, float, floa
 
 def report(worlds: list[World], scrapes: int, runs: int) -> bool:
     print(f"\nscrape: GET /metrics on a running `drkit metrics --listen`, median / p95 of {scrapes} scrapes after a "
-          f"warm-up. Processes (a fresh process each, run in turn, median of {runs}): wall s, CPU s (user+sys) "
-          "in brackets. RSS: peak resident set (the listener's VmHWM after all scrapes; /usr/bin/time %M for "
-          "processes). pgbr: `pgbackrest info --output=json` on a repository of the same backups.")
+          f"warm-up (the listener's CPU s per scrape in brackets). Processes (a fresh process each, run in turn, "
+          f"median of {runs}): wall s, CPU s (user+sys) in brackets. RSS: peak resident set (the listener's "
+          "VmHWM after all scrapes; /usr/bin/time %M for processes). pgbr: `pgbackrest info --output=json` on a "
+          "repository of the same backups.")
     header = ["catalog", "backups/copies/audits", "scrape ms", "listener RSS", "--textfile s", "status --json s",
               "pgbr info s", "scrape/pgbr", "textfile/pgbr", "textfile/status", "RSS textfile/status/pgbr"]
     table = [header]
@@ -490,7 +501,7 @@ def report(worlds: list[World], scrapes: int, runs: int) -> bool:
         scrape_s = med(w.scrape_ms) / 1000
         table.append([
             w.name, f"{w.rows['backups']}/{w.rows['copies']}/{w.rows['audit_events']}",
-            f"{med(w.scrape_ms):.0f} / {p95(w.scrape_ms):.0f}", f"{w.listener_rss_mib:.0f} MiB",
+            f"{med(w.scrape_ms):.0f} / {p95(w.scrape_ms):.0f} ({w.scrape_cpu_s:.2f})", f"{w.listener_rss_mib:.0f} MiB",
             f"{_med(tf, 0):.2f} ({_med(tf, 1):.2f})", f"{_med(st, 0):.2f} ({_med(st, 1):.2f})",
             f"{_med(pr, 0):.3f} ({_med(pr, 1):.3f})" if pr else "-",
             f"{scrape_s / _med(pr, 0):.1f}x" if pr else "-", _ratio(tf, pr), _ratio(tf, st),
