@@ -47,9 +47,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration,
 
 @pytest.fixture
 def ui_server() -> Iterator[PrefectProcess]:
+    """A Prefect server with its UI, not started yet: the test starts it once its rows before the target are in."""
     server = PrefectProcess(ui=True)
     try:
-        server.start()
         yield server
     finally:
         server.close()
@@ -96,14 +96,12 @@ def test_point_in_time_restore_from_the_deployment_run_form(sandbox: Sandbox, sc
     try:
         open_engine(rt, "app").take_backup("full")
         _insert(sandbox.dsn, 1, 2, 3)
-        # the picker chooses minutes: the target is the next whole minute, the last row comes after it
-        target = (_now(sandbox.dsn) + timedelta(minutes=1)).replace(second=0, microsecond=0)
-        while _now(sandbox.dsn) < target + timedelta(seconds=1):
-            time.sleep(0.2)
-        _insert(sandbox.dsn, 4)
-        open_engine(rt, "app").take_backup("log")
     finally:
         rt.close()
+    # the picker chooses minutes: the target is the next whole minute, the last row comes after it. The
+    # servers start while that minute runs out, so little of it is left to wait for.
+    target = (_now(sandbox.dsn) + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    ui_server.start()
 
     log = (scratch / "serve.log").open("wb")
     serve = subprocess.Popen([str(DRKIT), "--config", str(policy), "serve"], cwd=ROOT, env=env,
@@ -114,6 +112,14 @@ def test_point_in_time_restore_from_the_deployment_run_form(sandbox: Sandbox, sc
     ok = False
     try:
         deployment_id = _wait_for_deployment("restore-point-in-time/app-restore", ui_server.api_url)
+        while _now(sandbox.dsn) < target + timedelta(seconds=1):
+            time.sleep(0.2)
+        _insert(sandbox.dsn, 4)
+        rt = Runtime(load_policy(policy), environ=sandbox.environ())
+        try:
+            open_engine(rt, "app").take_backup("log")
+        finally:
+            rt.close()
         ui = subprocess.run(
             ["node", str(RESTORE_JS), ui_server.url, deployment_id, str(into),
              target.astimezone(UTC).strftime("%Y-%m-%dT%H:%M"), str(shots)],
