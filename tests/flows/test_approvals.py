@@ -174,12 +174,12 @@ def test_any_approver_rejecting_settles_it_and_a_spent_code_is_refused_in_anothe
 
 
 def test_too_few_approvals_before_the_timeout_switch_nothing(config: str) -> None:
-    thread, out, run_id = _start("late", config, timeout=20)
+    thread, out, run_id = _start("late", config, timeout=10)
     assert answer(run_id, approve=True, approver=ALICE, reason="go")["verdict"] == "recorded"
     thread.join(120)
     assert out["state"].is_failed()
     timeouts = [d["outcome"] for action, _, d in _audit(config) if action == "failover.timeout"]
-    assert timeouts == [f"only 1 of 2 approvals ({ALICE}) within 0:00:20; nothing was switched"]
+    assert timeouts == [f"only 1 of 2 approvals ({ALICE}) within 0:00:10; nothing was switched"]
 
 
 def _on_a_terminal(config: str, args: list[str], typed: str) -> tuple[int, str]:
