@@ -20,7 +20,7 @@ from drkit.config import load_policy
 from drkit.runtime import Runtime
 from drkit.sandbox import KEY_ENV, Sandbox
 from tests.support.policies import policy_variant
-from tests.support.prefect_process import PrefectProcess, running_prefect_server
+from tests.support.prefect_process import PrefectProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -30,8 +30,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[PrefectProcess]:
-    with running_prefect_server() as s:
+    # the server looks for lapsed leases every second (Prefect's default: 15 s), so a dead holder's slot
+    # comes back soon after its lease runs out
+    s = PrefectProcess(server_env={"PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "1"})
+    try:
+        s.start()
         yield s
+    finally:
+        s.close()
 
 
 @pytest.fixture
