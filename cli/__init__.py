@@ -2,22 +2,29 @@
 
 It sits above ``deployments``/``flows``: commands that change something run flows; read-only ones read the
 catalog through ``drkit``. Each module registers one group of commands on :data:`cli.common.app`, in the order
-``drkit --help`` lists them.
+``drkit --help`` lists them. ``from cli import app`` imports them all; ``import cli.entry`` (the ``drkit``
+command) or ``cli.warm`` alone imports none, so a command the warm process runs costs this process no typer.
 """
-# ruff: noqa: I001, F401  (the order of these imports is the order of the commands in --help)
 
-import cli.backups
-import cli.restore
-import cli.drill
-import cli.catalog
-import cli.dr
-import cli.replica
-import cli.approvals
-import cli.status
-import cli.metrics
-import cli.deployments
-import cli.service
-import cli.server
-from cli.common import app
+from __future__ import annotations
+
+TYPE_CHECKING = False  # (not typing's: importing typing costs the `drkit` process that only delegates)
+if TYPE_CHECKING:
+    from cli.common import app
+
+_COMMANDS = ("backups", "restore", "drill", "catalog", "dr", "replica", "approvals", "status", "metrics",
+             "deployments", "service", "server")  # the order of the commands in --help
 
 __all__ = ["app"]
+
+
+def __getattr__(name: str) -> object:
+    if name != "app":
+        raise AttributeError(f"module 'cli' has no attribute {name!r}")
+    import importlib
+
+    for module in _COMMANDS:
+        importlib.import_module(f"cli.{module}")
+    from cli.common import app
+    globals()["app"] = app
+    return app

@@ -1,5 +1,5 @@
 """``python -m cli``: the same as the ``drkit`` command."""
 
-from cli import app
+from cli.entry import main
 
-app()
+main()

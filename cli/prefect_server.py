@@ -265,6 +265,9 @@ def stop_local_server(home: Path, timeout: float = 20.0) -> LocalServer | None:
 # -- flow commands -------------------------------------------------------------------------------------
 
 
+fresh_settings = False
+"""True in a command's process forked by the warm process (cli.warm): Prefect is imported, but its settings are
+the command's own environment's, as in a process of its own."""
 _KEPT: list[Any] = []  # the settings context entered for the rest of the command (collected, it would exit)
 
 
@@ -285,8 +288,9 @@ def connect_prefect(policy_dir: Callable[[], Path], announce: Callable[[str], No
     With no API URL configured, Prefect is pointed at the local server beside the policy file (started if it
     is not running; a command with no policy file reports that itself). In a fresh process, the one that
     imports Prefect here, flow runs also send no heartbeats. A process that imported Prefect already (a
-    test, or a second command in one process) keeps the settings it has."""
-    if "prefect" in sys.modules:
+    test, or a second command in one process) keeps the settings it has; a command of the warm process
+    (``fresh_settings``) is set up as a fresh process."""
+    if "prefect" in sys.modules and not fresh_settings:
         return
     if not configured_api_url():
         try:
@@ -295,6 +299,9 @@ def connect_prefect(policy_dir: Callable[[], Path], announce: Callable[[str], No
             home = None
         if home is not None:
             os.environ["PREFECT_API_URL"] = ensure_local_server(home, announce=announce).url
+            if "prefect" in sys.modules:  # the warm process's command: Prefect's settings were read already
+                from prefect.context import refresh_global_settings_context
+                refresh_global_settings_context()
     _quiet_heartbeats()
 
 

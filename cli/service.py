@@ -11,6 +11,7 @@ from cli.common import (
     app,
     config_path,
     guard,
+    policy_dir,
     use_prefect,
 )
 
@@ -25,6 +26,9 @@ def serve() -> None:
     """Every deployment: backups on their schedules, runbooks on demand (needs PREFECT_API_URL)."""
     def run() -> None:
         use_prefect()
+        from cli.prefect_server import LOCAL_DIR
+        from cli.warm import start_warm
+        start_warm(policy_dir() / LOCAL_DIR, with_parent=True)  # ends with this process
         from deployments.serve import serve_all
         serve_all(config_path())
     guard(run)

@@ -88,3 +88,51 @@ def test_catalog_readers_import_no_database_driver(policy: Path, args: list[str]
                                                       "drkit.engines.postgres.verify"))
     assert code in (0, 1, None)
     assert loaded == []
+
+
+def test_policy_without_sqlserver_imports_no_sqlserver_settings(policy: Path) -> None:
+    """The SQL Server settings model (and its T-SQL builders) is loaded only by a policy with a sqlserver block."""
+    code, loaded = loaded_by(policy, "status", watched=("drkit.engines.sqlserver.settings", "drkit.config"))
+    assert code in (0, 1, None)
+    assert loaded == ["drkit.config"]
+
+
+DELEGATE = """
+import json, os, sys
+from cli.warm import delegate
+status = delegate(sys.argv[1:])
+watched = os.environ["WATCHED"].split(",")
+print(json.dumps({"status": status, "loaded": sorted(m for m in watched if m in sys.modules)}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [["backup", "full", "app"], ["status"], ["backups", "app"]])
+def test_the_drkit_process_tries_the_warm_process_before_importing_anything(policy: Path, args: list[str]) -> None:
+    """`drkit` (cli.entry) asks the warm process first: with none running the command runs in its own process,
+    and until then nothing but the standard library was imported (no typer, rich, pydantic, policy, Prefect)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DRKIT_"))}
+    env["WATCHED"] = "typer,click,rich,pydantic,yaml,drkit.config,prefect,typing"
+    proc = subprocess.run([sys.executable, "-c", DELEGATE, "--config", str(policy), *args], capture_output=True,
+                          text=True, env=env, timeout=120, check=False)
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert report == {"status": None, "loaded": []}
+
+
+def test_the_warm_process_finds_the_local_server_directory() -> None:
+    from cli.prefect_server import LOCAL_DIR
+    from cli.warm import LOCAL_DIR as WARM_LOCAL_DIR
+    assert WARM_LOCAL_DIR == LOCAL_DIR
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["backup", "full", "app"], ("backup", None)),
+    (["--config", "/p/d.yaml", "-v", "status"], ("status", "/p/d.yaml")),
+    (["--config=/p/d.yaml", "backups", "app"], ("backups", "/p/d.yaml")),
+    (["--help"], (None, None)),
+    (["-v", "--help", "status"], (None, None)),
+    ([], (None, None)),
+])
+def test_the_client_reads_the_command_and_policy_from_argv(args: list[str], expected: tuple[str | None, str | None]
+                                                            ) -> None:
+    from cli.warm import _command_and_config
+    assert _command_and_config(args) == expected
