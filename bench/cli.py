@@ -15,8 +15,14 @@ records it (the top-level flow run's start to end) and the command's overhead ov
 * "no URL": PREFECT_API_URL is not set: the first command starts drkit's local server (its time is shown
   apart) and later commands reuse it.
 
-The last column is before/after: the command's seconds for read-only commands, the overhead for backups.
-Without --before, "before" is RECORDED_BEFORE: 8b9ec26 measured by this script at a quiet moment.
+The "after" side runs each command in its own process (DRKIT_WARM=0); the "warm" side runs the same commands
+on the same world through a warm process (cli/warm.py, what `drkit server start` starts), whose command process's
+CPU seconds (from its log) are added to the client's. Both run a copy of the tree made at the start, so edits
+to the tree while the bench runs cannot make the warm process stale; every warm run is checked to have gone
+through it.
+
+The last columns are before/after and before/warm: the command's seconds for read-only commands, the overhead
+for backups. Without --before, "before" is RECORDED_BEFORE: 8b9ec26 measured by this script at a quiet moment.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import sqlite3
@@ -41,6 +48,7 @@ from pathlib import Path
 import psycopg
 
 from cli.prefect_server import LOCAL_DIR, ensure_local_server, stop_local_server
+from cli.warm import LOG_NAME, PACKAGES, WARM_DIR, start_warm, stop_warm
 from drkit.sandbox import KEY_ENV, Sandbox, create_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +66,33 @@ class Side:
     sandbox: Sandbox
     module: str  # "cli" or "drkit.cli"
     pythonpath: str | None
+    warm: bool = False  # through the warm process (else DRKIT_WARM=0 for a tree that has one)
+
+    @property
+    def warm_log(self) -> Path:
+        return self.sandbox.root / LOCAL_DIR / WARM_DIR / LOG_NAME
+
+    def start_warm(self, env: dict[str, str]) -> None:
+        """A warm process on this side's world, started with ``env`` (as `drkit server start` would be)."""
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(env)
+        try:
+            pid = start_warm(self.sandbox.root / LOCAL_DIR)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        deadline = time.monotonic() + 300
+        while not re.search(rf"^warm: ready in .* s, pid {pid},", self._log_since(0), re.MULTILINE):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the warm process did not start: {self._log_since(0)}")
+            time.sleep(0.2)
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            return self.warm_log.read_text()[offset:]
+        except FileNotFoundError:
+            return ""
 
     def env(self, api_url: str | None, prefect_home: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -70,6 +105,8 @@ class Side:
             env["PREFECT_API_URL"] = api_url
         if self.pythonpath:
             env["PYTHONPATH"] = self.pythonpath
+        if not self.warm:
+            env["DRKIT_WARM"] = "0"
         return env
 
     def run(self, args: list[str], env: dict[str, str]) -> float:
@@ -77,6 +114,7 @@ class Side:
 
     def timed(self, args: list[str], env: dict[str, str]) -> tuple[float, float]:
         """(wall seconds, CPU seconds of the process and its children, user + system)."""
+        offset = len(self._log_since(0))
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", self.module, *args], cwd=self.sandbox.root, env=env,
@@ -86,6 +124,11 @@ class Side:
         cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         if proc.returncode not in (0, 1) or (args[0] == "backup" and proc.returncode):
             raise SystemExit(f"{self.name}: drkit {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-800:]}")
+        if self.warm and args[0] != "--help":  # the command's process is the warm process's child, not ours
+            ran = re.findall(r" drkit \S+: exit \d+ after [\d.]+ s, cpu ([\d.]+) s", self._log_since(offset))
+            if len(ran) != 1:
+                raise SystemExit(f"{self.name}: drkit {' '.join(args)} did not go through the warm process")
+            cpu += float(ran[0])
         return seconds, cpu
 
 
@@ -129,7 +172,11 @@ def main() -> None:
 
     base = Path(tempfile.mkdtemp(prefix="drkit-bench-cli-"))
     os.chmod(base, 0o755)
-    sides = [Side("after", make_world(base / "after"), "cli", None)]
+    code = base / "code"  # this tree as it is now
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, code / package, ignore=shutil.ignore_patterns("__pycache__"))
+    after = Side("after", make_world(base / "after"), "cli", str(code))
+    sides = [after, Side("warm", after.sandbox, "cli", str(code), warm=True)]
     if opts.before:
         module = "cli" if (opts.before / "cli" / "__main__.py").exists() else "drkit.cli"
         sides.insert(0, Side("before", make_world(base / "before"), module, str(opts.before.resolve())))
@@ -139,7 +186,8 @@ def main() -> None:
     shown: dict[str, dict[str, str]] = {}  # command -> side -> what the table shows
     try:
         quiet = {side.name: side.env(None, base / f"{side.name}-prefect-home") for side in sides}
-        for side in sides:
+        sides[-1].start_warm(quiet["warm"])
+        for side in sides[:-1]:  # (warm shares after's world)
             side.run(["backups", "app"], quiet[side.name])  # the first command creates (migrates) the catalog
             side.run(["backup", "full", "app"], side.env(server.url, base / "unused"))  # something to list
         for args in READ_ONLY:
@@ -177,14 +225,15 @@ def main() -> None:
             return url_file.read_text().strip() if url_file.exists() else None
 
         no_url = {side.name: side.env(None, base / f"{side.name}-no-url-home") for side in sides}
-        first = {side.name: side.run(["backup", "full", "app"], no_url[side.name]) for side in sides}
+        first = {side.name: side.run(["backup", "full", "app"], no_url[side.name]) for side in sides
+                 if not side.warm}  # (warm: the server after's first command started)
         backups(NO_URL, no_url, local_url, lambda side: base / f"{side.name}-no-url-home" / "prefect.db", first)
         for side in sides:
             print(side.name, json.dumps({k: v.get(side.name) for k, v in shown.items()}), flush=True)
-            stop_local_server(side.sandbox.root / LOCAL_DIR)
     finally:
         stop_local_server(server_home)
-        for side in sides:
+        for side in sides[:-1]:
+            stop_warm(side.sandbox.root / LOCAL_DIR)
             stop_local_server(side.sandbox.root / LOCAL_DIR)
             side.sandbox.stop()
         if not opts.keep:
@@ -194,15 +243,17 @@ def main() -> None:
     if recorded:  # the figures measured before this work, on this machine
         for command, value in RECORDED_BEFORE.items():
             seconds.setdefault(command, {})["before"] = value
-            shown.setdefault(command, {})["before"] = f"{value:.2f}" + (" (overhead)" if command.startswith("backup")
+            shown.setdefault(command, {})["before"] = f"{value:.2f}" + (" (overhead)" if command.startswith("backup ")
                                                                           else "")
     print(f"\nwhole-process seconds, median of {opts.runs} (read-only) / {opts.backups} (backup) runs"
           + ("; before: RECORDED_BEFORE (8b9ec26)" if recorded else ""))
-    header = ["command", "before", "after", "before/after"]
+    header = ["command", "before", "after", "warm", "before/after", "before/warm", "after/warm"]
     table = [header]
     for command, by_side in shown.items():
-        ratio = seconds[command]["before"] / seconds[command]["after"] if seconds[command].get("after") else 0
-        table.append([f"drkit {command}", by_side.get("before", ""), by_side.get("after", ""), f"{ratio:.1f}x"])
+        ratios = [f"{seconds[command][a] / seconds[command][b]:.1f}x" if seconds[command].get(b) else ""
+                  for a, b in (("before", "after"), ("before", "warm"), ("after", "warm"))]
+        table.append([f"drkit {command}", by_side.get("before", ""), by_side.get("after", ""),
+                      by_side.get("warm", ""), *ratios])
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
