@@ -593,7 +593,7 @@ def ag_local_lag(group: str) -> Batch:
         "       DB_NAME(drs.database_id) AS database_name,\n"
         "       drs.synchronization_state_desc, drs.is_suspended, drs.log_send_queue_size,\n"
         "       drs.redo_queue_size, drs.last_commit_time, SYSUTCDATETIME() AS utc_now,\n"
-        "       DATEDIFF(minute, SYSUTCDATETIME(), SYSDATETIME()) AS utc_offset_minutes\n"
+        "       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes\n"
         "  FROM sys.availability_groups AS ag\n"
         "  JOIN sys.availability_replicas AS ar ON ar.group_id = ag.group_id\n"
         "  JOIN sys.dm_hadr_availability_replica_states AS ars\n"

@@ -8,7 +8,7 @@ SELECT ar.replica_server_name, ars.role_desc, ars.connected_state_desc,
        DB_NAME(drs.database_id) AS database_name,
        drs.synchronization_state_desc, drs.is_suspended, drs.log_send_queue_size,
        drs.redo_queue_size, drs.last_commit_time, SYSUTCDATETIME() AS utc_now,
-       DATEDIFF(minute, SYSUTCDATETIME(), SYSDATETIME()) AS utc_offset_minutes
+       DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS utc_offset_minutes
   FROM sys.availability_groups AS ag
   JOIN sys.availability_replicas AS ar ON ar.group_id = ag.group_id
   JOIN sys.dm_hadr_availability_replica_states AS ars
