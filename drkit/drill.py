@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from drkit.errors import DrkitError, safe_summary
 from drkit.verify import CheckResult
 
 COMPLETED = "drill.completed"
@@ -131,16 +132,25 @@ class DrillResult:
         return "\n".join(lines)
 
 
+def failure_text(error: BaseException | str) -> str:
+    """What the audit, the report and the notification say of a failed drill: a drkit error's own message;
+    of any other exception only its class and where it was raised (a library's message may hold a secret,
+    and the catalog, artifacts and notifications hold none). The run's log keeps the whole traceback."""
+    if isinstance(error, DrkitError):
+        return str(error)[:1000]
+    return safe_summary(error) if isinstance(error, BaseException) else error[:1000]
+
+
 def failed_detail(error: BaseException | str) -> dict[str, Any]:
     """The ``drill.failed`` audit detail."""
-    return {"error": str(error)[:1000]}
+    return {"error": failure_text(error)}
 
 
 def failed_markdown(database: str, started: datetime, error: BaseException | str,
                     checks: Sequence[CheckResult] = ()) -> str:
     """The report of a drill that produced no writable, validated copy."""
     lines = [f"# DR drill of {database}: **FAILED**", "",
-             f"**Error:** {error}", "",
+             f"**Error:** {failure_text(error)}", "",
              f"* started: {started.isoformat(timespec='seconds')}",
              "* no writable, validated copy: RTO and RPO were not measured",
              "* the scratch copy was removed after the drill"]

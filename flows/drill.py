@@ -68,7 +68,7 @@ def dr_drill(db: str, config: str | None = None) -> dict[str, Any]:
         record(db, drill.FAILED, ACTOR, drill.failed_detail(exc), config)
         publish_drill_report(db, drill.failed_markdown(db, started, exc, checks), f"DR drill of {db}: FAILED")
         notify(drill.EVENT_FAILED, f"drkit: the DR drill of {db} failed",
-               f"database: {db}\nno writable, validated copy could be restored: {exc}\n"
+               f"database: {db}\nno writable, validated copy could be restored: {drill.failure_text(exc)}\n"
                "see the README's 'DR drills' section for what to do", config)
         raise
     finally:

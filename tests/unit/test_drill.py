@@ -10,7 +10,7 @@ import pytest
 from deployments.serve import DRILL, deployment_specs
 from drkit.config import parse_policy
 from drkit.drill import DrillResult, failed_checks_error, failed_detail, failed_markdown, notice
-from drkit.errors import ConfigError
+from drkit.errors import ConfigError, RestorePlanError
 from drkit.verify import CheckResult
 
 START = datetime(2026, 12, 6, 3, 0, tzinfo=UTC)
@@ -55,7 +55,10 @@ def test_the_audit_detail_has_exactly_the_keys_the_metrics_exporter_reads() -> N
     assert detail == {"rto_seconds": 300.0, "rpo_seconds": 600.0, "rto_target_seconds": 0.001,
                       "rpo_target_seconds": 1800.0, "met": False, "backup_id": "orders-full-1",
                       "reached": "2026-12-06T02:50:00+00:00"}
-    assert failed_detail(RuntimeError("no full backup")) == {"error": "no full backup"}
+    assert failed_detail(RestorePlanError("no full backup")) == {"error": "no full backup"}
+    # Another library's message may carry a secret: the catalog keeps only its class and where it was raised.
+    leaked = failed_detail(RuntimeError("connection to postgresql://drkit:hunter2@db failed"))
+    assert "hunter2" not in leaked["error"] and "RuntimeError" in leaked["error"]
 
 
 def test_the_report_shows_figures_targets_verdict_and_the_checks() -> None:
