@@ -18,7 +18,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -26,6 +26,7 @@ from drkit.catalog.records import (
     RESTORABLE_STATUSES,
     AuditRecord,
     BackupRecord,
+    BackupTally,
     CopyRecord,
     EndpointRecord,
     HoldRecord,
@@ -271,9 +272,76 @@ class SqliteReader:
                                 [backup_id]).fetchall()
         return [_hold((*row, database)) for row in rows]
 
+    # -- what the metrics and ``drkit status`` need, asked of the database (see drkit.status) -------------
+
+    def newest_backup(self, database: str, kind: str) -> BackupRecord | None:
+        """The restorable backup of ``kind`` that ends last (``end_time``, else ``started_at``; ties: the
+        later start, then the larger id)."""
+        params: list[Any] = [database, kind]
+        sql = (_select("backups", _BACKUP_COLUMNS) + ' WHERE "database" = ? AND kind = ? AND '
+               + _in("status", RESTORABLE_STATUSES, params)
+               + " ORDER BY COALESCE(end_time, started_at) DESC, started_at DESC, id DESC LIMIT 1")
+        return self._first(sql, params, _backup)
+
+    def backup_tallies(self, database: str) -> list[BackupTally]:
+        """The database's backups counted per kind and status, with their latest start and end."""
+        sql = ('SELECT kind, status, COUNT(*), MAX(started_at), MAX(end_time) FROM backups'
+               ' WHERE "database" = ? GROUP BY kind, status ORDER BY kind, status')
+
+        def tally(row: tuple[Any, ...]) -> BackupTally:
+            times = _decode(("started_at", "end_time"), row[3:])
+            return BackupTally(row[0], row[1], int(row[2]), times["started_at"], times["end_time"])
+        return self._all(sql, [database], tally)
+
+    def stored_bytes_by_tier(self, database: str) -> dict[str, int]:
+        """Bytes of the database's complete copies, summed per tier."""
+        sql = ('SELECT c.tier, SUM(c.stored_bytes) FROM copies c JOIN backups b ON b.id = c.backup_id'
+               ' WHERE b."database" = ? AND c.status = ? GROUP BY c.tier')
+        return dict(self._all(sql, [database, "complete"], lambda row: (str(row[0]), int(row[1] or 0))))
+
+    def chain_scope(self, database: str, tier_order: Iterable[str],
+                    margin: timedelta) -> tuple[list[BackupRecord], list[CopyRecord]] | None:
+        """The backups (as :meth:`list_backups` orders them) and their copies from ``margin`` before the start
+        of the newest restorable full with a complete copy in ``tier_order`` onward; None without such a full."""
+        params: list[Any] = [database, "full"]
+        anchor_sql = ('SELECT b.started_at FROM backups b WHERE b."database" = ? AND b.kind = ? AND '  # noqa: S608
+                      + _in("b.status", RESTORABLE_STATUSES, params) + " AND b.end_time IS NOT NULL AND EXISTS"
+                      " (SELECT 1 FROM copies c WHERE c.backup_id = b.id AND c.status = ? AND ")
+        params.append("complete")
+        anchor_sql += _in("c.tier", tier_order, params) + ") ORDER BY b.end_time DESC LIMIT 1"
+        with self._read() as conn:
+            row = conn.execute(anchor_sql, params).fetchone()
+            if row is None:
+                return None
+            since = _decode(("started_at",), row)["started_at"] - margin
+            text = since.astimezone(UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+            where = ' WHERE b."database" = ? AND (b.started_at >= ? OR b.end_time >= ?)'
+            backups = conn.execute(_select("backups", _BACKUP_COLUMNS, "b") + where
+                                   + " ORDER BY b.started_at DESC, b.id DESC", [database, text, text]).fetchall()
+            copies = conn.execute(_select("copies", _COPY_COLUMNS, "c") + " JOIN backups b ON b.id = c.backup_id"
+                                  + where + " ORDER BY c.backup_id, c.id", [database, text, text]).fetchall()
+        return [_backup(r) for r in backups], [_copy(r) for r in copies]
+
+    def newest_audit(self, database: str, actions: Iterable[str]) -> AuditRecord | None:
+        """The database's audit event of one of ``actions`` that is newest by time (ties: the larger id)."""
+        params: list[Any] = [database]
+        sql = (_select("audit_events", _AUDIT_COLUMNS) + ' WHERE "database" = ? AND ' + _in("action", actions, params)
+               + " ORDER BY at DESC, id DESC LIMIT 1")
+        return self._first(sql, params, _audit)
+
+    def recent_audits(self, database: str, action: str, limit: int | None) -> list[AuditRecord]:
+        """The database's last ``limit`` (None: all) audit events of ``action``, newest (largest id) first."""
+        sql = _select("audit_events", _AUDIT_COLUMNS) + ' WHERE "database" = ? AND action = ? ORDER BY id DESC'
+        params: list[Any] = [database, action]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return self._all(sql, params, _audit)
+
 
 _READS = frozenset({"get", "list_backups", "latest", "copies", "all_copies", "latest_audit", "audit_events",
-                    "get_endpoint", "active_holds", "hold_history"})
+                    "get_endpoint", "active_holds", "hold_history", "newest_backup", "backup_tallies",
+                    "stored_bytes_by_tier", "chain_scope", "newest_audit", "recent_audits"})
 
 
 class ReadFirstCatalog:

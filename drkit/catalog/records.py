@@ -155,3 +155,16 @@ class EndpointRecord:
         return {"database": self.database, "side": self.side, "endpoint": self.dsn_hint, "active": self.role,
                 "data_dir": self.data_dir, "updated_at": self.updated_at.isoformat(),
                 "updated_by": self.updated_by}
+
+
+@dataclass(frozen=True)
+class BackupTally:
+    """One database's backups of one kind and status, counted by the catalog (``GROUP BY kind, status``)."""
+
+    kind: str
+    status: str
+    count: int
+    newest_start: datetime | None
+    """The latest ``started_at`` among them."""
+    newest_end: datetime | None
+    """The latest ``end_time`` among them (None when none has one)."""

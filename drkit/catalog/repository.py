@@ -21,11 +21,11 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, select, text
+from sqlalchemy import URL, Connection, Engine, create_engine, event, func, make_url, or_, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
@@ -49,6 +49,7 @@ from drkit.catalog.records import (
     RESTORABLE_STATUSES,
     AuditRecord,
     BackupRecord,
+    BackupTally,
     CopyRecord,
     EndpointRecord,
     HoldRecord,
@@ -730,6 +731,80 @@ class Catalog:
             query = query.where(AuditEvent.database == database)
         if action is not None:
             query = query.where(AuditEvent.action == action)
+        with self._session(write=False) as session:
+            return [_audit_record(row) for row in session.scalars(query)]
+
+    # -- what the metrics and ``drkit status`` need, asked of the database (as drkit.catalog.reader) --------
+
+    def newest_backup(self, database: str, kind: str) -> BackupRecord | None:
+        """The restorable backup of ``kind`` that ends last (``end_time``, else ``started_at``; ties: the
+        later start, then the larger id)."""
+        query = (select(Backup)
+                 .where(Backup.database == database, Backup.kind == kind,
+                        Backup.status.in_(list(RESTORABLE_STATUSES)))
+                 .order_by(func.coalesce(Backup.end_time, Backup.started_at).desc(), Backup.started_at.desc(),
+                           Backup.id.desc())
+                 .limit(1))
+        with self._session(write=False) as session:
+            row = session.scalars(query).first()
+            return None if row is None else _backup_record(row)
+
+    def backup_tallies(self, database: str) -> list[BackupTally]:
+        """The database's backups counted per kind and status, with their latest start and end."""
+        query = (select(Backup.kind, Backup.status, func.count(), func.max(Backup.started_at),
+                        func.max(Backup.end_time))
+                 .where(Backup.database == database)
+                 .group_by(Backup.kind, Backup.status).order_by(Backup.kind, Backup.status))
+        with self._session(write=False) as session:
+            return [BackupTally(kind, status, int(n), start, end)
+                    for kind, status, n, start, end in session.execute(query)]
+
+    def stored_bytes_by_tier(self, database: str) -> dict[str, int]:
+        """Bytes of the database's complete copies, summed per tier."""
+        query = (select(Copy.tier, func.sum(Copy.stored_bytes))
+                 .join(Backup, Backup.id == Copy.backup_id)
+                 .where(Backup.database == database, Copy.status == "complete")
+                 .group_by(Copy.tier))
+        with self._session(write=False) as session:
+            return {str(tier): int(total or 0) for tier, total in session.execute(query)}
+
+    def chain_scope(self, database: str, tier_order: Iterable[str],
+                    margin: timedelta) -> tuple[list[BackupRecord], list[CopyRecord]] | None:
+        """The backups (as :meth:`list_backups` orders them) and their copies from ``margin`` before the start
+        of the newest restorable full with a complete copy in ``tier_order`` onward; None without such a full."""
+        copied = (select(Copy.id)
+                  .where(Copy.backup_id == Backup.id, Copy.status == "complete", Copy.tier.in_(list(tier_order)))
+                  .exists())
+        anchor = (select(Backup.started_at)
+                  .where(Backup.database == database, Backup.kind == "full",
+                         Backup.status.in_(list(RESTORABLE_STATUSES)), Backup.end_time.is_not(None), copied)
+                  .order_by(Backup.end_time.desc()).limit(1))
+        with self._session(write=False) as session:
+            start = session.scalars(anchor).first()
+            if start is None:
+                return None
+            since = start - margin
+            scope = (Backup.database == database, or_(Backup.started_at >= since, Backup.end_time >= since))
+            backups = [_backup_record(row) for row in session.scalars(
+                select(Backup).where(*scope).order_by(Backup.started_at.desc(), Backup.id.desc()))]
+            copies = [_copy_record(row) for row in session.scalars(
+                select(Copy).join(Backup, Backup.id == Copy.backup_id).where(*scope)
+                .order_by(Copy.backup_id, Copy.id))]
+        return backups, copies
+
+    def newest_audit(self, database: str, actions: Iterable[str]) -> AuditRecord | None:
+        """The database's audit event of one of ``actions`` that is newest by time (ties: the larger id)."""
+        query = (select(AuditEvent)
+                 .where(AuditEvent.database == database, AuditEvent.action.in_(list(actions)))
+                 .order_by(AuditEvent.at.desc(), AuditEvent.id.desc()).limit(1))
+        with self._session(write=False) as session:
+            row = session.scalars(query).first()
+            return None if row is None else _audit_record(row)
+
+    def recent_audits(self, database: str, action: str, limit: int | None) -> list[AuditRecord]:
+        """The database's last ``limit`` (None: all) audit events of ``action``, newest (largest id) first."""
+        query = (select(AuditEvent).where(AuditEvent.database == database, AuditEvent.action == action)
+                 .order_by(AuditEvent.id.desc()).limit(limit))
         with self._session(write=False) as session:
             return [_audit_record(row) for row in session.scalars(query)]
 
