@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Per database: newest backups and their age, the data-loss window now, the active endpoint and each side's
     role (measured), replica lag, last catalog check."""
-    from drkit.status import check_status, database_status
+    from drkit.status import catalog_status, check_status
 
     def run() -> None:
         from rich.table import Table
@@ -34,8 +34,8 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         now = datetime.now(UTC)
         from drkit.tiers.naming import tier_location
         locations = {t: tier_location(rt.policy, t) for t in rt.tier_order}
-        rows = [database_status(db, rt.catalog.list_backups(db), rt.catalog.all_copies(db), now=now,
-                                tier_order=rt.tier_order, chain=chain_for(rt, db), locations=locations)
+        rows = [catalog_status(rt.catalog, db, now=now, tier_order=rt.tier_order, chain=chain_for(rt, db),
+                               locations=locations)[0]
                 for db in rt.policy.databases]
         from drkit.dr import dr_status
         drs = {db: dr_status(rt, db) for db in rt.policy.databases}

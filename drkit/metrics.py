@@ -32,7 +32,7 @@ from drkit.errors import RestorePlanError, first_line
 from drkit.plans import RestorePlan
 from drkit.restore import measured_rate_mib_s
 from drkit.runtime import Runtime
-from drkit.status import DatabaseStatus, database_status
+from drkit.status import DatabaseStatus, catalog_status, database_status
 
 PROBE_TIMEOUT = 2.0
 """Seconds one replica's lag probe may take (libpq's floor to connect to a silent host is 2 s)."""
@@ -57,6 +57,24 @@ def _ts(t: datetime) -> float:
 
 def _end(b: BackupRecord) -> datetime:
     return b.end_time or b.finished_at or b.started_at
+
+
+def _newest(events: Sequence[AuditRecord]) -> AuditRecord | None:
+    """The newest of ``events`` by time (ties: the larger id)."""
+    return max(events, key=lambda e: (e.at, e.id)) if events else None
+
+
+RATE_LOOKBACK = 20
+"""Verifications read at first, newest first, for one that measured a throughput (all of them if none did)."""
+
+
+def _measured_rate(cat: Any, db: str) -> float | None:
+    """:func:`measured_rate_mib_s` over the database's verifications, reading the newest few first."""
+    recent = cat.recent_audits(db, VERIFY, RATE_LOOKBACK)
+    rate = measured_rate_mib_s(recent[::-1])
+    if rate is None and len(recent) == RATE_LOOKBACK:
+        rate = measured_rate_mib_s(cat.recent_audits(db, VERIFY, None)[::-1])
+    return rate
 
 
 def _by_database(records: Sequence[R]) -> dict[str | None, list[R]]:
@@ -180,21 +198,12 @@ class DrkitCollector(Collector):
         try:
             probes = {db: pool.submit(probe_replica, self.rt, db, self._probe_timeout) for db in with_replica}
             approvals = pool.submit(self.approvals) if self.approvals is not None else None
-            snapshot: Snapshot | None
+            read = True
             try:
-                snapshot = self._reader.submit(Snapshot.read, self.rt).result()
-            except Exception as exc:  # an unreadable catalog is a metric, not a failed scrape
+                out = self._reader.submit(self.catalog_families, now).result()
+            except Exception as exc:  # an unreadable catalog (or records the planner cannot read): a metric
                 log.warning("metrics: cannot read the catalog: %s", first_line(exc))
-                snapshot = None
-            if snapshot is not None:
-                try:
-                    staged = _Families()
-                    self._catalog_metrics(staged, snapshot, now)
-                except Exception as exc:  # records the planner cannot read: as unreadable
-                    log.warning("metrics: cannot derive the catalog's metrics: %s", first_line(exc))
-                    snapshot = None
-                else:
-                    out = staged
+                read = False
             self._policy_metrics(out)
             self._replica_metrics(out, probes)
             if approvals is not None:
@@ -202,10 +211,43 @@ class DrkitCollector(Collector):
         finally:
             pool.shutdown(wait=False)  # an approvals source past its time is left to finish on its own
         out.set("drkit_exporter_collect_success", "1 = this scrape read the catalog, 0 = it could not",
-                1 if snapshot is not None else 0)
+                1 if read else 0)
         return list(out)
 
     # -- from the catalog ----------------------------------------------------------------------------------
+
+    def catalog_families(self, now: datetime, *, reference: bool = False) -> _Families:
+        """The catalog's metrics: asked of the catalog per database (aggregates, the newest chain's records,
+        the newest audit events); ``reference``: derived from every record instead (the plain computation the
+        fast one is tested equal to)."""
+        out = _Families()
+        if reference:
+            self._catalog_metrics(out, Snapshot.read(self.rt), now)
+        else:
+            self._catalog_metrics_fast(out, now)
+        return out
+
+    def _catalog_metrics_fast(self, out: _Families, now: datetime) -> None:
+        from drkit.tiers.naming import tier_location
+
+        rt, cat = self.rt, self.rt.catalog
+        tiers = rt.tier_order
+        locations = {t: tier_location(rt.policy, t) for t in tiers}
+        for db in rt.policy.databases:
+            tallies = cat.backup_tallies(db)
+            st, latest = catalog_status(cat, db, now=now, tier_order=tiers, chain=chain_for(rt, db),
+                                        locations=locations, tallies=tallies)
+            failed = {t.kind: t.newest_start for t in tallies if t.status == "failed" and t.newest_start}
+            self._backup_metrics(out, db, st, failed, now)
+            stored = cat.stored_bytes_by_tier(db)
+            for tier in tiers:
+                out.set("drkit_stored_bytes", "bytes of complete copies stored per tier", stored.get(tier, 0),
+                        database=db, tier=tier)
+            self._verification_metrics(out, db, cat.newest_audit(db, [VERIFY]), _measured_rate(cat, db),
+                                       st, latest.plan)
+            self._drill_metrics(out, db, cat.newest_audit(db, [DRILL_OK, DRILL_FAILED]),
+                                cat.newest_audit(db, [DRILL_OK]))
+        self._check_metrics(out, cat.latest_audit(CHECK))
 
     def _catalog_metrics(self, out: _Families, snap: Snapshot, now: datetime) -> None:
         rt = self.rt
@@ -226,7 +268,11 @@ class DrkitCollector(Collector):
             chain = _LatestPlannedOnce(chain_for(rt, db))
             mine, my_copies = backups.get(db, []), copies.get(db, [])
             st = database_status(db, mine, my_copies, now=now, tier_order=tiers, chain=chain, locations=locations)
-            self._backups(out, db, st, mine, now)
+            failed: dict[str, datetime] = {}
+            for b in mine:
+                if b.status == "failed" and (b.kind not in failed or b.started_at > failed[b.kind]):
+                    failed[b.kind] = b.started_at
+            self._backup_metrics(out, db, st, failed, now)
             stored = dict.fromkeys(tiers, 0)
             for c in my_copies:
                 if c.status == "complete" and c.tier in stored:
@@ -234,16 +280,29 @@ class DrkitCollector(Collector):
             for tier in tiers:
                 out.set("drkit_stored_bytes", "bytes of complete copies stored per tier", stored[tier],
                         database=db, tier=tier)
-            self._verification(out, db, verifications.get(db, []), st, chain, mine, my_copies, now)
-            self._drill(out, db, drills.get(db, []))
-        if snap.check is not None:
-            out.set("drkit_catalog_check_last_timestamp_seconds", "time of the last catalog check",
-                    _ts(snap.check.at))
-            out.set("drkit_catalog_check_findings", "findings the last catalog check left",
-                    int(snap.check.detail.get("remaining") or 0))
+            events = verifications.get(db, [])
+            try:
+                plan: RestorePlan | None = chain.plan_restore(db, mine, my_copies, target=None, now=now,
+                                                              tier_order=tiers)
+            except RestorePlanError:
+                plan = None
+            self._verification_metrics(out, db, _newest(events), measured_rate_mib_s(events), st, plan)
+            mine_drills = drills.get(db, [])
+            self._drill_metrics(out, db, _newest(mine_drills), _newest([e for e in mine_drills
+                                                                        if e.action == DRILL_OK]))
+        self._check_metrics(out, snap.check)
 
     @staticmethod
-    def _backups(out: _Families, db: str, st: DatabaseStatus, mine: list[BackupRecord], now: datetime) -> None:
+    def _check_metrics(out: _Families, check: AuditRecord | None) -> None:
+        if check is not None:
+            out.set("drkit_catalog_check_last_timestamp_seconds", "time of the last catalog check", _ts(check.at))
+            out.set("drkit_catalog_check_findings", "findings the last catalog check left",
+                    int(check.detail.get("remaining") or 0))
+
+    @staticmethod
+    def _backup_metrics(out: _Families, db: str, st: DatabaseStatus, failed: Mapping[str, datetime],
+                        now: datetime) -> None:
+        """``failed``: per kind, the start of its newest failed backup."""
         for kind in KINDS:
             newest = st.newest[kind]
             if newest is not None:
@@ -252,10 +311,9 @@ class DrkitCollector(Collector):
                         database=db, kind=kind)
                 out.set("drkit_backup_age_seconds", "now - the end of the newest restorable backup of that kind",
                         (now - _end(newest)).total_seconds(), database=db, kind=kind)
-            failed = [b.started_at for b in mine if b.kind == kind and b.status == "failed"]
-            if failed:
+            if kind in failed:
                 out.set("drkit_backup_last_failure_timestamp_seconds",
-                        "start time of the newest failed backup of that kind", _ts(max(failed)),
+                        "start time of the newest failed backup of that kind", _ts(failed[kind]),
                         database=db, kind=kind)
         if st.restorable_until is not None and st.rpo_seconds is not None:
             out.set("drkit_restorable_until_timestamp_seconds", "newest point a restore can reach",
@@ -267,43 +325,36 @@ class DrkitCollector(Collector):
         out.set("drkit_chain_stores", "distinct stores holding every piece of the newest restorable chain",
                 st.stores, database=db)
 
-    def _verification(self, out: _Families, db: str, events: list[AuditRecord], st: DatabaseStatus,
-                      chain: _LatestPlannedOnce, backups: list[BackupRecord], copies: list[CopyRecord],
-                      now: datetime) -> None:
-        if events:
-            last = max(events, key=lambda e: (e.at, e.id))
+    @staticmethod
+    def _verification_metrics(out: _Families, db: str, last: AuditRecord | None, rate: float | None,
+                              st: DatabaseStatus, plan: RestorePlan | None) -> None:
+        """``last``: the newest verification; ``rate``: the throughput the newest that measured one measured."""
+        if last is not None:
             out.set("drkit_verification_last_timestamp_seconds", "time of the newest verification",
                     _ts(last.at), database=db)
             out.set("drkit_verification_last_success", "1 = the newest verification passed, 0 = it failed",
                     1 if last.detail.get("passed") else 0, database=db)
-        rate = measured_rate_mib_s(events)
         if rate is None:
             return
         out.set("drkit_restore_throughput_bytes_per_second",
                 "stored bytes per second read by the last verification's restore", rate * 2**20, database=db)
-        if st.restorable_until is None:
-            return
-        try:
-            plan = chain.plan_restore(db, backups, copies, target=None, now=now, tier_order=self.rt.tier_order)
-        except RestorePlanError:
+        if st.restorable_until is None or plan is None:
             return
         out.set("drkit_estimated_rto_seconds", "estimated time to read the newest chain at the measured throughput",
                 plan.total_bytes / 2**20 / rate, database=db)
 
     @staticmethod
-    def _drill(out: _Families, db: str, events: list[AuditRecord]) -> None:
-        if not events:
+    def _drill_metrics(out: _Families, db: str, last: AuditRecord | None, completed: AuditRecord | None) -> None:
+        """``last``: the newest drill event; ``completed``: the newest that completed."""
+        if last is None:
             return
-        last = max(events, key=lambda e: (e.at, e.id))
         ok = last.action == DRILL_OK
         out.set("drkit_drill_last_timestamp_seconds", "time of the last DR drill", _ts(last.at), database=db)
         out.set("drkit_drill_last_success", "1 = the last drill completed and met both targets",
                 1 if ok and last.detail.get("met") else 0, database=db)
-        completed = [e for e in events if e.action == DRILL_OK]
-        if completed:
-            done = max(completed, key=lambda e: (e.at, e.id)).detail
+        if completed is not None:
             for what in ("rto", "rpo"):
-                value = done.get(f"{what}_seconds")
+                value = completed.detail.get(f"{what}_seconds")
                 if isinstance(value, (int, float)):
                     out.set(f"drkit_drill_last_{what}_seconds", f"measured {what.upper()} of the last completed drill",
                             value, database=db)

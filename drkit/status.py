@@ -9,11 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from drkit.catalog.records import RESTORABLE_STATUSES, AuditRecord, BackupRecord, CopyRecord
+from drkit.catalog.records import RESTORABLE_STATUSES, AuditRecord, BackupRecord, BackupTally, CopyRecord
 from drkit.engines.base import ChainModel
 from drkit.errors import RestorePlanError
+from drkit.plans import RestorePlan
+
+if TYPE_CHECKING:
+    from drkit.catalog.repository import Catalog
+
+KINDS = ("full", "diff", "log")
+
+CHAIN_MARGIN = timedelta(days=1)
+"""How long before the start of the newest restorable full :func:`latest_chain` reads the catalog from: the log
+that holds the full's first WAL (or its last LSN) ends after the full started, and a day covers any skew."""
 
 
 @dataclass(frozen=True)
@@ -57,23 +68,15 @@ def database_status(database: str, backups: Sequence[BackupRecord], copies: Sequ
     tiers in one container are one store)."""
     mine = [b for b in backups if b.database == database]
     newest: dict[str, BackupRecord | None] = {}
-    for kind in ("full", "diff", "log"):
+    for kind in KINDS:
         ok = [b for b in mine if b.kind == kind and b.status in RESTORABLE_STATUSES]
         newest[kind] = max(ok, key=lambda b: b.end_time or b.started_at) if ok else None
-    n_copies = n_stores = 0
     try:
-        plan = chain.plan_restore(database, mine, copies, target=None, now=now, tier_order=tier_order)
-        reaches: datetime | None = plan.reaches
-        where = locations or {t: t for t in tier_order}
-        held: dict[str, list[CopyRecord]] = {p.backup.id: [] for p in plan.pieces}
-        for c in copies:  # one pass over the copies, not one per piece (a year of logs is many copies)
-            if c.backup_id in held and c.status == "complete" and c.tier in where:
-                held[c.backup_id].append(c)
-        per_piece = [held[p.backup.id] for p in plan.pieces]
-        n_copies = min(len(cs) for cs in per_piece)
-        n_stores = min(len({where[c.tier] for c in cs}) for cs in per_piece)
+        plan: RestorePlan | None = chain.plan_restore(database, mine, copies, target=None, now=now,
+                                                      tier_order=tier_order)
     except RestorePlanError:
-        reaches = None
+        plan = None
+    reaches, n_copies, n_stores = _chain_numbers(plan, copies, tier_order, locations)
     return DatabaseStatus(
         database=database, newest=newest, restorable_until=reaches,
         rpo_seconds=(now - reaches).total_seconds() if reaches else None,
@@ -81,6 +84,76 @@ def database_status(database: str, backups: Sequence[BackupRecord], copies: Sequ
         failed=sum(1 for b in mine if b.status == "failed"),
         copies=n_copies, stores=n_stores,
     )
+
+
+def _chain_numbers(plan: RestorePlan | None, copies: Sequence[CopyRecord], tier_order: Sequence[str],
+                   locations: Mapping[str, str] | None) -> tuple[datetime | None, int, int]:
+    """Where ``plan`` reaches, and the copies and stores of its pieces (the fewest any piece has)."""
+    if plan is None:
+        return None, 0, 0
+    where = locations or {t: t for t in tier_order}
+    held: dict[str, list[CopyRecord]] = {p.backup.id: [] for p in plan.pieces}
+    for c in copies:  # one pass over the copies, not one per piece (a year of logs is many copies)
+        if c.backup_id in held and c.status == "complete" and c.tier in where:
+            held[c.backup_id].append(c)
+    per_piece = [held[p.backup.id] for p in plan.pieces]
+    return (plan.reaches, min(len(cs) for cs in per_piece),
+            min(len({where[c.tier] for c in cs}) for cs in per_piece))
+
+
+# -- the same, asked of the catalog: only the records these numbers depend on ----------------------------
+
+
+@dataclass(frozen=True)
+class LatestChain:
+    """The plan to the latest point (None: none) and the records it was planned from."""
+
+    plan: RestorePlan | None
+    backups: list[BackupRecord]
+    copies: list[CopyRecord]
+
+
+def latest_chain(catalog: Catalog, database: str, tallies: Sequence[BackupTally], *, now: datetime,
+                 tier_order: Sequence[str], chain: ChainModel) -> LatestChain:
+    """The latest plan from the records of the newest restorable chain (:meth:`Catalog.chain_scope`), kept
+    only when it reaches the end of the newest restorable backup there is: then no older chain can reach
+    further. Otherwise (a WAL gap, no full with a copy, a backup without a copy yet) planned from every record
+    of the database, as :func:`database_status` does."""
+    ceiling = max((t.newest_end for t in tallies if t.status in RESTORABLE_STATUSES and t.newest_end is not None),
+                  default=None)
+    scope = catalog.chain_scope(database, tier_order, CHAIN_MARGIN)
+    if scope is not None and ceiling is not None:
+        plan = _plan(chain, database, *scope, now=now, tier_order=tier_order)
+        if plan is not None and plan.reaches == ceiling:
+            return LatestChain(plan, *scope)
+    backups, copies = catalog.list_backups(database), catalog.all_copies(database)
+    return LatestChain(_plan(chain, database, backups, copies, now=now, tier_order=tier_order), backups, copies)
+
+
+def _plan(chain: ChainModel, database: str, backups: list[BackupRecord], copies: list[CopyRecord], *,
+          now: datetime, tier_order: Sequence[str]) -> RestorePlan | None:
+    try:
+        return chain.plan_restore(database, backups, copies, target=None, now=now, tier_order=tier_order)
+    except RestorePlanError:
+        return None
+
+
+def catalog_status(catalog: Catalog, database: str, *, now: datetime, tier_order: Sequence[str],
+                   chain: ChainModel, locations: Mapping[str, str] | None = None,
+                   tallies: Sequence[BackupTally] | None = None) -> tuple[DatabaseStatus, LatestChain]:
+    """:func:`database_status` (the same result) from what the catalog answers with aggregates and the newest
+    chain's records, not from every record; the chain comes back too (the metrics estimate the RTO from it)."""
+    if tallies is None:
+        tallies = catalog.backup_tallies(database)
+    latest = latest_chain(catalog, database, tallies, now=now, tier_order=tier_order, chain=chain)
+    reaches, n_copies, n_stores = _chain_numbers(latest.plan, latest.copies, tier_order, locations)
+    st = DatabaseStatus(
+        database=database, newest={k: catalog.newest_backup(database, k) for k in KINDS},
+        restorable_until=reaches, rpo_seconds=(now - reaches).total_seconds() if reaches else None,
+        corrupt=sum(t.count for t in tallies if t.status == "corrupt"),
+        failed=sum(t.count for t in tallies if t.status == "failed"),
+        copies=n_copies, stores=n_stores)
+    return st, latest
 
 
 @dataclass(frozen=True)
