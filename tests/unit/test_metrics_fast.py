@@ -12,13 +12,12 @@ databases (one not in the policy), verifications with and without a measured thr
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from drkit.catalog import Catalog
@@ -34,15 +33,16 @@ from drkit.status import catalog_status, database_status
 SEG = DEFAULT_SEGMENT_SIZE
 NOW = datetime(2026, 5, 1, 12, tzinfo=UTC)
 DATABASES = ("app", "web", "gone")  # "gone" is in the catalog, not in the policy
-STATUSES = ("completed", "completed", "completed", "verified", "failed", "corrupt", "running")
+STATUSES = ("completed", "completed", "completed", "completed", "verified", "failed", "corrupt", "running")
 COPY_STATUSES = ("complete", "complete", "complete", "missing", "deleted", "pending")
 
-event = st.tuples(
+backup_step = st.tuples(
     st.sampled_from(("full", "diff", "log", "log", "log")),
     st.sampled_from(STATUSES),
     st.integers(1, 3000),  # minutes since the previous backup (up to two days: past the one-day margin)
     st.integers(0, 3),  # WAL segments written since
-    st.frozensets(st.sampled_from(("local", "offsite", "cold"))),  # "cold" is in no policy tier
+    st.sampled_from([frozenset(t) for t in (("local",), ("local", "offsite"), ("local", "offsite"), ("offsite",),
+                                            ("cold",), ("offsite", "cold"), ())]),  # "cold" is in no policy tier
     st.sampled_from(COPY_STATUSES),
     st.integers(0, 10**6),
 )
@@ -52,7 +52,8 @@ audit = st.tuples(
     st.booleans(),
     st.sampled_from((None, 0, 42.5, 120.0)),
 )
-worlds = st.tuples(st.lists(st.tuples(st.sampled_from(DATABASES), st.lists(event, max_size=18)), max_size=3),
+worlds = st.tuples(st.tuples(*(st.tuples(st.just(db), st.lists(backup_step, max_size=n))
+                               for db, n in zip(DATABASES, (24, 10, 5), strict=True))),
                    st.lists(audit, max_size=8))
 
 
@@ -62,11 +63,10 @@ def history(db: str, events: list[tuple[Any, ...]]) -> list[tuple[BackupRecord, 
     out = []
     for i, (kind, status, minutes, advance, tiers, copy_status, size) in enumerate(events):
         t += timedelta(minutes=minutes)
-        seg += advance
+        seg = max(seg + advance, log_next)  # WAL goes on in the segment after the last one a log archived
         done = status not in ("failed", "running")
         first = seg
         if kind == "log":
-            seg = max(seg, log_next)
             first, log_next = log_next, seg + 1
         start = t - timedelta(minutes=2)
         b = BackupRecord(
@@ -142,23 +142,13 @@ def families(rt: Runtime, *, reference: bool) -> list[tuple[Any, ...]]:
             for m in collector.catalog_families(NOW, reference=reference)]
 
 
-@pytest.fixture
-def runtimes() -> Iterator[list[Runtime]]:
-    made: list[Runtime] = []
-    yield made
-    for rt in made:
-        rt.close()
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])
-@given(worlds)
-def test_fast_metrics_and_status_equal_the_reference(template: Path, workdir: Path, world: tuple[Any, ...]) -> None:
-    tmp = workdir / "w"
+def check(tmp: Path, template: Path, world: tuple[Any, ...]) -> dict[str, int]:
+    """Asserts the fast metrics and status equal the reference ones; how many backups each database's plan read."""
     build(tmp, template, world)
     fast_reader = Runtime(parse_policy(policy(tmp), base_dir=tmp))
     repository = Runtime(parse_policy(policy(tmp), base_dir=tmp))
     repository.__dict__["catalog"] = Catalog(f"sqlite:///{tmp / 'catalog.db'}")
+    read: dict[str, int] = {}
     try:
         assert isinstance(fast_reader.catalog, ReadFirstCatalog)
         reference = families(fast_reader, reference=True)
@@ -169,8 +159,61 @@ def test_fast_metrics_and_status_equal_the_reference(template: Path, workdir: Pa
                 chain = chain_for(rt, db)
                 plain = database_status(db, rt.catalog.list_backups(db), rt.catalog.all_copies(db), now=NOW,
                                         tier_order=rt.tier_order, chain=chain)
-                fast, _ = catalog_status(rt.catalog, db, now=NOW, tier_order=rt.tier_order, chain=chain)
+                fast, latest = catalog_status(rt.catalog, db, now=NOW, tier_order=rt.tier_order, chain=chain)
                 assert fast == plain
+                read[db] = len(latest.backups)
     finally:
         fast_reader.close()
         repository.close()
+    return read
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(worlds)
+def test_fast_metrics_and_status_equal_the_reference(template: Path, workdir: Path, world: tuple[Any, ...]) -> None:
+    histories: dict[str, list[Any]] = {}
+    for db, events in world[0]:
+        histories.setdefault(db, events)
+    read = check(workdir / "w", template, world)
+    for db, n in read.items():
+        if len(histories[db]) > 5:
+            event(f"chain planned from {'every record' if n == len(histories[db]) else 'the newest chain only'}")
+
+
+# -- the edge cases by name ------------------------------------------------------------------------------------
+
+DAY = 24 * 60
+FULL, LOG = ("full", "completed", DAY, 1, frozenset({"local", "offsite"}), "complete", 100), \
+    ("log", "completed", 15, 1, frozenset({"local", "offsite"}), "complete", 10)
+
+
+def day(*extra: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """A day: a full, then four logs (and ``extra`` after them)."""
+    return [FULL, LOG, LOG, LOG, LOG, *extra]
+
+
+def test_a_long_history_plans_from_its_newest_chain_only(tmp_path: Path, template: Path) -> None:
+    read = check(tmp_path / "w", template, ([("app", day() * 6)], []))
+    assert read["app"] == 5 + 1  # the last day's full and logs, and the log of the day before (one-day margin)
+
+
+def test_a_corrupt_newest_full_falls_back_to_the_one_before(tmp_path: Path, template: Path) -> None:
+    corrupt = ("full", "corrupt", DAY, 1, frozenset({"local"}), "complete", 100)
+    check(tmp_path / "w", template, ([("app", [*day() * 3, corrupt, LOG, LOG])], []))
+
+
+def test_a_newest_full_without_a_complete_copy_is_skipped(tmp_path: Path, template: Path) -> None:
+    gone = ("full", "completed", DAY, 1, frozenset({"local"}), "deleted", 100)
+    check(tmp_path / "w", template, ([("app", [*day() * 3, gone, LOG, LOG])], []))
+
+
+def test_logs_past_a_wal_gap_plan_from_every_record(tmp_path: Path, template: Path) -> None:
+    lost = ("log", "failed", 15, 1, frozenset[str](), "complete", 10)
+    read = check(tmp_path / "w", template, ([("app", [*day() * 3, lost, LOG, LOG])], []))
+    assert read["app"] == 3 * 5 + 3  # the newest log does not join: its end is not reached, so every record
+
+
+def test_a_database_with_only_failures(tmp_path: Path, template: Path) -> None:
+    failed = ("full", "failed", 60, 1, frozenset[str](), "complete", 0)
+    check(tmp_path / "w", template, ([("app", [failed, failed]), ("web", [])], [("app", "backup.verify", False, None)]))
