@@ -34,6 +34,7 @@ from drkit.catalog.models import (
     BACKUP_ID_LENGTH,
     LINEAGE_LENGTH,
     POSITION_DIGITS,
+    VERSION_TABLE,
     AuditEvent,
     Backup,
     Copy,
@@ -41,6 +42,7 @@ from drkit.catalog.models import (
     Hold,
     position_fits,
 )
+from drkit.catalog.reader import HEAD_REVISION
 from drkit.catalog.records import (
     BACKUP_KINDS,
     BACKUP_STATUSES,
@@ -262,11 +264,26 @@ class Catalog:
         """Connect to the catalog at ``url`` and bring its schema up to date."""
         catalog = cls(url)
         try:
-            catalog.migrate()
+            if catalog._stored_revision() != HEAD_REVISION:  # a current schema needs no Alembic (0.3 s to import)
+                catalog.migrate()
         except BaseException:
             catalog.close()
             raise
         return catalog
+
+    def _stored_revision(self) -> str | None:
+        """The schema revision the catalog records (None: no version table yet)."""
+        try:
+            with self._engine.connect() as connection:
+                found = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()  # noqa: S608
+        except (sa_exc.ProgrammingError, sa_exc.OperationalError) as exc:
+            if isinstance(exc, sa_exc.ProgrammingError) or "no such table" in str(exc):
+                return None  # a new catalog (PostgreSQL: undefined table; SQLite: no such table)
+            raise CatalogError(f"cannot migrate catalog {self._safe_url}: {self._describe(exc)}; "
+                               "check that the catalog database is reachable and writable") from exc
+        except sa_exc.SQLAlchemyError:
+            return None  # anything else: Alembic's upgrade says what is wrong
+        return None if found is None else str(found)
 
     @property
     def url(self) -> str:
