@@ -646,3 +646,72 @@ def _alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
+
+
+# -- the reads drkit metrics and drkit status ask (on PostgreSQL too: tests/integration/test_catalog_postgres.py) --
+
+
+def test_metrics_reads_agree_with_every_record(catalog: Catalog) -> None:
+    from drkit.catalog.records import RESTORABLE_STATUSES, BackupTally
+    from drkit.engines.postgres.chain_model import POSTGRES_CHAIN
+    from drkit.status import CHAIN_MARGIN, catalog_status, database_status
+    from tests.unit.test_metrics_fast import NOW, history
+
+    tiers = ("local", "offsite")
+    day, log = 24 * 60, 15
+    both = frozenset(tiers)
+    steps: dict[str, list[tuple[Any, ...]]] = {
+        "app": [("full", "completed", day, 1, both, "complete", 500), ("diff", "failed", 60, 1, both, "complete", 9),
+                *[("log", "completed", log, 1, both, "complete", 10)] * 4,
+                ("full", "completed", day, 1, frozenset({"local"}), "complete", 400),
+                ("diff", "completed", 60, 1, both, "missing", 50),
+                *[("log", "completed", log, 1, both, "complete", 10)] * 3,
+                ("full", "corrupt", day, 1, both, "complete", 300), ("log", "verified", log, 1, both, "pending", 7)],
+        "web": [("full", "failed", 60, 0, frozenset(), "complete", 0)],
+    }
+    for db, made in steps.items():
+        for b, on, copy_status in history(db, made):
+            catalog.import_backup(b, [(t, f"{t}/{b.id}", b.stored_bytes, "ab" * 32) for t in sorted(on)])
+            if copy_status != "complete":
+                catalog.set_copy_status(b.id, sorted(on)[0], copy_status)
+    for detail in ({"stored_throughput_mib_s": 80.0}, {"stored_throughput_mib_s": 0}):
+        catalog.audit(actor="t", action="backup.verify", database="app", detail=detail)
+    catalog.audit(actor="t", action="drill.failed", database="app")
+
+    for db in ("app", "web", "none"):
+        every, copies = catalog.list_backups(db), catalog.all_copies(db)
+        for kind in ("full", "diff", "log"):
+            ok = [b for b in every if b.kind == kind and b.status in RESTORABLE_STATUSES]
+            assert catalog.newest_backup(db, kind) == (max(ok, key=lambda b: b.end_time or b.started_at)
+                                                        if ok else None)
+        tallies = []
+        for (kind, status), group in itertools.groupby(sorted(every, key=lambda b: (b.kind, b.status)),
+                                                       key=lambda b: (b.kind, b.status)):
+            rows = list(group)
+            tallies.append(BackupTally(kind, status, len(rows), max(b.started_at for b in rows),
+                                       max((b.end_time for b in rows if b.end_time), default=None)))
+        assert catalog.backup_tallies(db) == tallies
+        stored: dict[str, int] = {}
+        for c in copies:
+            if c.status == "complete":
+                stored[c.tier] = stored.get(c.tier, 0) + c.stored_bytes
+        assert catalog.stored_bytes_by_tier(db) == stored
+        copied = {c.backup_id for c in copies if c.status == "complete" and c.tier in tiers}
+        fulls = [b for b in every if b.kind == "full" and b.status in RESTORABLE_STATUSES and b.end_time
+                 and b.id in copied]
+        scope = catalog.chain_scope(db, tiers, CHAIN_MARGIN)
+        if not fulls:
+            assert scope is None
+        else:
+            since = max(fulls, key=lambda b: b.end_time or NOW).started_at - CHAIN_MARGIN
+            mine = [b for b in every if b.started_at >= since or (b.end_time and b.end_time >= since)]
+            assert scope == (mine, [c for c in copies if c.backup_id in {b.id for b in mine}])
+            assert len(mine) < len(every)
+        st, _ = catalog_status(catalog, db, now=NOW, tier_order=tiers, chain=POSTGRES_CHAIN)
+        assert st == database_status(db, every, copies, now=NOW, tier_order=tiers, chain=POSTGRES_CHAIN)
+    events = catalog.audit_events(database="app")
+    assert catalog.newest_audit("app", ["backup.verify", "drill.failed"]) == max(events, key=lambda e: (e.at, e.id))
+    assert catalog.newest_audit("app", ["drill.completed"]) is None
+    verifies = [e for e in events if e.action == "backup.verify"][::-1]
+    assert catalog.recent_audits("app", "backup.verify", None) == verifies
+    assert catalog.recent_audits("app", "backup.verify", 1) == verifies[:1]
