@@ -1,10 +1,11 @@
 """Prometheus metrics: drkit's state read afresh from the catalog and the DR replicas at each scrape.
 
 :class:`DrkitCollector` is a ``prometheus_client`` custom collector on its own registry
-(:func:`metrics_registry`): each scrape reads the catalog once (every backup, copy and the audit events the
-metrics use, for all databases together), derives each database's status with :func:`drkit.status.database_status`
-(the numbers ``drkit status`` shows), and probes every DR replica's lag through the engine's DR operations at
-the same time, each bounded by :data:`PROBE_TIMEOUT`. A catalog that cannot be read gives
+(:func:`metrics_registry`): each scrape asks the catalog, per database, for what the metrics show (aggregates,
+the records of the newest restorable chain, the newest audit events: :func:`drkit.status.catalog_status`, the
+numbers ``drkit status`` shows; the same as reading every record, which ``catalog_families(reference=True)``
+still does, and tests/unit/test_metrics_fast.py checks them equal), and probes every DR replica's lag through
+the engine's DR operations at the same time, each bounded by :data:`PROBE_TIMEOUT`. A catalog that cannot be read gives
 ``drkit_exporter_collect_success 0`` (and no catalog metric), never a failed scrape; a replica that does not
 answer gives ``drkit_replica_up 0`` and no lag.
 
