@@ -99,6 +99,13 @@ def test_metrics_imports_no_prefect(policy: Path) -> None:
     assert "drkit_exporter_collect_success 1.0" in proc.stdout
 
 
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """Ctrl-C at its default in the command, as a terminal's foreground command has it: a test run started as
+    a background job of a script (``make test &``) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt for it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 @pytest.fixture
 def listening(policy: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     import socket
@@ -107,7 +114,7 @@ def listening(policy: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[b
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([DRKIT, "--config", str(policy), "metrics", "--listen", f"127.0.0.1:{port}"],
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_ctrl_c_as_in_a_terminal)
     try:
         yield proc, f"http://127.0.0.1:{port}"
     finally:
