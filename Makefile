@@ -31,7 +31,7 @@ lint: install
 	$(BIN)/python scripts/audit_deps.py requirements.lock
 
 golden: install
-	rm -rf tests/golden/sqlserver/.sent
+	rm -rf var/golden-sent/sqlserver
 	-$(BIN)/python -m pytest -q tests/unit/test_sqlserver_golden.py
 	$(BIN)/python scripts/accept_goldens.py
 

@@ -1,8 +1,8 @@
-"""Accept the SQL Server golden transcripts the last golden test run left in tests/golden/sqlserver/.sent/.
+"""Accept the SQL Server golden transcripts the last golden test run left in var/golden-sent/sqlserver/.
 
 `make golden` runs the golden tests (they only read the goldens and fail on a difference, leaving what was
-sent in .sent/), then this script moves each sent transcript over its golden. Review `git diff` before
-committing: a golden is the contract of the exact T-SQL drkit sends.
+sent in var/golden-sent/sqlserver/), then this script moves each sent transcript over its golden. Review
+`git diff` before committing: a golden is the contract of the exact T-SQL drkit sends.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden" / "sqlserver"
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "golden" / "sqlserver"
+SENT = ROOT / "var" / "golden-sent" / "sqlserver"
 
 
 def main() -> int:
-    sent = GOLDEN / ".sent"
-    files = sorted(sent.glob("*.sql")) if sent.is_dir() else []
+    files = sorted(SENT.glob("*.sql")) if SENT.is_dir() else []
     for f in files:
         f.replace(GOLDEN / f.name)
         print(f"accepted {GOLDEN.name}/{f.name}")

@@ -3,8 +3,8 @@
 Each operation runs against the recording fake driver (tests/support/fake_odbc.py) and its transcript is
 compared with a readable file under tests/golden/sqlserver/. Backup ids (which carry the wall-clock time) are
 replaced by stable placeholders. The test only reads its golden: a missing or different one fails, and what
-was sent is left in tests/golden/sqlserver/.sent/ (not committed). To accept a deliberate change, `make golden`
-(scripts/accept_goldens.py) copies those over the goldens; read the diff before committing it.
+was sent is left in var/golden-sent/sqlserver/ (outside the goldens, not committed). To accept a deliberate
+change, `make golden` (scripts/accept_goldens.py) moves those over the goldens; read the diff before committing.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from tests.support.fake_odbc import (
 )
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "sqlserver"
-SENT_DIR = ".sent"
+SENT = Path(__file__).resolve().parents[2] / "var" / "golden-sent" / "sqlserver"  # never under GOLDEN
 NOW = datetime(2026, 5, 18, 12, 0, tzinfo=UTC)
 HOSTILE_DB = "Or]ders'; DROP TABLE x;--"
 HOSTILE_INTO = "re]stored'; --"
@@ -60,7 +60,7 @@ def check_golden(name: str, title: str, world_or_driver: World | FakeDriver, sta
                      "parameters, never spliced into the SQL)\n\n" + render(driver.executed[start:], [SAS_TOKEN]))
     assert SAS_TOKEN not in text
     path = GOLDEN / f"{name}.sql"
-    sent = GOLDEN / SENT_DIR / f"{name}.sql"  # what was sent, for `make golden` to accept; never the golden
+    sent = SENT / f"{name}.sql"  # what was sent, for `make golden` to accept; never the golden
     if not path.exists():
         sent.parent.mkdir(parents=True, exist_ok=True)
         sent.write_text(text)
