@@ -168,7 +168,7 @@ class LocalServer:
 
 def _free_port() -> int:
     """A free port below the ephemeral range, where the kernel's own choice could be a client's port."""
-    from drkit.engines.postgres.pgctl import free_port
+    from drkit.host import free_port
     return free_port()
 
 

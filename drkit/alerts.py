@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drkit.errors import first_line
+from drkit.http_service import MAX_BODY
 
 DEFAULT_TOKEN_ENV = "DRKIT_ALERT_TOKEN"  # noqa: S105 - the name of a variable, not a token
 FIRING_EVENT = "drkit.alert.firing"
@@ -30,7 +31,6 @@ RESOLVED_EVENT = "drkit.alert.resolved"
 RESOURCE_PREFIX = "drkit.database."
 INSTALLATION_RESOURCE = "drkit"
 """The resource of an alert that names no database (the exporter, the catalog check, approvals)."""
-MAX_BODY = 1 << 20
 
 
 def database_resource(db: str) -> str:

@@ -364,11 +364,8 @@ class DrkitCollector(Collector):
 
     def _policy_metrics(self, out: _Families) -> None:
         for db, cfg in self.rt.policy.databases.items():
-            for what in ("rpo", "rto"):
-                target = getattr(cfg, f"{what}_target", None)  # the drill's policy keys
-                if target is not None:
-                    out.set(f"drkit_{what}_target_seconds", f"policy {what}_target", target.total_seconds(),
-                            database=db)
+            out.set("drkit_rpo_target_seconds", "policy rpo_target", cfg.rpo_target.total_seconds(), database=db)
+            out.set("drkit_rto_target_seconds", "policy rto_target", cfg.rto_target.total_seconds(), database=db)
             if cfg.replica is not None:
                 out.set("drkit_replica_max_lag_seconds", "policy replica.max_lag_seconds",
                         cfg.replica.max_lag_seconds, database=db)

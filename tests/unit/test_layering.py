@@ -19,8 +19,6 @@ ALLOWED: dict[str, str] = {
     "drkit/sandbox.py": "the PostgreSQL demo sandbox behind `drkit demo` and the tests: it is PostgreSQL by design",
     "drkit/config.py": "the policy model embeds SQL Server's settings section (drkit.engines.sqlserver.settings: "
                        "a pydantic model only, no engine code)",
-    "cli/prefect_server.py": "free_port through drkit.engines.postgres.pgctl (re-exported from drkit.host); the "
-                             "file belongs to the CLI speed task today: switch it to drkit.host.free_port",
 }
 
 
